@@ -1,0 +1,59 @@
+"""Pure tensor functions of the RLHF recipe (torch only; no Lightning, no transformers).
+
+- ``masked``: ``masked_sum``, ``masked_mean``, ``masked_var``, ``whiten``, ``explained_variance``.
+- ``ranking``: InstructGPT's K-wise reward-model loss: ``comparison_pairs``, ``ComparisonPairs``,
+  ``kwise_ranking_loss``.
+- ``kl``: per-token KL estimators ``kl_penalty`` (k1/k2/k3) and the ``FixedKLController`` /
+  ``AdaptiveKLController`` that set beta.
+- ``rewards``: ``per_token_rewards`` (score at the last token, -beta*KL on each), and the group
+  baselines ``rloo_advantages`` and ``grpo_advantages``.
+- ``gae``: ``gae_advantages``.
+- ``losses``: ``logprobs_from_logits``, ``entropy_from_logits``, ``clipped_policy_loss`` /
+  ``PolicyLossOutput``, ``clipped_value_loss`` / ``ValueLossOutput``.
+- ``schedules``: LambdaLR multipliers ``cosine_with_floor`` and ``warmup_then_constant``.
+- ``ema``: ``ema_update`` for an exponential moving average of weights.
+"""
+
+from lit_rlhf.algorithms.ema import ema_update
+from lit_rlhf.algorithms.gae import gae_advantages
+from lit_rlhf.algorithms.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from lit_rlhf.algorithms.losses import (
+    PolicyLossOutput,
+    ValueLossOutput,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    logprobs_from_logits,
+)
+from lit_rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, whiten
+from lit_rlhf.algorithms.ranking import ComparisonPairs, comparison_pairs, kwise_ranking_loss
+from lit_rlhf.algorithms.rewards import grpo_advantages, per_token_rewards, rloo_advantages
+from lit_rlhf.algorithms.schedules import cosine_with_floor, warmup_then_constant
+
+__all__ = [
+    "KL_ESTIMATORS",
+    "AdaptiveKLController",
+    "ComparisonPairs",
+    "FixedKLController",
+    "PolicyLossOutput",
+    "ValueLossOutput",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "comparison_pairs",
+    "cosine_with_floor",
+    "ema_update",
+    "entropy_from_logits",
+    "explained_variance",
+    "gae_advantages",
+    "grpo_advantages",
+    "kl_penalty",
+    "kwise_ranking_loss",
+    "logprobs_from_logits",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "per_token_rewards",
+    "rloo_advantages",
+    "warmup_then_constant",
+    "whiten",
+]

@@ -1,0 +1,120 @@
+"""SFT data: demonstrations (and pretraining text) as token ids with loss masks."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal, Optional
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples
+from lit_rlhf.data.common import DropCounter, resolve_tokenizer, split_records
+from lit_rlhf.data.records import DataSource, FieldMap, Record
+from lit_rlhf.data.tokenize import Example, encode_sft_record
+
+
+def encode_sft_records(
+    records: list[Record],
+    tokenizer,
+    fields: FieldMap,
+    max_length: int,
+    truncation: str,
+    counter: DropCounter,
+) -> list[Example]:
+    """Encode and apply the truncation policy; see :class:`SFTDataModule` ``truncation``."""
+    examples = []
+    for record in records:
+        example = encode_sft_record(tokenizer, record, fields)
+        if len(example.input_ids) > max_length:
+            if truncation == "error":
+                raise record.error(None, f"is {len(example.input_ids)} tokens long, over max_length={max_length}")
+            if truncation == "drop":
+                counter.add("over max_length")
+                continue
+            counter.add("truncated (kept)")
+            example = Example(example.input_ids[:max_length], example.labels[:max_length])
+        if example.num_loss_tokens == 0:
+            counter.add("no loss tokens left after truncation")
+            continue
+        examples.append(example)
+    return examples
+
+
+class SFTDataModule(LightningDataModule):
+    """Demonstrations for supervised fine-tuning, or plain text for pretraining (the ptx data).
+
+    Record formats (field names remappable with ``fields``): ``{"prompt", "response"}`` with loss on
+    the response; ``{"messages": [...]}`` rendered with the tokenizer's chat template with loss on
+    assistant turns; ``{"text"}`` (and ``.txt`` lines) with loss on every token.
+
+    Args:
+        train: Training data: a .jsonl/.json/.parquet/.csv/.txt file, or ``datasets.load_dataset`` keyword arguments.
+        val: Validation data, in the same forms. Leave unset to hold out ``val_fraction`` of ``train`` instead.
+        val_fraction: Fraction of ``train`` held out for validation when ``val`` is unset (0 = no validation).
+        tokenizer: Tokenizer directory or hub id. Default: the LightningModule's tokenizer.
+        fields: Field renames, canonical name -> name in your data, e.g. ``{"response": "answer"}``.
+        max_length: Longest sequence in tokens.
+        truncation: Policy for longer examples: ``right`` keeps the first ``max_length`` tokens (the end
+            of the response is cut; examples left with no response tokens are dropped), ``drop`` drops
+            them, ``error`` stops. Truncated and dropped examples are counted and logged.
+        batch_size: Sequences (or packed rows) per device per step (the micro-batch).
+        group_by_length: Batch examples of similar length together so little compute goes to padding.
+        pack: Pack several short examples into each row of ``max_length`` tokens (positions restart per
+            example and examples do not attend to each other).
+        num_workers: DataLoader worker processes.
+        seed: Seed for the validation split and the batch order.
+    """
+
+    def __init__(
+        self,
+        train: DataSource,
+        val: Optional[DataSource] = None,
+        val_fraction: float = 0.0,
+        tokenizer: Optional[str] = None,
+        fields: Optional[dict[str, str]] = None,
+        max_length: int = 1024,
+        truncation: Literal["right", "drop", "error"] = "right",
+        batch_size: int = 8,
+        group_by_length: bool = True,
+        pack: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.tokenizer_source = tokenizer
+        self.fields = FieldMap(fields or {})
+        self.tokenizer = None
+        self.train_rows: list = []
+        self.val_rows: list = []
+
+    def setup(self, stage: str) -> None:
+        if self.train_rows:
+            return
+        hp = self.hparams
+        self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
+        train_records, val_records = split_records(hp.train, hp.val, hp.val_fraction, hp.seed)
+        for split, records in (("train", train_records), ("val", val_records)):
+            counter = DropCounter("SFT")
+            examples = encode_sft_records(records, self.tokenizer, self.fields, hp.max_length, hp.truncation, counter)
+            counter.report(split, len(examples))
+            rows = pack_examples(examples, hp.max_length) if hp.pack else examples
+            setattr(self, f"{split}_rows", rows)
+        if not self.train_rows:
+            raise ValueError(f"no training examples left in {hp.train} after applying truncation={hp.truncation!r}")
+
+    def _collate(self):
+        collate = collate_packed if self.hparams.pack else collate_examples
+        return partial(collate, pad_id=self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        if hp.group_by_length and not hp.pack:
+            lengths = [len(e.input_ids) for e in self.train_rows]
+            sampler = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.seed)
+            return DataLoader(self.train_rows, batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collate(), num_workers=hp.num_workers)
+        return DataLoader(self.train_rows, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collate(), num_workers=hp.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_rows, batch_size=self.hparams.batch_size, collate_fn=self._collate(), num_workers=self.hparams.num_workers)

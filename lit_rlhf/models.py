@@ -1,0 +1,262 @@
+"""Loading and saving Hugging Face models and tokenizers, shared by every stage.
+
+A model *source* is one string, so that YAML stays flat:
+
+- a local directory written by ``save_pretrained`` (every lit-rlhf stage writes one),
+- a hub id such as ``Qwen/Qwen2.5-0.5B`` (needs the hub, or a warm cache with ``HF_HUB_OFFLINE=1``),
+- a ``.gguf`` file (dequantised to float weights that train and ``save_pretrained``),
+- a ``.json`` model config, for a randomly initialised model (tests and the sandbox).
+
+Scalar-head models (reward and value models) are ``AutoModelForSequenceClassification`` with one
+label; lit-rlhf reads their score at the last non-padding token itself (HF's own pooling looks for
+the pad id, which is wrong when pad == eos), and adds the centering bias stored in the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+#: Config attribute that carries the reward model's centering bias (DESIGN.md "RM centering").
+REWARD_BIAS_KEY = "reward_bias"
+
+#: Config fields that mean "dropout on the residual stream" across common architectures.
+_RESIDUAL_DROPOUT_FIELDS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_prob", "residual_dropout", "dropout")
+
+
+class ModelSourceError(FileNotFoundError):
+    """A model or tokenizer source that cannot be loaded; the message says what to do."""
+
+
+def _is_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+
+
+def _check_local_source(source: str, what: str) -> None:
+    """Fail early, with the file name, for local paths that do not exist."""
+    path = Path(source).expanduser()
+    # Hub ids are "name" or "org/name"; anything else can only be a local path.
+    looks_local = path.suffix in (".json", ".gguf") or source.startswith((".", "/", "~")) or source.count("/") > 1
+    if path.exists():
+        return
+    if looks_local or _is_offline():
+        raise ModelSourceError(
+            f"{what} '{source}' does not exist. Give a directory written by save_pretrained (every lit-rlhf stage "
+            f"writes one to its `output_dir`), a .gguf file, a .json model config, or a hub id (online only)."
+        )
+
+
+def load_config(source: str) -> PretrainedConfig:
+    """The config of a model source (a ``.json`` file, a directory or a hub id)."""
+    _check_local_source(source, "model")
+    if source.endswith(".json"):
+        with open(source) as f:
+            fields = json.load(f)
+        if "model_type" not in fields:
+            raise ValueError(f"{source}: field 'model_type': a model config file must name its model_type (e.g. 'llama').")
+        return AutoConfig.for_model(**fields)
+    if source.endswith(".gguf"):
+        return AutoConfig.from_pretrained(str(Path(source).parent), gguf_file=Path(source).name)
+    return AutoConfig.from_pretrained(source)
+
+
+def set_residual_dropout(config: PretrainedConfig, p: float) -> list[str]:
+    """Set residual dropout on every field of ``config`` that means it; returns the fields set.
+
+    The paper uses 0.2 for SFT. Architectures without such a field (Llama has none) raise, so a
+    configured dropout is never silently ignored.
+    """
+    fields = [name for name in _RESIDUAL_DROPOUT_FIELDS if hasattr(config, name)]
+    if not fields:
+        raise ValueError(
+            f"model type '{config.model_type}' has no residual dropout field (looked for {', '.join(_RESIDUAL_DROPOUT_FIELDS)}); "
+            "leave `dropout` unset for this model."
+        )
+    for name in fields:
+        setattr(config, name, p)
+    return fields
+
+
+def _from_source(auto_class: Any, source: str, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    if source.endswith(".json"):
+        return auto_class.from_config(config, **{k: v for k, v in kwargs.items() if k == "dtype"})
+    if source.endswith(".gguf"):
+        path = Path(source)
+        model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, config=config, **kwargs)
+        return _clear_quantized_flag(model)
+    return auto_class.from_pretrained(source, config=config, **kwargs)
+
+
+def _clear_quantized_flag(model: PreTrainedModel) -> PreTrainedModel:
+    """GGUF weights arrive dequantised to float, but flagged as quantized; the flag blocks training and saving."""
+    model.hf_quantizer = None
+    if hasattr(model, "is_quantized"):
+        try:
+            model.is_quantized = False
+        except AttributeError:  # a read-only property derived from hf_quantizer in some versions
+            pass
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    return model
+
+
+def load_causal_lm(
+    source: str,
+    *,
+    dtype: torch.dtype | None = None,
+    dropout: float | None = None,
+    gradient_checkpointing: bool = False,
+    trainable: bool = True,
+) -> PreTrainedModel:
+    """A causal LM from a source string (see module docstring).
+
+    ``from_pretrained`` returns models in eval mode; trainable models are put in train mode here,
+    frozen ones are left in eval mode with ``requires_grad=False``.
+    """
+    config = load_config(source)
+    if dropout is not None:
+        set_residual_dropout(config, dropout)
+    model = _from_source(AutoModelForCausalLM, source, config, **({"dtype": dtype} if dtype else {}))
+    return _prepare(model, gradient_checkpointing=gradient_checkpointing, trainable=trainable)
+
+
+def load_scalar_model(
+    source: str,
+    *,
+    dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
+    trainable: bool = True,
+) -> PreTrainedModel:
+    """A transformer with its unembedding replaced by a scalar head (reward and value models).
+
+    From a causal-LM directory (an SFT output) the head is freshly initialised; from a reward-model
+    directory it is loaded together with the centering bias in ``config.reward_bias``.
+    """
+    config = load_config(source)
+    config.num_labels = 1
+    model = _from_source(AutoModelForSequenceClassification, source, config, **({"dtype": dtype} if dtype else {}))
+    scalar_head(model)  # fail now, with the model type, if the architecture has no head we know
+    return _prepare(model, gradient_checkpointing=gradient_checkpointing, trainable=trainable)
+
+
+def _prepare(model: PreTrainedModel, *, gradient_checkpointing: bool, trainable: bool) -> PreTrainedModel:
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if trainable:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(source: str, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
+    """A tokenizer from a directory or hub id, with a pad token (eos when it has none)."""
+    _check_local_source(source, "tokenizer")
+    if source.endswith(".gguf"):
+        tokenizer = AutoTokenizer.from_pretrained(str(Path(source).parent), gguf_file=Path(source).name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer '{source}' has neither a pad nor an eos token; add one to its tokenizer_config.json.")
+        # Padding is always masked by attention masks, so reusing eos as pad is safe here.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def default_tokenizer_source(model_source: str, tokenizer_source: str | None) -> str:
+    """The tokenizer travels with the model unless the model is a bare config file."""
+    if tokenizer_source:
+        return tokenizer_source
+    if model_source.endswith(".json"):
+        raise ValueError(f"model '{model_source}' is a config file; set `tokenizer` to a tokenizer directory too.")
+    return model_source
+
+
+# ----------------------------------------------------------------------------------------------
+# Positions and scalar heads
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that start at 0 on the first real token, for left- and right-padded rows alike."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.clamp(min=0)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of the last non-padding token of each row (left or right padding)."""
+    length = attention_mask.shape[-1]
+    positions = torch.arange(length, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).max(-1).values
+
+
+def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
+    """The scalar head of a sequence-classification model (``score`` on decoder-only models)."""
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise TypeError(f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model.")
+
+
+def token_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """The scalar head applied at every position: values [B, T] for PPO's value model."""
+    backbone = getattr(model, model.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+    ).last_hidden_state
+    return scalar_head(model)(hidden).squeeze(-1).float()
+
+
+def reward_bias(model: PreTrainedModel) -> float:
+    return float(getattr(model.config, REWARD_BIAS_KEY, 0.0))
+
+
+def set_reward_bias(model: PreTrainedModel, bias: float) -> None:
+    setattr(model.config, REWARD_BIAS_KEY, float(bias))
+
+
+def sequence_rewards(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, centered: bool = True) -> Tensor:
+    """Reward [B] read at the last non-padding token, plus the centering bias when ``centered``."""
+    scores = token_scores(model, input_ids, attention_mask)
+    rewards = scores.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)
+    return rewards + reward_bias(model) if centered else rewards
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+
+
+def save_hf_directory(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    state_dict: dict[str, Tensor] | None = None,
+) -> Path:
+    """``save_pretrained`` (config, safetensors, tokenizer) so the next stage or any HF tool loads it by path.
+
+    ``state_dict`` replaces the model's own weights in the files (gathered, EMA or best weights).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, state_dict=state_dict)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,5 @@
+"""The stage modules: each reads top to bottom as one stage of the InstructGPT recipe."""
+
+from lit_rlhf.modules.sft import SFTModule
+
+__all__ = ["SFTModule"]

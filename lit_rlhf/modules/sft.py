@@ -1,0 +1,118 @@
+"""Stage 1 — supervised fine-tuning (InstructGPT section 3.5, appendix C.1).
+
+Next-token loss on demonstrations (response tokens only) or on plain text, AdamW with
+betas (0.9, 0.95), cosine decay to 10% of the peak LR with no warm-up. At the end of ``fit`` the
+model is written as a Hugging Face directory: the input of the RM and PPO stages.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from torchmetrics import MeanMetric
+
+from lit_rlhf.algorithms.lm import next_token_loss
+from lit_rlhf.distributed import export_hf
+from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_tokenizer
+from lit_rlhf.modules.optim import adamw, cosine_schedule
+
+
+class SFTModule(LightningModule):
+    """Fine-tune a causal LM on demonstrations.
+
+    Args:
+        model: Pretrained model: a directory written by ``save_pretrained``, a hub id, a ``.gguf`` file, or
+            a ``.json`` model config for a randomly initialised model.
+        tokenizer: Tokenizer directory or hub id. Default: the model's own (required when ``model`` is a config).
+        learning_rate: Peak learning rate (paper: 9.65e-6 for the 1.3B and 6B models).
+        betas: Adam betas (paper: 0.9, 0.95).
+        weight_decay: AdamW weight decay.
+        warmup_steps: Linear warm-up steps (paper: none).
+        min_lr_ratio: The cosine schedule ends at this fraction of the peak LR (paper: 0.1).
+        dropout: Residual dropout written into the model config (paper: 0.2). Unset keeps the model's own; an
+            architecture without a residual-dropout field (e.g. Llama) raises instead of ignoring it.
+        gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        output_dir: Where the Hugging Face directory is written at the end of ``fit``. Unset: no export.
+        export_checkpoint: ``last`` exports the final weights; ``best`` the best checkpoint of the
+            trainer's ModelCheckpoint (its ``monitor`` decides what best means; the paper picks SFT
+            models by RM score).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: Optional[str] = None,
+        learning_rate: float = 9.65e-6,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.1,
+        dropout: Optional[float] = None,
+        gradient_checkpointing: bool = False,
+        output_dir: Optional[str] = None,
+        export_checkpoint: Literal["last", "best"] = "last",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(default_tokenizer_source(model, tokenizer))
+        self.model = None  # built in configure_model, so strategies can shard it as it is created
+        self.val_loss = MeanMetric()
+        self._step_started = 0.0
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = load_causal_lm(hp.model, dropout=hp.dropout, gradient_checkpointing=hp.gradient_checkpointing)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # packed batches carry position_ids, no mask
+        return self.model(**inputs, use_cache=False).logits
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, n_tokens = next_token_loss(self(batch), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/loss_tokens", n_tokens.float(), reduce_fx="sum")
+        mask = batch.get("attention_mask")
+        self._tokens_in_step = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        elapsed = time.perf_counter() - self._step_started
+        self.log("train/tokens_per_sec", self._tokens_in_step / max(elapsed, 1e-9))
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, n_tokens = next_token_loss(self(batch), batch["labels"])
+        self.val_loss.update(loss, weight=n_tokens)
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)  # MeanMetric already synced across ranks
+        self.log("val/ppl", torch.exp(loss.clamp(max=50.0)))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = adamw(self.model.parameters(), hp.learning_rate, hp.betas, hp.weight_decay)
+        schedule = cosine_schedule(optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+    def on_fit_end(self) -> None:
+        if self.hparams.output_dir:
+            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, state=self._export_state())
+
+    def _export_state(self) -> Optional[dict[str, torch.Tensor]]:
+        """The best checkpoint's weights when ``export_checkpoint: best``; None means the current ones."""
+        if self.hparams.export_checkpoint == "last":
+            return None
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback else ""
+        if not best:
+            raise RuntimeError("export_checkpoint=best needs a ModelCheckpoint with a `monitor` that saved a best checkpoint")
+        return torch.load(best, map_location="cpu", weights_only=False)["state_dict"]

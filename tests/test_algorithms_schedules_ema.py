@@ -1,0 +1,73 @@
+"""LR multipliers and the weight EMA."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from lit_rlhf.algorithms import cosine_with_floor, ema_update, warmup_then_constant
+
+
+def test_cosine_with_floor_without_warmup():
+    assert cosine_with_floor(0, total_steps=100) == pytest.approx(1.0)
+    assert cosine_with_floor(50, total_steps=100) == pytest.approx(0.55)  # 0.1 + 0.9 * 0.5
+    assert cosine_with_floor(100, total_steps=100) == pytest.approx(0.1)
+    assert cosine_with_floor(150, total_steps=100) == pytest.approx(0.1)
+
+
+def test_cosine_with_floor_with_warmup():
+    schedule = partial(cosine_with_floor, total_steps=110, warmup_steps=10, floor=0.2)
+    assert schedule(0) == 0.0
+    assert schedule(5) == pytest.approx(0.5)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(60) == pytest.approx(0.6)  # 0.2 + 0.8 * 0.5
+    assert schedule(110) == pytest.approx(0.2)
+
+
+def test_cosine_with_floor_rejects_warmup_past_the_end():
+    with pytest.raises(ValueError, match="warmup_steps"):
+        cosine_with_floor(0, total_steps=10, warmup_steps=10)
+
+
+def test_warmup_then_constant():
+    assert warmup_then_constant(0) == pytest.approx(0.1)
+    assert warmup_then_constant(5) == pytest.approx(0.55)
+    assert warmup_then_constant(10) == 1.0
+    assert warmup_then_constant(1000) == 1.0
+    assert warmup_then_constant(0, warmup_steps=0) == 1.0
+
+
+def test_schedules_drive_lambda_lr():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_then_constant, warmup_steps=2, start=0.5))
+    lrs = []
+    for _ in range(3):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs == pytest.approx([1.0, 1.5, 2.0])
+
+
+def test_ema_update_in_place():
+    ema = [torch.tensor([1.0, 2.0]), torch.tensor(10.0)]
+    params = [torch.nn.Parameter(torch.tensor([3.0, 4.0])), torch.nn.Parameter(torch.tensor(20.0))]
+    ema_update(ema, params, decay=0.75)
+    torch.testing.assert_close(ema[0], torch.tensor([1.5, 2.5]))  # 0.75*1 + 0.25*3, 0.75*2 + 0.25*4
+    torch.testing.assert_close(ema[1], torch.tensor(12.5))
+    assert ema[0].grad_fn is None
+
+
+def test_ema_keeps_its_dtype_with_low_precision_params():
+    ema = [torch.zeros(2)]
+    ema_update(ema, [torch.tensor([1.0, -1.0], dtype=torch.bfloat16)], decay=0.5)
+    assert ema[0].dtype == torch.float32
+    torch.testing.assert_close(ema[0], torch.tensor([0.5, -0.5]))
+
+
+def test_ema_rejects_mismatches_without_touching_anything():
+    ema = [torch.zeros(2), torch.zeros(3)]
+    with pytest.raises(ValueError, match="2 EMA tensors but 1"):
+        ema_update(ema, [torch.ones(2)], decay=0.5)
+    assert ema[0].tolist() == [0.0, 0.0]
+    with pytest.raises(ValueError, match="decay"):
+        ema_update(ema, [torch.ones(2), torch.ones(3)], decay=1.5)
