@@ -48,6 +48,8 @@ class LitRLHFCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            # Each module builds its own optimizer and schedule from its documented arguments: one way to set them.
+            auto_configure_optimizers=False,
             parser_kwargs={"description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter},
             args=args,
             run=run,

@@ -46,6 +46,23 @@ def _is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
 
 
+#: The default output directory of each stage and the command that writes it, so that a missing one
+#: (e.g. runs/sft/model when configs/rm.yaml runs first) is reported with the command to run.
+STAGE_OUTPUTS = {
+    "runs/sft/model": "lit-rlhf fit --config configs/sft.yaml",
+    "runs/rm/model": "lit-rlhf fit --config configs/rm.yaml",
+}
+
+
+def missing_source_hint(source: str) -> str:
+    """The command that writes ``source`` when it is a stage's default output directory, else ''."""
+    path = Path(source).expanduser().as_posix().rstrip("/")
+    for output, command in STAGE_OUTPUTS.items():
+        if path == output or path.endswith("/" + output):
+            return f" It is the output of `{command}`: run that first."
+    return ""
+
+
 def _check_local_source(source: str, what: str) -> None:
     """Fail early, with the file name, for local paths that do not exist."""
     path = Path(source).expanduser()
@@ -57,6 +74,7 @@ def _check_local_source(source: str, what: str) -> None:
         raise ModelSourceError(
             f"{what} '{source}' does not exist. Give a directory written by save_pretrained (every lit-rlhf stage "
             f"writes one to its `output_dir`), a .gguf file, a .json model config, or a hub id (online only)."
+            + missing_source_hint(source)
         )
 
 
@@ -155,7 +173,7 @@ def load_scalar_model(
 
 def _prepare(model: PreTrainedModel, *, gradient_checkpointing: bool, trainable: bool) -> PreTrainedModel:
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if trainable:
         model.train()

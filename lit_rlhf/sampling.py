@@ -1,0 +1,88 @@
+"""``lit-rlhf sample``: K sampled responses per prompt, written as JSONL ready for labeling.
+
+This is the step InstructGPT did with its labelers (section 3.4): sample several outputs of the
+current model for each prompt, then have people rank them. Each output line holds the prompt
+record's own fields plus ``"responses": [K strings]``; a labeler (a person, a tool, or the
+sandbox's gold labeler: ``lit-rlhf sandbox label``) turns it into comparison records.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lit_rlhf.data.batching import pad_sequences
+from lit_rlhf.data.records import DataSource, FieldMap, read_records
+from lit_rlhf.data.tokenize import render_prompt
+from lit_rlhf.models import load_causal_lm, load_tokenizer
+
+
+@torch.no_grad()
+def sample_responses(
+    model: str,
+    prompts: DataSource,
+    out: str,
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    limit: Optional[int] = None,
+    fields: Optional[dict[str, str]] = None,
+    seed: int = 0,
+) -> Path:
+    """Sample ``k`` responses per prompt from a Hugging Face model directory.
+
+    Args:
+        model: Model directory (e.g. ``runs/sft/model``), hub id or .gguf file.
+        prompts: Prompt records ({"prompt"} or {"messages"}): a file or datasets arguments.
+        out: Output JSONL path.
+        k: Responses per prompt (InstructGPT: 4 to 9).
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling threshold (1 = off).
+        max_new_tokens: Longest response in tokens.
+        batch_size: Prompts per generate call.
+        limit: Use only the first ``limit`` prompts.
+        fields: Field renames, canonical name -> name in your data.
+        seed: Seed of the sampler; same seed, same responses.
+    """
+    if k < 2:
+        raise ValueError(f"k must be at least 2 to make comparisons, got {k}")
+    torch.manual_seed(seed)
+    tokenizer = load_tokenizer(model, padding_side="left")
+    policy = load_causal_lm(model, trainable=False)
+    field_map = FieldMap(fields or {})
+    records = read_records(prompts)[:limit]
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        for start in range(0, len(records), batch_size):
+            chunk = records[start : start + batch_size]
+            texts = [render_prompt(tokenizer, r, field_map) for r in chunk]
+            ids, mask = pad_sequences([tokenizer(t)["input_ids"] for t in texts], tokenizer.pad_token_id, side="left")
+            generated = policy.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=k,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            responses = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
+            for i, record in enumerate(chunk):
+                line = dict(record.data, responses=responses[i * k : (i + 1) * k])
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return out_path
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from jsonargparse import auto_cli
+
+    path = auto_cli(sample_responses, args=argv, as_positional=False, prog="lit-rlhf sample")
+    print(f"wrote {path}")
