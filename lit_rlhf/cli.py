@@ -83,9 +83,22 @@ def main(args: Optional[list[str]] = None) -> None:
         return
     try:
         LitRLHFCLI(args=cli_args)
-    except _user_error_types() as e:
-        print(f"lit-rlhf: error: {e}", file=sys.stderr)
+    except Exception as e:
+        user_error = _user_error_in(e)
+        if user_error is None:
+            raise
+        print(f"lit-rlhf: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+
+
+def _user_error_in(error: Optional[BaseException]) -> Optional[BaseException]:
+    """The user error in ``error``'s chain: jsonargparse wraps errors raised by constructors in a ValueError."""
+    types = _user_error_types()
+    while error is not None:
+        if isinstance(error, types):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

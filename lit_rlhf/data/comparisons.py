@@ -1,0 +1,396 @@
+"""Reward-model data: ranked comparisons, batched so that all responses of a prompt stay together.
+
+InstructGPT (section 3.5, eq. 1) treats all C(K, 2) comparisons of one prompt as ONE batch
+element: the unit of this DataModule is a *group* (one prompt with its K ranked responses), a
+batch is a list of groups, and the collated batch lays the responses out flat, group after group,
+with the :class:`~lit_rlhf.algorithms.ComparisonPairs` that index into them. Each response is
+forwarded exactly once per step, whatever K is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from numbers import Integral
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_rlhf.algorithms.ranking import comparison_pairs
+from lit_rlhf.data.batching import LengthGroupedSampler, pad_sequences
+from lit_rlhf.data.common import DropCounter, resolve_tokenizer, split_records
+from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
+from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
+
+
+class ComparisonError(RecordError):
+    """A comparison record that breaks a rule; ``reason`` names the rule (the key drops are counted under)."""
+
+    def __init__(self, record: Record, field_name: Optional[str], problem: str, reason: str):
+        super().__init__(record.source, record.index, field_name, problem)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One prompt (as the text the policy continues) and its responses with their ranks (lower is better)."""
+
+    prompt: str
+    responses: list[str]
+    ranks: list[int]
+
+
+@dataclass(frozen=True)
+class ComparisonGroup:
+    """A tokenised comparison: one ``prompt + response + eos`` sequence per response, and its ranks."""
+
+    sequences: list[list[int]]
+    ranks: list[int]
+
+    @property
+    def padded_size(self) -> int:
+        """Tokens the group occupies once padded: what length grouping balances."""
+        return len(self.sequences) * max(len(s) for s in self.sequences)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing and validation
+
+
+def _present(record: Record, name: str) -> bool:
+    return record.data.get(name) is not None  # datasets fills a missing column with None
+
+
+def _response_list(record: Record, name: str) -> list[str]:
+    """``responses``: a list of K >= 2 distinct, non-empty strings."""
+    value = record.data[name]
+    if not isinstance(value, (list, tuple)):
+        raise ComparisonError(record, name, f"expected a list of strings, got {type(value).__name__}", "bad responses")
+    if len(value) < 2:
+        problem = f"needs at least 2 responses to compare, got {len(value)}"
+        raise ComparisonError(record, name, problem, "fewer than 2 responses")
+    for i, item in enumerate(value):
+        _check_response(record, f"{name}[{i}]", item)
+    _check_distinct(record, name, list(value))
+    return list(value)
+
+
+def _check_response(record: Record, name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise ComparisonError(record, name, f"expected a string, got {type(value).__name__}", "bad responses")
+    if not value.strip():
+        raise ComparisonError(record, name, "is empty", "empty response")
+    return value
+
+
+def _check_distinct(record: Record, name: str, responses: list[str]) -> None:
+    first_seen: dict[str, int] = {}
+    for i, response in enumerate(responses):
+        if response in first_seen:
+            raise ComparisonError(
+                record, f"{name}[{i}]", f"repeats {name}[{first_seen[response]}]; a response may appear once per prompt",
+                "repeated response",
+            )
+        first_seen[response] = i
+
+
+def _rank_list(record: Record, name: str, num_responses: int, responses_name: str) -> list[int]:
+    """``ranks``: one integer per response, lower is better, not all equal."""
+    value = record.data[name]
+    if not isinstance(value, (list, tuple)):
+        raise ComparisonError(record, name, f"expected a list of integers, got {type(value).__name__}", "bad ranks")
+    if len(value) != num_responses:
+        raise ComparisonError(
+            record, name, f"has {len(value)} ranks for {num_responses} responses in '{responses_name}'", "bad ranks"
+        )
+    for i, rank in enumerate(value):
+        if isinstance(rank, bool) or not isinstance(rank, Integral):
+            raise ComparisonError(record, f"{name}[{i}]", f"expected an integer rank, got {rank!r}", "bad ranks")
+    if len(set(value)) < 2:
+        raise ComparisonError(record, name, f"all responses are tied ({list(value)}): no pair to learn from", "all tied")
+    return [int(rank) for rank in value]
+
+
+def parse_comparison(record: Record, fields: FieldMap, tokenizer: PreTrainedTokenizerBase) -> Comparison:
+    """A validated :class:`Comparison` from ``{"prompt", "responses", ["ranks"]}`` (best first when
+    ranks are absent) or ``{"prompt", "chosen", "rejected"}``. The prompt may be chat messages
+    (``messages``, or a list-valued ``prompt``), rendered with the tokenizer's chat template.
+
+    Raises:
+        ComparisonError: naming the source, the record and the field.
+    """
+    responses_name, chosen_name, rejected_name = fields("responses"), fields("chosen"), fields("rejected")
+    is_ranked = _present(record, responses_name)
+    is_pair = _present(record, chosen_name) or _present(record, rejected_name)
+    if is_ranked and is_pair:
+        problem = f"has both '{responses_name}' and '{chosen_name}'/'{rejected_name}'; give one format"
+        raise ComparisonError(record, None, problem, "ambiguous format")
+    if not is_ranked and not is_pair:
+        problem = (
+            f"no comparison fields: expected '{responses_name}' (+ optional '{fields('ranks')}') or "
+            f"'{chosen_name}'+'{rejected_name}' (record has: {', '.join(sorted(record.data)) or 'none'}; "
+            "field names can be remapped with `fields`)"
+        )
+        raise ComparisonError(record, None, problem, "missing field")
+    try:
+        prompt = render_prompt(tokenizer, record, fields)
+    except RecordError as e:
+        raise ComparisonError(record, e.field_name, e.problem, "bad prompt") from None
+    if is_pair:
+        return Comparison(prompt, _pair_responses(record, chosen_name, rejected_name), [0, 1])
+    responses = _response_list(record, responses_name)
+    ranks_name = fields("ranks")
+    if not _present(record, ranks_name):
+        return Comparison(prompt, responses, list(range(len(responses))))  # listed best first
+    return Comparison(prompt, responses, _rank_list(record, ranks_name, len(responses), responses_name))
+
+
+def _pair_responses(record: Record, chosen_name: str, rejected_name: str) -> list[str]:
+    """``[chosen, rejected]``: two different non-empty strings."""
+    for name in (chosen_name, rejected_name):
+        if not _present(record, name):
+            raise ComparisonError(record, name, "missing (a pair record needs both chosen and rejected)", "missing field")
+        _check_response(record, name, record.data[name])
+    if record.data[chosen_name] == record.data[rejected_name]:
+        raise ComparisonError(record, rejected_name, f"is identical to '{chosen_name}'", "repeated response")
+    return [record.data[chosen_name], record.data[rejected_name]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def fit_length(ids: list[int], max_length: int, truncation: str, record: Record) -> Optional[list[int]]:
+    """Apply the truncation policy: ``left`` keeps the last ``max_length`` tokens (the response end,
+    where the reward is read), ``drop`` returns None, ``error`` raises."""
+    if len(ids) <= max_length:
+        return ids
+    if truncation == "error":
+        problem = f"a sequence is {len(ids)} tokens long, over max_length={max_length}"
+        raise ComparisonError(record, None, problem, "over max_length")
+    if truncation == "drop":
+        return None
+    return ids[-max_length:]
+
+
+def encode_comparisons(
+    records: list[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    fields: FieldMap,
+    *,
+    max_length: int,
+    truncation: str,
+    on_invalid: str,
+    counter: DropCounter,
+) -> list[ComparisonGroup]:
+    """Validate and tokenise comparison records; invalid ones raise, or with ``on_invalid='drop'`` are counted and skipped."""
+    groups = []
+    for record in records:
+        try:
+            comparison = parse_comparison(record, fields, tokenizer)
+        except ComparisonError as e:
+            if on_invalid == "error":
+                raise
+            counter.add(e.reason)
+            continue
+        sequences = [
+            fit_length(encode_prompt_response(tokenizer, comparison.prompt, response).input_ids, max_length, truncation, record)
+            for response in comparison.responses
+        ]
+        if any(s is None for s in sequences):
+            counter.add("over max_length")  # a group loses no single response: that could leave only ties
+            continue
+        groups.append(ComparisonGroup(sequences, comparison.ranks))
+    return groups
+
+
+def encode_demonstrations(
+    records: list[Record],
+    tokenizer: PreTrainedTokenizerBase,
+    fields: FieldMap,
+    *,
+    max_length: int,
+    truncation: str,
+    counter: DropCounter,
+) -> list[list[int]]:
+    """Demonstrations (``{"prompt", "response"}`` or ``{"messages"}`` ending with the assistant) as the
+    RM sees responses: rendered prompt + response + eos. Used to center the reward."""
+    sequences = []
+    for record in records:
+        if fields("messages") in record.data:
+            messages = get_messages(record, fields, must_end_with="assistant")
+            prompt_record = Record({fields("messages"): messages[:-1]}, record.source, record.index)
+            prompt, response = render_prompt(tokenizer, prompt_record, fields), messages[-1]["content"]
+        elif fields("prompt") in record.data:
+            prompt = render_prompt(tokenizer, record, fields)
+            response = get_str(record, fields, "response")
+        else:
+            raise record.error(
+                None,
+                f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or '{fields('messages')}' "
+                f"(record has: {', '.join(sorted(record.data)) or 'none'})",
+            )
+        ids = fit_length(encode_prompt_response(tokenizer, prompt, response).input_ids, max_length, truncation, record)
+        if ids is None:
+            counter.add("over max_length")
+            continue
+        sequences.append(ids)
+    return sequences
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+
+
+def collate_groups(groups: list[ComparisonGroup], pad_id: int) -> dict:
+    """Responses of all groups, flat and right-padded, plus the pairs that index into them.
+
+    Returns:
+        ``input_ids`` and ``attention_mask`` ``[N, T]`` (N = total responses), ``pairs``
+        (:class:`ComparisonPairs`), and ``group`` ``[N]``: the group of each response.
+    """
+    sequences = [s for g in groups for s in g.sequences]
+    input_ids, attention_mask = pad_sequences(sequences, pad_id)
+    group = torch.cat([torch.full((len(g.sequences),), i, dtype=torch.long) for i, g in enumerate(groups)])
+    pairs = comparison_pairs([g.ranks for g in groups])
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pairs": pairs, "group": group}
+
+
+def collate_sequences(items: list[tuple[list[int], float]], pad_id: int) -> dict[str, Tensor]:
+    """Demonstrations for centering: ``input_ids``, ``attention_mask`` and ``weight`` (0 for padding items)."""
+    input_ids, attention_mask = pad_sequences([ids for ids, _ in items], pad_id)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "weight": torch.tensor([w for _, w in items])}
+
+
+def rank_share(items: list, rank: int, world_size: int) -> list[tuple[object, float]]:
+    """Rank ``rank``'s share of ``items`` as ``(item, weight)``: every rank gets the same count (short
+    shares are padded with weight-0 repeats), so sharded forwards stay in lockstep."""
+    share = [(item, 1.0) for item in items[rank::world_size]]
+    size = math.ceil(len(items) / world_size)
+    return share + [(items[0], 0.0)] * (size - len(share))
+
+
+class RewardDataModule(LightningDataModule):
+    """Ranked comparisons for the reward model, batched by prompt (InstructGPT 3.5, C.2).
+
+    Record formats (field names remappable with ``fields``): ``{"prompt", "responses": [best, ..., worst]}``
+    with K >= 2 and optional ``"ranks"`` (one integer per response, lower is better; equal ranks are
+    ties and yield no pair), or ``{"prompt", "chosen", "rejected"}``. The prompt may be chat messages
+    (``messages``, or a list-valued ``prompt``), rendered with the tokenizer's chat template. Each
+    response is scored as ``prompt + response + eos``.
+
+    A batch is ``batch_size`` prompts with all their responses (K may differ between prompts); a
+    prompt's responses always stay in one batch on one device.
+
+    Args:
+        train: Training comparisons: a .jsonl/.json/.parquet/.csv file, or ``datasets.load_dataset`` keyword arguments.
+        val: Validation comparisons, in the same forms. Leave unset to hold out ``val_fraction`` of ``train`` instead.
+        val_fraction: Fraction of ``train`` held out for validation when ``val`` is unset (0 = no validation).
+        center_on: Demonstrations (``{"prompt", "response"}`` or ``{"messages"}``) on which the trained reward is
+            centered to mean 0 (paper 3.5: the labeler demonstrations, i.e. the SFT training data). Unset: no centering.
+        tokenizer: Tokenizer directory or hub id. Default: the LightningModule's tokenizer.
+        fields: Field renames, canonical name -> name in your data, e.g. ``{"responses": "completions"}``.
+            Canonical names: prompt, messages, responses, ranks, chosen, rejected, response (center_on).
+        max_length: Longest prompt + response in tokens.
+        truncation: Policy for longer sequences: ``left`` drops tokens from the start of the prompt (the
+            response end, where the reward is read, is kept), ``drop`` drops the whole prompt group, ``error`` stops.
+        on_invalid: Invalid records (K < 2, a repeated or empty response, bad ranks, only ties, missing fields):
+            ``error`` stops with the file, record and field; ``drop`` skips them, counted by reason and logged.
+        batch_size: Prompts per device per step (the paper counts RM batches in prompts); each brings all its K responses.
+        group_by_length: Batch prompts of similar padded size together so little compute goes to padding.
+        num_workers: DataLoader worker processes.
+        seed: Seed for the validation split and the batch order.
+    """
+
+    def __init__(
+        self,
+        train: Optional[DataSource] = None,
+        val: Optional[DataSource] = None,
+        val_fraction: float = 0.0,
+        center_on: Optional[DataSource] = None,
+        tokenizer: Optional[str] = None,
+        fields: Optional[dict[str, str]] = None,
+        max_length: int = 1024,
+        truncation: Literal["left", "drop", "error"] = "left",
+        on_invalid: Literal["error", "drop"] = "error",
+        batch_size: int = 8,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.tokenizer_source = tokenizer
+        self.fields = FieldMap(fields or {})
+        self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self.train_groups: list[ComparisonGroup] = []
+        self.val_groups: list[ComparisonGroup] = []
+        self.drop_counts: dict[str, int] = {}
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if (self.train_groups if stage == "fit" else self.val_groups):
+            return
+        self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
+        if stage != "fit" and hp.val is not None:  # validate a saved RM: the training data need not exist
+            train_records, val_records = [], read_records(hp.val)
+        else:
+            if hp.train is None:
+                raise ValueError("RewardDataModule needs `train` comparisons (or `val` for `lit-rlhf validate`)")
+            train_records, val_records = split_records(hp.train, hp.val, hp.val_fraction, hp.seed)
+        for split, records in (("train", train_records), ("val", val_records)):
+            counter = DropCounter("RM")
+            groups = encode_comparisons(
+                records, self.tokenizer, self.fields,
+                max_length=hp.max_length, truncation=hp.truncation, on_invalid=hp.on_invalid, counter=counter,
+            )
+            if records:
+                self.drop_counts.update(counter.report(split, len(groups)))
+            setattr(self, f"{split}_groups", groups)
+        if stage == "fit" and not self.train_groups:
+            raise ValueError(f"no training comparisons left in {hp.train} after dropping invalid ones")
+        if stage != "fit" and not self.val_groups:
+            raise ValueError("no validation comparisons: set `val` (or `val_fraction`) on the data module")
+
+    def _collate(self):
+        return partial(collate_groups, pad_id=self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        loader = partial(
+            DataLoader, self.train_groups, batch_size=hp.batch_size, collate_fn=self._collate(), num_workers=hp.num_workers
+        )
+        if hp.group_by_length:
+            sizes = [g.padded_size for g in self.train_groups]
+            return loader(sampler=LengthGroupedSampler(sizes, hp.batch_size, seed=hp.seed))
+        return loader(shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.val_groups, batch_size=hp.batch_size, collate_fn=self._collate(), num_workers=hp.num_workers)
+
+    def center_dataloader(self, rank: int = 0, world_size: int = 1) -> Optional[DataLoader]:
+        """This rank's share of the ``center_on`` demonstrations (None when unset). Items carry a
+        ``weight`` (0 for padding) so the bias is an exact mean over the data on any number of ranks."""
+        hp = self.hparams
+        if hp.center_on is None:
+            return None
+        if self.tokenizer is None:
+            self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
+        counter = DropCounter("RM centering")
+        records = read_records(hp.center_on)
+        sequences = encode_demonstrations(
+            records, self.tokenizer, self.fields, max_length=hp.max_length, truncation=hp.truncation, counter=counter
+        )
+        counter.report("center_on", len(sequences))
+        if not sequences:
+            raise ValueError(f"no demonstrations left in center_on={hp.center_on}")
+        share = rank_share(sequences, rank, world_size)
+        # No gradients are kept while centering, so a batch holds about as many sequences as a training batch.
+        collate = partial(collate_sequences, pad_id=self.tokenizer.pad_token_id)
+        return DataLoader(share, batch_size=hp.batch_size * 4, collate_fn=collate)
