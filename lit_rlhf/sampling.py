@@ -14,13 +14,12 @@ from typing import Optional
 
 import torch
 
-from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.records import DataSource, FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
+from lit_rlhf.evaluation import generate_responses
 from lit_rlhf.models import load_causal_lm, load_tokenizer
 
 
-@torch.no_grad()
 def sample_responses(
     model: str,
     prompts: DataSource,
@@ -58,26 +57,14 @@ def sample_responses(
     records = read_records(prompts)[:limit]
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    prompt_texts = [render_prompt(tokenizer, r, field_map) for r in records]
+    responses = generate_responses(
+        policy, tokenizer, prompt_texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        num_return_sequences=k, batch_size=batch_size,
+    )
     with open(out_path, "w", encoding="utf-8") as f:
-        for start in range(0, len(records), batch_size):
-            chunk = records[start : start + batch_size]
-            texts = [render_prompt(tokenizer, r, field_map) for r in chunk]
-            ids, mask = pad_sequences([tokenizer(t)["input_ids"] for t in texts], tokenizer.pad_token_id, side="left")
-            generated = policy.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=k,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            responses = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
-            for i, record in enumerate(chunk):
-                line = dict(record.data, responses=responses[i * k : (i + 1) * k])
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
+        for i, record in enumerate(records):
+            f.write(json.dumps(dict(record.data, responses=responses[i * k : (i + 1) * k]), ensure_ascii=False) + "\n")
     return out_path
 
 

@@ -1,0 +1,46 @@
+"""Turning sampled responses into comparison records with the gold labeler (the sandbox's humans)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from lit_rlhf.data.records import read_records
+from lit_rlhf.sandbox.labeler import GoldLabeler
+
+
+def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: int = 0, tie_tolerance: float = 0.01) -> dict[str, int]:
+    """Rank the K responses of every line of a ``lit-rlhf sample`` file with the gold labeler.
+
+    Writes ``train.jsonl`` and ``val.jsonl`` comparison records ``{"prompt", "responses": [best..worst],
+    "ranks"}`` into ``out_dir``. Prompts whose responses all tie yield no pair and are dropped; the
+    count is returned and printed, never silently lost. Repeated responses are labeled once.
+
+    Args:
+        samples: JSONL written by ``lit-rlhf sample`` (prompt fields + ``responses``).
+        out_dir: Directory for train.jsonl and val.jsonl.
+        val_fraction: Fraction of prompts held out for validation.
+        seed: Seed of the train/val split.
+        tie_tolerance: Gold scores closer than this are a tie.
+    """
+    labeler = GoldLabeler(tie_tolerance=tie_tolerance)
+    comparisons, all_tied = [], 0
+    for record in read_records(samples):
+        # A small policy often samples the same response twice; a comparison needs distinct ones.
+        distinct = list(dict.fromkeys(record.data["responses"]))
+        comparison = labeler.to_comparison(record.data, distinct)
+        if comparison is None:
+            all_tied += 1
+            continue
+        comparisons.append(comparison)
+    random.Random(seed).shuffle(comparisons)
+    n_val = max(1, round(val_fraction * len(comparisons)))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("val.jsonl", comparisons[:n_val]), ("train.jsonl", comparisons[n_val:])):
+        with open(out / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    counts = {"train": len(comparisons) - n_val, "val": n_val, "dropped_all_tied": all_tied}
+    print(f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (all responses tied or identical)")
+    return counts

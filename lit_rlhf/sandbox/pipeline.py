@@ -1,0 +1,113 @@
+"""``lit-rlhf sandbox run``: the whole InstructGPT pipeline on the offline sandbox, then a report.
+
+base (shipped) -> SFT -> sample K responses + gold-label them -> RM -> PPO and PPO-ptx -> report.
+
+Every stage is the shipped config (``configs/*.yaml``) run through the same ``lit-rlhf fit`` a user
+runs, with only output locations (and, with ``--fast``, sizes) overridden. The report compares the
+gold score of the base, SFT and PPO policies, the RM's held-out accuracy, the final KL to SFT,
+and the held-out pretraining loss with and without ptx; a PNG plots gold and RM score against KL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
+
+CSV = "lightning.pytorch.loggers.CSVLogger"
+WANDB = "lightning.pytorch.loggers.WandbLogger"
+
+#: --fast: a few steps of everything, for the test suite (minutes -> seconds; numbers meaningless).
+FAST = {
+    "sft": ["--trainer.max_steps", "6", "--trainer.limit_val_batches", "1"],
+    "sample": {"limit": 24, "k": 4},
+    "rm": ["--trainer.max_steps", "4", "--trainer.limit_val_batches", "1"],
+    "ppo": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
+    "eval_prompts": 16,
+    "eval_texts": 16,
+}
+
+
+def _loggers(stage_dir: Path, name: str, wandb: bool) -> str:
+    loggers = [{"class_path": CSV, "init_args": {"save_dir": str(stage_dir), "name": "csv", "version": ""}}]
+    if wandb:
+        loggers.append({"class_path": WANDB, "init_args": {"project": "lit-rlhf-sandbox", "name": name, "save_dir": str(stage_dir)}})
+    return json.dumps(loggers)
+
+
+def _checkpointing(stage_dir: Path, extra: Optional[list] = None) -> str:
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True}}]
+    return json.dumps(callbacks + (extra or []))
+
+
+def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None) -> None:
+    """One ``lit-rlhf fit`` in this process, its outputs under ``stage_dir``."""
+    from lit_rlhf.cli import main
+
+    started = time.perf_counter()
+    main([
+        "fit", "--config", config,
+        "--trainer.logger", _loggers(stage_dir, name, wandb),
+        "--trainer.callbacks", _checkpointing(stage_dir, callbacks),
+        "--trainer.enable_progress_bar", "false",
+        "--model.init_args.output_dir", str(stage_dir / "model"),
+        *overrides,
+    ])
+    print(f"[sandbox] {name}: {time.perf_counter() - started:.0f} s -> {stage_dir / 'model'}", flush=True)
+
+
+def gold_callback(num_prompts: int, num_texts: int) -> dict:
+    return {
+        "class_path": "lit_rlhf.callbacks.gold_score.GoldScoreEvaluation",
+        "init_args": {
+            "prompts": str(DATA_DIR / "prompts_eval.jsonl"),
+            "heldout_text": str(DATA_DIR / "pretrain_heldout.txt"),
+            "num_prompts": num_prompts,
+            "num_texts": num_texts,
+        },
+    }
+
+
+def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True, configs: str = "configs") -> Path:
+    """Run the whole pipeline on the sandbox and print the report.
+
+    Args:
+        out: Root directory of every stage's outputs (``<out>/sft/model``, ``<out>/rm/model``, ...).
+        seed: Seed of every stage (the sandbox world itself is fixed by the shipped data).
+        fast: A few steps of everything (for tests); the numbers are then meaningless.
+        wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
+        configs: Directory holding sft.yaml, rm.yaml and ppo.yaml.
+    """
+    from lit_rlhf.sampling import sample_responses
+    from lit_rlhf.sandbox.labeling import label_samples
+    from lit_rlhf.sandbox.report import write_report
+
+    root = Path(out)
+    size = FAST if fast else {}
+    started = time.perf_counter()
+    seed_args = ["--seed_everything", str(seed)]
+    eval_prompts, eval_texts = size.get("eval_prompts", 200), size.get("eval_texts", 400)
+
+    fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args + size.get("sft", []), wandb=wandb)
+
+    sample = size.get("sample", {})
+    samples = sample_responses(
+        model=str(root / "sft/model"), prompts=str(DATA_DIR / "prompts_train.jsonl"), out=str(root / "comparisons/samples.jsonl"),
+        k=sample.get("k", 4), limit=sample.get("limit", 800), max_new_tokens=24, seed=seed,
+    )
+    label_samples(str(samples), str(root / "comparisons"), seed=seed)
+
+    rm_data = ["--data.init_args.train", str(root / "comparisons/train.jsonl"), "--data.init_args.val", str(root / "comparisons/val.jsonl")]
+    fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
+
+    ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
+    gold = gold_callback(eval_prompts, eval_texts)
+    for name, extra in (("ppo_ptx", []), ("ppo", ["--model.init_args.gamma_ptx", "0"])):
+        fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[gold])
+
+    report = write_report(root, base_model=str(BASE_MODEL_DIR), num_prompts=eval_prompts, num_texts=eval_texts)
+    print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")
+    return report

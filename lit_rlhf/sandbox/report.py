@@ -1,0 +1,131 @@
+"""The sandbox report: did each stage help, by the gold labeler, and what did it cost?"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+from lit_rlhf.sandbox.paths import DATA_DIR
+
+#: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
+POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"))
+KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens
+PROXY_METRIC = "rollout/reward"  # the centred RM score PPO optimises
+
+
+def gold_metrics(model_dir: str, num_prompts: int, num_texts: int) -> dict[str, float]:
+    """Gold score (overall and per family) and held-out pretraining loss of one policy directory."""
+    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+    from lit_rlhf.models import load_causal_lm, load_tokenizer
+
+    evaluation = GoldScoreEvaluation(
+        prompts=str(DATA_DIR / "prompts_eval.jsonl"), heldout_text=str(DATA_DIR / "pretrain_heldout.txt"),
+        num_prompts=num_prompts, num_texts=num_texts,
+    )
+    sums = evaluation.evaluate(load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left"))
+    return {k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0}
+
+
+def rm_accuracy(rm_dir: str, comparisons: str) -> dict[str, float]:
+    """Held-out accuracy of a reward model, by the same validation the RM stage runs."""
+    from lightning.pytorch import Trainer
+
+    from lit_rlhf.data.comparisons import RewardDataModule
+    from lit_rlhf.modules.reward import RewardModule
+
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(RewardModule(model=rm_dir), datamodule=RewardDataModule(val=comparisons, max_length=128), verbose=False)
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def read_csv_metrics(path: Path) -> list[dict[str, float]]:
+    """Rows of a Lightning CSVLogger metrics.csv, as floats (empty cells dropped)."""
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
+    values = [r[key] for r in rows if key in r]
+    return values[-1] if values else None
+
+
+def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -> Optional[Path]:
+    """Gold score and RM (proxy) score against KL to the SFT policy, over PPO training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (gold_ax, proxy_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    plotted = False
+    for run, rows in rows_by_run.items():
+        kl_by_step = {r["step"]: r[KL_METRIC] for r in rows if KL_METRIC in r}
+        if not kl_by_step:
+            continue
+        steps = sorted(kl_by_step)
+
+        def kl_at(step: float) -> float:  # the last rollout KL at or before a validation step
+            earlier = [s for s in steps if s <= step]
+            return kl_by_step[earlier[-1]] if earlier else 0.0
+
+        gold = [(kl_at(r["step"]), r["gold/score"]) for r in rows if "gold/score" in r]
+        proxy = [(kl_by_step[s], r[PROXY_METRIC]) for s in steps for r in rows if r.get("step") == s and PROXY_METRIC in r]
+        if gold:
+            gold_ax.plot(*zip(*gold), marker="o", label=run)
+        if proxy:
+            proxy_ax.plot(*zip(*proxy), marker=".", label=run)
+        plotted = plotted or bool(gold or proxy)
+    if not plotted:
+        plt.close(fig)
+        return None
+    for ax, title in ((gold_ax, "gold score (held-out prompts)"), (proxy_ax, "RM score (rollouts)")):
+        ax.set_xlabel("KL(policy || SFT) per sequence, nats")
+        ax.set_title(title)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts: int = 400) -> Path:
+    """Evaluate every stage's output under ``root``; write report.md, report.json and gold_vs_kl.png."""
+    results: dict = {"policies": {}}
+    for label, subdir in POLICIES:
+        model_dir = base_model if subdir is None else str(root / subdir)
+        if Path(model_dir).exists():
+            results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts)
+    results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
+    runs = {"PPO (no ptx)": read_csv_metrics(root / "ppo/csv/metrics.csv"), "PPO-ptx": read_csv_metrics(root / "ppo_ptx/csv/metrics.csv")}
+    results["final_kl"] = {run: last_value(rows, KL_METRIC) for run, rows in runs.items()}
+    plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
+
+    lines = [
+        "| policy | gold score | held-out pretraining loss | final KL to SFT |",
+        "|---|---|---|---|",
+    ]
+    for label, metrics in results["policies"].items():
+        lines.append(f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |")
+    families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
+    lines += ["", "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |", "|---" * (len(families) + 1) + "|"]
+    for label, metrics in results["policies"].items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f), 2) for f in families) + " |")
+    rm = results["rm"]
+    lines += ["", f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)"]
+    if plot:
+        lines.append(f"Gold and RM score against KL: {plot}")
+    text = "\n".join(lines)
+    print("\n" + text + "\n", flush=True)
+    (root / "report.md").write_text(text + "\n")
+    (root / "report.json").write_text(json.dumps(results, indent=2))
+    return root / "report.md"
