@@ -31,6 +31,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lit_rlhf.lora import unwrap
+
 #: Config attribute that carries the reward model's centering bias (DESIGN.md "RM centering").
 REWARD_BIAS_KEY = "reward_bias"
 
@@ -225,17 +227,23 @@ def last_token_index(attention_mask: Tensor) -> Tensor:
     return torch.where(attention_mask.bool(), positions, -1).max(-1).values
 
 
+def scalar_head_name(model: PreTrainedModel) -> str:
+    """Attribute name of the scalar head of a sequence-classification model (``score`` on decoder-only models)."""
+    model = unwrap(model)
+    for name in ("score", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise TypeError(f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model.")
+
+
 def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
     """The scalar head of a sequence-classification model (``score`` on decoder-only models)."""
-    for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, torch.nn.Module):
-            return head
-    raise TypeError(f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model.")
+    return getattr(unwrap(model), scalar_head_name(model))
 
 
 def token_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """The scalar head applied at every position: values [B, T] for PPO's value model."""
+    model = unwrap(model)  # a LoRA model's adapters live in the wrapped model's own layers
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
@@ -244,11 +252,11 @@ def token_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tens
 
 
 def reward_bias(model: PreTrainedModel) -> float:
-    return float(getattr(model.config, REWARD_BIAS_KEY, 0.0))
+    return float(getattr(unwrap(model).config, REWARD_BIAS_KEY, 0.0))
 
 
 def set_reward_bias(model: PreTrainedModel, bias: float) -> None:
-    setattr(model.config, REWARD_BIAS_KEY, float(bias))
+    setattr(unwrap(model).config, REWARD_BIAS_KEY, float(bias))
 
 
 def sequence_rewards(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, centered: bool = True) -> Tensor:
@@ -260,6 +268,16 @@ def sequence_rewards(model: PreTrainedModel, input_ids: Tensor, attention_mask: 
 
 # ----------------------------------------------------------------------------------------------
 # Export
+
+
+def drop_tied_copies(model: PreTrainedModel, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` without the entries of weights tied to another (e.g. ``lm_head.weight`` tied to the embedding).
+
+    A gathered (FSDP) state dict holds tied weights as separate copies, which ``save_pretrained``
+    would write twice; the model re-ties them on load.
+    """
+    tied = getattr(unwrap(model), "all_tied_weights_keys", None) or {}
+    return {k: v for k, v in state.items() if not (k in tied and tied[k] in state)}
 
 
 def save_hf_directory(
@@ -274,7 +292,7 @@ def save_hf_directory(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, state_dict=state_dict)
+    model.save_pretrained(out, state_dict=None if state_dict is None else drop_tied_copies(model, state_dict))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

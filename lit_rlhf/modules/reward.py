@@ -21,12 +21,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.ranking import ComparisonPairs, kwise_ranking_loss
-from lit_rlhf.distributed import all_reduce_mean, export_hf
+from lit_rlhf.distributed import all_reduce_mean, export_hf, shard_models
+from lit_rlhf.lora import LoraOptions, apply_lora
 from lit_rlhf.models import (
     default_tokenizer_source,
     load_scalar_model,
     load_tokenizer,
     reward_bias,
+    scalar_head_name,
     sequence_rewards,
     set_reward_bias,
 )
@@ -64,6 +66,8 @@ class RewardModule(LightningModule):
         warmup_steps: Linear warm-up steps (paper: none).
         min_lr_ratio: The cosine schedule ends at this fraction of the peak LR (paper: 0.1).
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        lora: Train LoRA adapters (and the scalar head in full) instead of all weights (see ``LoraOptions``).
+            Unset: full fine-tuning.
         output_dir: Where the centered reward model is written as a Hugging Face directory at the end of
             ``fit``. Unset: no export.
     """
@@ -78,6 +82,7 @@ class RewardModule(LightningModule):
         warmup_steps: int = 0,
         min_lr_ratio: float = 0.1,
         gradient_checkpointing: bool = False,
+        lora: Optional[LoraOptions] = None,
         output_dir: Optional[str] = None,
     ):
         super().__init__()
@@ -97,7 +102,9 @@ class RewardModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        self.model = load_scalar_model(hp.model, gradient_checkpointing=hp.gradient_checkpointing)
+        model = load_scalar_model(hp.model, gradient_checkpointing=hp.gradient_checkpointing)
+        self.model = apply_lora(model, hp.lora, head=scalar_head_name(model))
+        shard_models(self, [self.model])  # FSDP2 under ModelParallelStrategy; a no-op otherwise
 
     def forward(self, batch: dict, centered: bool = True) -> Tensor:
         """One reward per response of the batch, ``[N]``: every response forwarded once."""
@@ -215,4 +222,5 @@ class RewardModule(LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.output_dir:
-            export_hf(self, "model", self.tokenizer, self.hparams.output_dir)
+            lora_export = self.hparams.lora.export if self.hparams.lora else "merged"
+            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, lora_export=lora_export)

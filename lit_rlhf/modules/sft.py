@@ -15,7 +15,8 @@ from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.lm import next_token_loss
-from lit_rlhf.distributed import export_hf
+from lit_rlhf.distributed import export_hf, shard_models
+from lit_rlhf.lora import LoraOptions, apply_lora
 from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_tokenizer
 from lit_rlhf.modules.optim import adamw, cosine_schedule
 
@@ -35,6 +36,8 @@ class SFTModule(LightningModule):
         dropout: Residual dropout written into the model config (paper: 0.2). Unset keeps the model's own; an
             architecture without a residual-dropout field (e.g. Llama) raises instead of ignoring it.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
+        lora: Train LoRA adapters instead of all weights (see ``LoraOptions``; ``export`` picks merged or
+            adapter-only output). Unset: full fine-tuning.
         output_dir: Where the Hugging Face directory is written at the end of ``fit``. Unset: no export.
         export_checkpoint: ``last`` exports the final weights; ``best`` the best checkpoint of the
             trainer's ModelCheckpoint (its ``monitor`` decides what best means; the paper picks SFT
@@ -52,6 +55,7 @@ class SFTModule(LightningModule):
         min_lr_ratio: float = 0.1,
         dropout: Optional[float] = None,
         gradient_checkpointing: bool = False,
+        lora: Optional[LoraOptions] = None,
         output_dir: Optional[str] = None,
         export_checkpoint: Literal["last", "best"] = "last",
     ):
@@ -66,7 +70,9 @@ class SFTModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        self.model = load_causal_lm(hp.model, dropout=hp.dropout, gradient_checkpointing=hp.gradient_checkpointing)
+        model = load_causal_lm(hp.model, dropout=hp.dropout, gradient_checkpointing=hp.gradient_checkpointing)
+        self.model = apply_lora(model, hp.lora)
+        shard_models(self, [self.model])  # FSDP2 under ModelParallelStrategy; a no-op otherwise
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}  # packed batches carry position_ids, no mask
@@ -105,7 +111,8 @@ class SFTModule(LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.output_dir:
-            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, state=self._export_state())
+            lora_export = self.hparams.lora.export if self.hparams.lora else "merged"
+            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, state=self._export_state(), lora_export=lora_export)
 
     def _export_state(self) -> Optional[dict[str, torch.Tensor]]:
         """The best checkpoint's weights when ``export_checkpoint: best``; None means the current ones."""

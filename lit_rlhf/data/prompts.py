@@ -1,0 +1,243 @@
+"""PPO data: prompts to sample from, and the pretraining text of PPO-ptx riding beside them.
+
+Every training batch is ``{"prompts": {...}, "ptx": {...}}`` from a ``CombinedLoader`` in
+``mode="min_size"``: one rollout's prompts (left-padded) and the pretraining sequences of all
+its optimizer steps (right-padded, loss on every token). The ptx stream cycles over its data
+for as long as the prompts last, so the prompts alone decide the epoch length.
+
+Exact resume: both loaders draw from :class:`RolloutSampler`, whose order is a pure function of
+(seed, epoch, position) and whose epochs hold a whole number of rollouts. ``PPOModule`` keeps
+``data_position`` = (epoch, rollouts consumed) in its checkpoint; on resume the samplers skip
+exactly those rollouts of that epoch, so the run continues with the batch the interrupted run
+would have drawn next. Lightning alone restarts a plain DataLoader from the top of the epoch.
+"""
+
+from __future__ import annotations
+
+import warnings
+from functools import partial
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lit_rlhf.data.batching import collate_examples, pad_sequences
+from lit_rlhf.data.common import DropCounter, resolve_tokenizer
+from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
+from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
+from lit_rlhf.errors import ConfigError
+
+
+class RolloutSampler(DistributedSampler):
+    """This rank's indices, a whole number of batches per epoch, in an order fixed by (seed, epoch).
+
+    The indices form one endless stream: pass ``k`` over the data is a permutation seeded with
+    ``seed + k``. A global batch is ``batch_size * num_replicas`` consecutive stream entries, of
+    which each rank takes its own slice. Two kinds of epoch:
+
+    - ``batches_per_epoch=None`` (prompts): epoch ``e`` is pass ``e``; the incomplete tail of each
+      pass is dropped so every epoch holds exactly ``len(data) // global_batch`` rollouts.
+    - ``batches_per_epoch=L`` (ptx): epoch ``e`` is the next ``L`` global batches of the stream,
+      cycling through the data as often as needed.
+
+    It subclasses ``DistributedSampler`` so Lightning uses it as is under DDP instead of wrapping it.
+
+    Args:
+        num_items: Size of the dataset.
+        batch_size: Indices per batch on this rank.
+        num_replicas: Number of ranks.
+        rank: This rank.
+        seed: Seed of the permutations.
+        batches_per_epoch: See above.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0,
+                 batches_per_epoch: Optional[int] = None):
+        super().__init__(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.num_items, self.batch_size, self.batches_per_epoch_fixed = num_items, batch_size, batches_per_epoch
+        self.global_batch = batch_size * num_replicas
+        self.resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip), applied once
+        self._permutation_cache: tuple[int, list[int]] = (-1, [])
+
+    @property
+    def batches_per_epoch(self) -> int:
+        if self.batches_per_epoch_fixed is not None:
+            return self.batches_per_epoch_fixed
+        return self.num_items // self.global_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch * self.batch_size
+
+    def _stream(self, position: int) -> int:
+        pass_index, offset = divmod(position, self.num_items)
+        if self._permutation_cache[0] != pass_index:
+            generator = torch.Generator().manual_seed(self.seed + pass_index)
+            self._permutation_cache = (pass_index, torch.randperm(self.num_items, generator=generator).tolist())
+        return self._permutation_cache[1][offset]
+
+    def __iter__(self):
+        skip = 0
+        if self.resume is not None:
+            epoch, batches = self.resume
+            skip = batches if epoch == self.epoch else 0
+            self.resume = None
+        if self.batches_per_epoch_fixed is None:
+            start = self.epoch * self.num_items
+        else:
+            start = self.epoch * self.batches_per_epoch * self.global_batch
+        for batch in range(skip, self.batches_per_epoch):
+            first = start + batch * self.global_batch + self.rank * self.batch_size
+            for position in range(first, first + self.batch_size):
+                yield self._stream(position)
+
+
+def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask``, so every prompt ends in the last column."""
+    input_ids, attention_mask = pad_sequences(prompts, pad_id, side="left")
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def encode_prompts(records: list[Record], tokenizer, fields: FieldMap, max_length: int, truncation: str,
+                   counter: DropCounter) -> list[list[int]]:
+    """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`."""
+    prompts = []
+    for record in records:
+        ids = tokenizer(render_prompt(tokenizer, record, fields), add_special_tokens=True)["input_ids"]
+        if len(ids) > max_length:
+            if truncation == "error":
+                raise record.error(None, f"prompt is {len(ids)} tokens long, over max_prompt_length={max_length}")
+            if truncation == "drop":
+                counter.add("over max_prompt_length")
+                continue
+            counter.add("truncated on the left (kept)")
+            ids = ids[-max_length:]
+        prompts.append(ids)
+    return prompts
+
+
+def encode_texts(records: list[Record], tokenizer, fields: FieldMap, max_length: int, counter: DropCounter) -> list[Example]:
+    """Pretraining sequences (loss on every token), cut to their first ``max_length`` tokens."""
+    examples = []
+    for record in records:
+        example = encode_text(tokenizer, get_str(record, fields, "text"))
+        if len(example.input_ids) > max_length:
+            counter.add("truncated to max_ptx_length (kept)")
+            example = Example(example.input_ids[:max_length], example.labels[:max_length])
+        examples.append(example)
+    return examples
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompts for PPO rollouts, pretraining text for PPO-ptx, and optional validation data.
+
+    Batch sizes come from the attached ``PPOModule`` (one source of truth): each training batch holds
+    ``prompts_per_rollout`` prompts and ``round(ptx_ratio * rollout_batch_size)`` pretraining sequences,
+    which the module spreads over the rollout's optimizer steps.
+
+    Args:
+        prompts: Prompt records, ``{"prompt"}`` or ``{"messages"}`` (rendered with the chat template and its
+            generation prompt): a .jsonl/.json/.parquet/.csv file or ``datasets.load_dataset`` keyword arguments.
+        ptx: Pretraining records ``{"text"}`` or a .txt file (one example a line). Unset: plain PPO.
+        val_prompts: Prompts whose sampled responses are scored each validation (reward and KL). Optional.
+        val_text: Held-out pretraining text whose LM loss is measured each validation. Optional.
+        tokenizer: Tokenizer directory. Default: the LightningModule's.
+        fields: Field renames, canonical name -> name in your data, e.g. ``{"prompt": "question"}``.
+        max_prompt_length: Longest prompt in tokens.
+        truncation: Policy for longer prompts: ``left`` keeps their last ``max_prompt_length`` tokens (the end, with
+            the chat template's generation prompt, is what the response continues), ``drop`` drops them, ``error``
+            stops. Truncated and dropped prompts are counted and logged.
+        max_ptx_length: Longest pretraining sequence; longer texts keep their first tokens.
+        ptx_ratio: Pretraining sequences per episode (paper 8); 0 loads no ptx data.
+        val_batch_size: Validation batch size (prompts or text sequences).
+        seed: Seed of the prompt and ptx order.
+    """
+
+    def __init__(
+        self,
+        prompts: DataSource,
+        ptx: Optional[DataSource] = None,
+        val_prompts: Optional[DataSource] = None,
+        val_text: Optional[DataSource] = None,
+        tokenizer: Optional[str] = None,
+        fields: Optional[dict[str, str]] = None,
+        max_prompt_length: int = 512,
+        truncation: Literal["left", "drop", "error"] = "left",
+        max_ptx_length: int = 512,
+        ptx_ratio: float = 8.0,
+        val_batch_size: int = 32,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.tokenizer_source = tokenizer
+        self.fields = FieldMap(fields or {})
+        self.tokenizer = None
+        self.train_prompts: list[list[int]] = []
+        self.ptx_examples: list[Example] = []
+        self.val_prompts: list[list[int]] = []
+        self.val_texts: list[Example] = []
+
+    def setup(self, stage: str) -> None:
+        if self.train_prompts:
+            return
+        hp = self.hparams
+        self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
+        for split, source in (("train", hp.prompts), ("val", hp.val_prompts)):
+            if source is not None:
+                counter = DropCounter("PPO prompts")
+                encoded = encode_prompts(read_records(source), self.tokenizer, self.fields, hp.max_prompt_length, hp.truncation, counter)
+                counter.report(split, len(encoded))
+                setattr(self, f"{split}_prompts" if split == "train" else "val_prompts", encoded)
+        for attribute, source in (("ptx_examples", hp.ptx if hp.ptx_ratio > 0 else None), ("val_texts", hp.val_text)):
+            if source is not None:
+                counter = DropCounter("PPO ptx text")
+                examples = encode_texts(read_records(source), self.tokenizer, self.fields, hp.max_ptx_length, counter)
+                counter.report("train" if attribute == "ptx_examples" else "val", len(examples))
+                setattr(self, attribute, examples)
+        if not self.train_prompts:
+            raise ConfigError(f"no prompts left in {hp.prompts} after applying truncation={hp.truncation!r}")
+
+    def rollout_sizes(self) -> tuple[int, int]:
+        """(prompts, episodes) per rollout per device, from the attached LightningModule."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not hasattr(module, "prompts_per_rollout"):
+            raise ConfigError("PromptDataModule takes its batch sizes from a PPOModule; attach it to a Trainer running one")
+        return module.prompts_per_rollout, module.hparams.rollout_batch_size
+
+    def train_dataloader(self) -> CombinedLoader:
+        hp, trainer = self.hparams, self.trainer
+        prompts_per_rollout, episodes = self.rollout_sizes()
+        replicas, rank = trainer.world_size, trainer.global_rank
+        resume = getattr(trainer.lightning_module, "data_position", None)
+        prompt_sampler = RolloutSampler(len(self.train_prompts), prompts_per_rollout, num_replicas=replicas, rank=rank, seed=hp.seed)
+        if prompt_sampler.batches_per_epoch == 0:
+            raise ConfigError(
+                f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each of "
+                f"{replicas} device(s); lower model.rollout_batch_size or add prompts"
+            )
+        prompt_sampler.resume = resume
+        # Lightning cannot see this resume mechanism and would call the loader "not resumable" mid-epoch.
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
+        if self.ptx_examples:
+            ptx_batch = max(1, round(hp.ptx_ratio * episodes))
+            ptx_sampler = RolloutSampler(len(self.ptx_examples), ptx_batch, num_replicas=replicas, rank=rank,
+                                         seed=hp.seed + 1, batches_per_epoch=prompt_sampler.batches_per_epoch)
+            ptx_sampler.resume = resume
+            loaders["ptx"] = self._loader(self.ptx_examples, ptx_sampler, ptx_batch, collate_examples)
+        return CombinedLoader(loaders, mode="min_size")
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = []
+        if self.val_texts:
+            loaders.append(self._loader(self.val_texts, None, self.hparams.val_batch_size, collate_examples))
+        if self.val_prompts:
+            loaders.append(self._loader(self.val_prompts, None, self.hparams.val_batch_size, collate_prompts))
+        return loaders
+
+    def _loader(self, items: list, sampler: Optional[RolloutSampler], batch_size: int, collate) -> DataLoader:
+        # num_workers=0 on purpose: data is pre-tokenised, and the sampler must read its epoch lazily.
+        return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
+                          generator=torch.Generator().manual_seed(self.hparams.seed))

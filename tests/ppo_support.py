@@ -1,0 +1,86 @@
+"""Shared pieces of the PPO tests: tiny SFT and RM directories, data files, and a quick Trainer.
+
+Import the fixtures into a test module to use them: ``from ppo_support import one_cpu_thread, ppo_world``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory, set_reward_bias
+
+REWARD_BIAS = 0.25
+#: Module settings that make one rollout a fraction of a second: 4 episodes, 2 optimizer steps.
+TINY = dict(
+    rollout_batch_size=4, minibatch_size=2, micro_batch_size=2, max_new_tokens=6, warmup_rollouts=2,
+    learning_rate=3e-3, value_learning_rate=3e-3, ema_decay=0.5, gamma_ptx=1.0, ptx_micro_batch_size=4,
+)
+
+
+def build_world(root: Path, tiny_dir: Path) -> dict[str, str]:
+    """An SFT directory (random tiny Llama + char tokenizer), an RM directory from it, and data files."""
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(tiny_dir / "tokenizer"))
+    policy = load_causal_lm(str(tiny_dir / "config.json"))
+    save_hf_directory(policy, tokenizer, root / "sft")
+    reward = load_scalar_model(str(root / "sft"))
+    set_reward_bias(reward, REWARD_BIAS)
+    save_hf_directory(reward, tokenizer, root / "rm")
+    rng = random.Random(0)
+    letters = "abcdefgh"
+    with open(root / "prompts.jsonl", "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"prompt": f"sort {' '.join(rng.sample(letters, 3))}:"}) + "\n")
+    (root / "ptx.txt").write_text("".join(f"the letters {' '.join(rng.sample(letters, 4))} are here\n" for _ in range(40)))
+    (root / "heldout.txt").write_text("".join(f"held out {' '.join(rng.sample(letters, 3))}\n" for _ in range(8)))
+    return {name: str(root / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One torch thread per test module: tiny models gain nothing from more, and on a busy machine extra
+    threads spin-wait for cores (a tiny PPO fit went from 1 s to 25 s with two threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def ppo_world(tmp_path_factory, tiny_dir) -> dict[str, str]:
+    return build_world(tmp_path_factory.mktemp("ppo_world"), tiny_dir)
+
+
+def tiny_module(world: dict[str, str], cls=None, **overrides):
+    from lit_rlhf.modules import PPOModule
+
+    return (cls or PPOModule)(policy=world["sft"], reward_model=world["rm"], **{**TINY, **overrides})
+
+
+def tiny_data(world: dict[str, str], **overrides):
+    from lit_rlhf.data import PromptDataModule
+
+    settings = dict(prompts=world["prompts.jsonl"], ptx=world["ptx.txt"], ptx_ratio=2, max_prompt_length=32, max_ptx_length=32)
+    return PromptDataModule(**{**settings, **overrides})
+
+
+def tiny_trainer(root: Path, **overrides) -> L.Trainer:
+    settings = dict(
+        default_root_dir=str(root), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_epochs=1, accelerator="cpu",
+    )
+    return L.Trainer(**{**settings, **overrides})
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    return any(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters())
