@@ -22,10 +22,10 @@ from typing import Any, Literal, Optional
 import torch
 import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_rlhf.lora import is_lora, save_lora_directory
+from lit_rlhf.lora import is_lora, save_lora_directory, unwrap
 from lit_rlhf.models import save_hf_directory
 
 # ----------------------------------------------------------------------------------------------
@@ -127,14 +127,17 @@ def shard_models(module: LightningModule, models: Iterable[Optional[torch.nn.Mod
     mesh = getattr(module, "device_mesh", None)
     if mesh is None:
         return
-    from torch.distributed.fsdp import FSDPModule, fully_shard
+    from torch.distributed.fsdp import fully_shard
 
     data_mesh = mesh["data_parallel"]
     for model in models:
-        if model is None or isinstance(model, FSDPModule):
+        if model is None or _fsdp2_units(model):
             continue
-        units = [m for m in model.modules() if type(m) in layer_classes(model)]
-        for unit in units + _separable_children(model) + [model]:
+        # A LoRA model's root unit is the HF model inside the peft wrapper: peft's generate() calls it
+        # directly, and FSDP2 needs one root per model.
+        root = unwrap(model)
+        units = [m for m in root.modules() if type(m) in layer_classes(root)]
+        for unit in units + _separable_children(root) + [root]:
             fully_shard(unit, mesh=data_mesh, reshard_after_forward=reshard_after_forward)
 
 
@@ -145,8 +148,6 @@ def _separable_children(model: torch.nn.Module) -> list[torch.nn.Module]:
     every position), which skips the root's FSDP2 hooks, so each must be a unit of its own. A causal
     LM with tied embeddings shares the embedding with its head: those stay together in the root unit.
     """
-    from lit_rlhf.lora import unwrap
-
     hf_model = unwrap(model)
     children = [c for c in hf_model.children() if any(True for _ in c.parameters())]
     separable = []
@@ -267,6 +268,40 @@ def export_hf(
             path = save_hf_directory(model, tokenizer, out_dir, state_dict=model_state)
     trainer.strategy.barrier("export_hf")
     return path
+
+
+@contextlib.contextmanager
+def local_backward(module: LightningModule) -> Iterator[None]:
+    """Backward passes whose gradients stay on their rank until :func:`sync_gradients` (DDP).
+
+    DDP's reducer expects one backward per wrapped forward; PPO makes many backward passes and
+    optimizer steps inside one ``training_step`` and calls its models directly, so under DDP the
+    gradients are averaged explicitly once per optimizer step instead. Sharded strategies (FSDP2)
+    reduce gradients in their own backward hooks: nothing to do.
+    """
+    strategy = module.trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        with strategy.block_backward_sync():
+            yield
+    else:
+        yield
+
+
+def sync_gradients(module: LightningModule, params: Iterable[torch.nn.Parameter]) -> None:
+    """Average the gradients of ``params`` over DDP ranks (see :func:`local_backward`); a no-op otherwise.
+
+    Every rank reduces every trainable parameter in the same order (a missing gradient counts as
+    zero), so ranks whose batches left some parameter unused cannot fall out of step.
+    """
+    strategy = module.trainer.strategy
+    if not isinstance(strategy, DDPStrategy) or strategy.world_size == 1:
+        return
+    for param in params:
+        if not param.requires_grad:
+            continue
+        grad = param.grad if param.grad is not None else torch.zeros_like(param)
+        dist.all_reduce(grad)
+        param.grad = grad.div_(strategy.world_size)
 
 
 def all_reduce_mean(value: torch.Tensor, module: LightningModule) -> torch.Tensor:

@@ -80,3 +80,25 @@ def write_jsonl(path: Path, records: list) -> Path:
         for record in records:
             f.write((record if isinstance(record, str) else json.dumps(record)) + "\n")
     return path
+
+
+@pytest.fixture
+def in_scratch_dir(tmp_path, monkeypatch):
+    """Run from a scratch directory that sees the repo's relative paths (configs/, lit_rlhf/), as a
+    user in a clone does, while every output (runs/, wandb/) lands in the scratch directory."""
+    for name in ("configs", "lit_rlhf"):
+        os.symlink(REPO_ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def finish_wandb_runs():
+    """Close any wandb run a test's logger left open: a run still open in this process would make the
+    next WandbLogger attach to it instead of starting its own offline run."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

@@ -3,13 +3,12 @@ checkpoint holds, and how bad input and bad numbers stop a run."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 from lightning.pytorch import Callback
 
-from conftest import REPO_ROOT, build_char_tokenizer
+from conftest import build_char_tokenizer
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.models import ModelSourceError, load_scalar_model, save_hf_directory, load_tokenizer
 from lit_rlhf.modules import PPOModule
@@ -172,12 +171,6 @@ def test_missing_eos_penalty_applies_only_to_unfinished_responses(ppo_world):
     assert torch.allclose(scores, rollout.rm_scores + REWARD_BIAS - torch.tensor([0.0, 2.0]))
 
 
-@pytest.fixture
-def in_scratch_dir(tmp_path, monkeypatch):
-    for name in ("configs", "lit_rlhf"):
-        os.symlink(REPO_ROOT / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):

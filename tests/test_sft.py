@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -20,13 +19,6 @@ TINY_OVERRIDES = [
 ]
 
 
-@pytest.fixture
-def in_scratch_dir(tmp_path, monkeypatch):
-    """Run from a scratch directory that sees the repo's relative paths (configs/, lit_rlhf/)."""
-    for name in ("configs", "lit_rlhf"):
-        os.symlink(REPO_ROOT / name, tmp_path / name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_shipped_sft_config_trains_exports_and_resumes(in_scratch_dir):

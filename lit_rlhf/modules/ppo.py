@@ -37,7 +37,7 @@ from lit_rlhf.algorithms import (
     ema_update, gae_advantages, kl_penalty, logprobs_from_logits, masked_sum, per_token_rewards, whiten,
 )
 from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
-from lit_rlhf.distributed import all_reduce_mean, export_hf, generate_rollout, shard_models
+from lit_rlhf.distributed import all_reduce_mean, export_hf, generate_rollout, local_backward, shard_models, sync_gradients
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
 from lit_rlhf.models import (
@@ -215,7 +215,8 @@ class PPOModule(LightningModule):
         rollout = self.make_rollout(batch["prompts"], where)
         generation_time, started = self._generation_time, time.perf_counter()
         self._show_phase("updating")
-        stats = self.ppo_update(rollout, batch.get("ptx") if self.hparams.gamma_ptx > 0 else None, where)
+        with local_backward(self):  # DDP: gradients averaged once per optimizer step (sync_gradients)
+            stats = self.ppo_update(rollout, batch.get("ptx") if self.hparams.gamma_ptx > 0 else None, where)
         stats["perf/generation_tokens_per_sec"] = rollout.response_lengths.sum() / max(generation_time, 1e-9)
         stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
         self.lr_schedulers().step()
@@ -279,6 +280,7 @@ class PPOModule(LightningModule):
                     ptx_stats = self.ptx_backward(ptx_steps[step], params, where)
                     tokens += ptx_stats.pop("tokens")
                     accumulate(totals, ptx_stats, 1 / (steps_per_epoch * hp.ppo_epochs))
+                sync_gradients(self, params)
                 norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
                 check_finite("the gradient norm", norm, where)
                 accumulate(totals, {"train/grad_norm": norm}, 1 / (steps_per_epoch * hp.ppo_epochs))

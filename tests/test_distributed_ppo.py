@@ -1,0 +1,51 @@
+"""PPO on 2 CPU processes (gloo): DDP and FSDP2 (FSDP2Strategy), with and without LoRA, and uneven lengths.
+
+One torchrun job runs every scenario for 2 rollouts. A rank that finishes generating early must keep
+joining the other rank's collectives (synced_gpus): the job's timeout fails the test if it hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ppo_support import build_world
+from test_distributed import torchrun
+
+SCENARIOS = [
+    {"name": "ppo-ddp", "stage": "ppo", "strategy": "ddp", "steps": 4},
+    {"name": "ppo-fsdp2", "stage": "ppo", "strategy": "fsdp2", "steps": 4},
+    {"name": "ppo-fsdp2-lora", "stage": "ppo", "strategy": "fsdp2", "steps": 4, "lora": True},
+    {"name": "ppo-fsdp2-uneven", "stage": "ppo", "strategy": "fsdp2", "steps": 2, "uneven": True},
+]
+TIMEOUT_S = 150
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("dist_ppo")
+    (root / "ppo").mkdir()
+    build_world(root / "ppo", tiny_dir)
+    spec = root / "spec.json"
+    spec.write_text(json.dumps({"inputs": str(root), "out": str(root / "two"), "scenarios": SCENARIOS}))
+    result = torchrun(spec, TIMEOUT_S)  # raises subprocess.TimeoutExpired on a hang
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return root
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
+def test_ppo_runs_on_two_ranks_and_exports_full_weights(runs, scenario):
+    out = runs / "two" / scenario["name"]
+    losses = [json.loads((out / f"losses_rank{r}.json").read_text()) for r in range(2)]
+    assert all(len(rank) >= 1 for rank in losses)
+    exported = load_file(out / "model/model.safetensors")
+    initial = load_file(runs / "ppo/sft/model.safetensors")
+    assert exported.keys() == initial.keys()  # full, unsharded, merged weights under the plain HF names
+    for name, tensor in exported.items():
+        assert tensor.shape == initial[name].shape, name
+        assert math.isfinite(tensor.float().abs().sum().item())
+    assert any(not torch.equal(exported[n], initial[n]) for n in initial), "PPO did not move the policy"
