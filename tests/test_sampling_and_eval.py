@@ -83,6 +83,33 @@ def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
         module.generate_responses = original
 
 
+def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_path, sandbox_model_dir):
+    """T=1 evaluation scores all samples_per_prompt responses; the same seed gives the same number."""
+    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+    import lit_rlhf.callbacks.gold_score as module
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:6]])
+    evaluation = GoldScoreEvaluation(prompts=str(prompts), num_prompts=6, temperature=1.0, samples_per_prompt=4, max_new_tokens=8)
+    answers = [" " + r.data["answer"] for r in evaluation.records]
+
+    def half_right(model, tokenizer, prompts, num_return_sequences, **kwargs):  # 2 exact answers and 2 empty ones per prompt
+        return [answers[i] if j % 2 == 0 else "" for i in range(len(prompts)) for j in range(num_return_sequences)]
+
+    original = module.generate_responses
+    try:
+        module.generate_responses = half_right
+        sums = evaluation.evaluate(model=None, tokenizer=load_tokenizer(str(TOKENIZER_DIR)))
+    finally:
+        module.generate_responses = original
+    assert float(sums["gold/score/count"]) == 24
+    assert float(sums["gold/score"] / sums["gold/score/count"]) == pytest.approx(0.5)
+
+    model, tokenizer = load_causal_lm(str(sandbox_model_dir), trainable=False), load_tokenizer(str(sandbox_model_dir), padding_side="left")
+    first, second = (evaluation.evaluate(model, tokenizer)["gold/score"] for _ in range(2))
+    assert float(first) == float(second)
+    assert GoldScoreEvaluation(prompts=str(prompts), temperature=0.0, samples_per_prompt=4).samples_per_prompt == 1
+
+
 def test_heldout_lm_loss_matches_a_direct_computation(sandbox_model_dir):
     tokenizer = load_tokenizer(str(sandbox_model_dir))
     model = load_causal_lm(str(sandbox_model_dir), trainable=False)

@@ -21,7 +21,7 @@ from lit_rlhf.sandbox import (
     write_sandbox_data,
 )
 from lit_rlhf.sandbox.assets_build import build_assets
-from lit_rlhf.sandbox.world import record_key
+from lit_rlhf.sandbox.world import CHATTER, CHATTY_SHARE, record_key
 
 SMALL = dict(
     n_pretrain=200, n_pretrain_heldout=50, n_sft_train=100,
@@ -94,9 +94,14 @@ def test_evaluation_and_validation_instances_are_disjoint_from_training(shipped:
 
 
 def test_records_are_well_formed_and_pretraining_has_no_instruction_format(shipped: dict[str, list]) -> None:
+    chatty = 0
     for demo in shipped["sft_train.jsonl"]:
         assert demo["prompt"].endswith(PROMPT_SEPARATOR)
-        assert demo["response"] == " " + demo["answer"]
+        # The correct answer, then either nothing or one of the labelers' chatter phrases.
+        assert demo["response"].startswith(" " + demo["answer"])
+        assert demo["response"][len(demo["answer"]) + 1 :] in ("",) + CHATTER
+        chatty += demo["response"] != " " + demo["answer"]
+    assert abs(chatty / len(shipped["sft_train.jsonl"]) - CHATTY_SHARE) < 0.05
     for record in shipped["prompts_eval.jsonl"]:
         assert parse_prompt(record["prompt"]) == record
     assert not any("Answer" in line for line in shipped["pretrain.txt"])
@@ -202,3 +207,12 @@ def test_base_config_builds_a_model_that_generates(tokenizer) -> None:
     assert prompt_length < output.shape[1] <= prompt_length + 5
     assert torch.equal(output[:, :prompt_length], inputs["input_ids"])
     assert model(**inputs).logits.shape[-1] == len(tokenizer)
+
+
+def test_labeler_prefers_the_bare_answer_to_the_demonstrations_chatter() -> None:
+    # The chatter some demonstrations carry costs gold score: that is what RLHF can fix over SFT.
+    labeler = GoldLabeler()
+    for record in ({"prompt": "p", "family": "reverse", "answer": "m a d k"}, {"prompt": "p", "family": "arithmetic", "answer": "23"}):
+        bare = labeler.score(record, " " + record["answer"])
+        assert bare == 1.0
+        assert all(labeler.score(record, " " + record["answer"] + chatter) < 0.6 for chatter in CHATTER)

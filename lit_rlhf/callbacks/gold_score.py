@@ -37,9 +37,16 @@ class GoldScoreEvaluation(Callback):
         num_prompts: Evaluate the first ``num_prompts`` prompts.
         num_texts: Evaluate the first ``num_texts`` held-out texts.
         max_new_tokens: Longest response in tokens.
-        temperature: Sampling temperature; 0 decodes greedily (deterministic, lowest variance).
+        temperature: Sampling temperature; 0 decodes greedily. PPO optimises the policy's sampling
+            distribution at its rollout temperature (1 in the paper), so that is the policy as trained.
+        samples_per_prompt: Sampled responses per prompt (each scored; the mean is logged). Raise it
+            when ``temperature > 0`` to lower the noise of the mean; greedy decoding needs 1.
+        seed: Seed of the sampler: every evaluation draws the same random numbers, and the training
+            run's own random state is left untouched.
         batch_size: Prompts per generate call.
         group_field: Record field whose values split the mean score (``family`` in the sandbox); None: no split.
+        prefix: Name of the logged metrics (``gold/score``, ``gold/score_<family>``); a second
+            instance with another prefix (``gold_greedy``) logs a second decoding side by side.
     """
 
     def __init__(
@@ -51,30 +58,47 @@ class GoldScoreEvaluation(Callback):
         num_texts: int = 200,
         max_new_tokens: int = 32,
         temperature: float = 0.0,
+        samples_per_prompt: int = 1,
+        seed: int = 1234,
         batch_size: int = 64,
         group_field: Optional[str] = "family",
+        prefix: str = "gold",
     ):
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
         self.records = read_records(prompts)[:num_prompts]
         self.labeler = load_object(labeler)()
         self.texts = [r.data["text"] for r in read_records(heldout_text)[:num_texts]] if heldout_text else []
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        # Greedy decoding gives the same response every time: one sample says everything.
+        self.samples_per_prompt = samples_per_prompt if temperature > 0 else 1
+        self.seed = seed
         self.batch_size = batch_size
         self.group_field = group_field
+        self.prefix = prefix
 
     def evaluate(self, model, tokenizer, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Sums and counts of this rank's share (reduce them across ranks, then divide)."""
         records = self.records[rank::world_size]
         prompts = [render_prompt(tokenizer, r, FieldMap()) for r in records]
-        responses = generate_responses(
-            model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature, batch_size=self.batch_size
-        )
+        k = self.samples_per_prompt
+        device = getattr(model, "device", torch.device("cpu"))  # a Hugging Face model knows its device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + rank)
+            responses = generate_responses(
+                model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                num_return_sequences=k, batch_size=max(1, self.batch_size // k),
+            )
         # Keys come from all records, not this rank's share, so every rank reduces the same keys.
         groups = sorted({str(r.data[self.group_field]) for r in self.records if self.group_field in r.data})
-        sums: dict[str, float] = {k: 0.0 for g in ["gold/score"] + [f"gold/score_{g}" for g in groups] for k in (g, g + "/count")}
-        for record, response in zip(records, responses):
+        score_key = f"{self.prefix}/score"
+        sums: dict[str, float] = {key: 0.0 for g in [score_key] + [f"{score_key}_{g}" for g in groups] for key in (g, g + "/count")}
+        for i, response in enumerate(responses):
+            record = records[i // k]
             score = self.labeler.score(record.data, response)
-            keys = ["gold/score"] + ([f"gold/score_{record.data[self.group_field]}"] if self.group_field in record.data else [])
+            keys = [score_key] + ([f"{score_key}_{record.data[self.group_field]}"] if self.group_field in record.data else [])
             for key in keys:
                 sums[key] += score
                 sums[key + "/count"] += 1

@@ -18,13 +18,15 @@ from lit_rlhf.sandbox.world import write_sandbox_data
 
 
 def tokenizer_corpus(data_dir: Path) -> list[str]:
-    """Lines the tokenizer learns merges from: pretraining text, demonstrations and PPO prompts."""
+    """Lines the tokenizer learns merges from: pretraining text, and the demonstrations' and PPO
+    prompts with the correct answers. The demonstrations' chatter is left out: it is made of words
+    the world already has, and must not change the vocabulary."""
     lines = (data_dir / "pretrain.txt").read_text(encoding="utf-8").splitlines()
-    for name, fields in (("sft_train.jsonl", ("prompt", "response")), ("prompts_train.jsonl", ("prompt",))):
+    for name, with_answer in (("sft_train.jsonl", True), ("prompts_train.jsonl", False)):
         with open(data_dir / name, encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
-                lines.append("".join(record[k] for k in fields))
+                lines.append(record["prompt"] + (" " + str(record["answer"]) if with_answer else ""))
     return lines
 
 

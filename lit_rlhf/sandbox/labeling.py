@@ -15,7 +15,8 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
 
     Writes ``train.jsonl`` and ``val.jsonl`` comparison records ``{"prompt", "responses": [best..worst],
     "ranks"}`` into ``out_dir``. Prompts whose responses all tie yield no pair and are dropped; the
-    count is returned and printed, never silently lost. Repeated responses are labeled once.
+    count is returned and printed, never silently lost. Repeated responses are labeled once and
+    empty ones are left out.
 
     Args:
         samples: JSONL written by ``lit-rlhf sample`` (prompt fields + ``responses``).
@@ -27,8 +28,9 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
     labeler = GoldLabeler(tie_tolerance=tie_tolerance)
     comparisons, all_tied = [], 0
     for record in read_records(samples):
-        # A small policy often samples the same response twice; a comparison needs distinct ones.
-        distinct = list(dict.fromkeys(record.data["responses"]))
+        # A small policy often samples the same response twice, or an empty one (EOS first); comparison
+        # records need distinct, non-empty responses (RewardDataModule refuses the others).
+        distinct = list(dict.fromkeys(r for r in record.data["responses"] if r.strip()))
         comparison = labeler.to_comparison(record.data, distinct)
         if comparison is None:
             all_tied += 1
@@ -42,5 +44,5 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
         with open(out / name, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     counts = {"train": len(comparisons) - n_val, "val": n_val, "dropped_all_tied": all_tied}
-    print(f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (all responses tied or identical)")
+    print(f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (fewer than two distinct non-empty responses, or all tied)")
     return counts

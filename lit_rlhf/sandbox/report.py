@@ -14,18 +14,34 @@ from lit_rlhf.sandbox.paths import DATA_DIR
 POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"))
 KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens
 PROXY_METRIC = "rollout/reward"  # the centred RM score PPO optimises
+#: Headline decoding: the policy as PPO trains it (temperature 1, as in the paper's rollouts), averaged
+#: over this many samples per held-out prompt so that the mean is low-noise. Greedy is reported beside it.
+SAMPLED_TEMPERATURE = 1.0
+SAMPLES_PER_PROMPT = 8
+MAX_NEW_TOKENS = 24  # as in the PPO rollouts and the RM's comparisons
+
+
+def gold_evaluations(num_prompts: int, num_texts: int) -> list:
+    """The two gold evaluations of every policy: sampled at T=1 (``gold/...``, with the held-out
+    pretraining loss) and greedy (``gold_greedy/...``)."""
+    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+
+    prompts = str(DATA_DIR / "prompts_eval.jsonl")
+    return [
+        GoldScoreEvaluation(
+            prompts=prompts, heldout_text=str(DATA_DIR / "pretrain_heldout.txt"), num_prompts=num_prompts, num_texts=num_texts,
+            max_new_tokens=MAX_NEW_TOKENS, temperature=SAMPLED_TEMPERATURE, samples_per_prompt=SAMPLES_PER_PROMPT,
+        ),
+        GoldScoreEvaluation(prompts=prompts, num_prompts=num_prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, prefix="gold_greedy"),
+    ]
 
 
 def gold_metrics(model_dir: str, num_prompts: int, num_texts: int) -> dict[str, float]:
-    """Gold score (overall and per family) and held-out pretraining loss of one policy directory."""
-    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+    """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory."""
     from lit_rlhf.models import load_causal_lm, load_tokenizer
 
-    evaluation = GoldScoreEvaluation(
-        prompts=str(DATA_DIR / "prompts_eval.jsonl"), heldout_text=str(DATA_DIR / "pretrain_heldout.txt"),
-        num_prompts=num_prompts, num_texts=num_texts,
-    )
-    sums = evaluation.evaluate(load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left"))
+    model, tokenizer = load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left")
+    sums = {k: v for evaluation in gold_evaluations(num_prompts, num_texts) for k, v in evaluation.evaluate(model, tokenizer).items()}
     return {k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0}
 
 
@@ -54,8 +70,9 @@ def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
     return values[-1] if values else None
 
 
-def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -> Optional[Path]:
-    """Gold score and RM (proxy) score against KL to the SFT policy, over PPO training."""
+def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path, sft_gold: Optional[float] = None) -> Optional[Path]:
+    """Gold score and RM (proxy) score against KL to the SFT policy, over PPO training; every gold
+    curve starts from the SFT policy's score at KL 0 when ``sft_gold`` is given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +90,7 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -
             earlier = [s for s in steps if s <= step]
             return kl_by_step[earlier[-1]] if earlier else 0.0
 
-        gold = [(kl_at(r["step"]), r["gold/score"]) for r in rows if "gold/score" in r]
+        gold = ([(0.0, sft_gold)] if sft_gold is not None else []) + [(kl_at(r["step"]), r["gold/score"]) for r in rows if "gold/score" in r]
         proxy = [(kl_by_step[s], r[PROXY_METRIC]) for s in steps for r in rows if r.get("step") == s and PROXY_METRIC in r]
         if gold:
             gold_ax.plot(*zip(*gold), marker="o", label=run)
@@ -83,7 +100,7 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -
     if not plotted:
         plt.close(fig)
         return None
-    for ax, title in ((gold_ax, "gold score (held-out prompts)"), (proxy_ax, "RM score (rollouts)")):
+    for ax, title in ((gold_ax, f"gold score (held-out prompts, T={SAMPLED_TEMPERATURE:g})"), (proxy_ax, "RM score (rollouts)")):
         ax.set_xlabel("KL(policy || SFT) per sequence, nats")
         ax.set_title(title)
         ax.legend()
@@ -108,16 +125,20 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
     runs = {"PPO (no ptx)": read_csv_metrics(root / "ppo/csv/metrics.csv"), "PPO-ptx": read_csv_metrics(root / "ppo_ptx/csv/metrics.csv")}
     results["final_kl"] = {run: last_value(rows, KL_METRIC) for run, rows in runs.items()}
-    plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
+    plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png", sft_gold=results["policies"].get("SFT", {}).get("gold/score"))
 
     lines = [
-        "| policy | gold score | held-out pretraining loss | final KL to SFT |",
-        "|---|---|---|---|",
+        f"| policy | gold score (T={SAMPLED_TEMPERATURE:g} samples, as trained) | gold score (greedy) | held-out pretraining loss | final KL to SFT |",
+        "|---|---|---|---|---|",
     ]
     for label, metrics in results["policies"].items():
-        lines.append(f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |")
+        lines.append(
+            f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('gold_greedy/score'))} "
+            f"| {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |"
+        )
+    lines += ["", f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {SAMPLES_PER_PROMPT} samples each (fixed seed); greedy: one."]
     families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
-    lines += ["", "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |", "|---" * (len(families) + 1) + "|"]
+    lines += ["", f"Per family (T={SAMPLED_TEMPERATURE:g} samples):", "", "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |", "|---" * (len(families) + 1) + "|"]
     for label, metrics in results["policies"].items():
         lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f), 2) for f in families) + " |")
     rm = results["rm"]

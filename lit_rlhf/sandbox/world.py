@@ -24,6 +24,14 @@ from lit_rlhf.sandbox.families import (
 
 # Share of pretraining lines that are family facts; the rest are general letter/number facts.
 FAMILY_STATEMENT_SHARE = 0.8
+# Share of demonstrations in which the labeler, after the correct answer, adds a little chatter
+# (", the end"). Real demonstrations are imperfect in the same way: SFT imitates the habit, the gold
+# labeler (like the paper's labelers judging outputs) prefers the bare answer, and a small reward
+# model can learn that preference from comparisons, so RLHF has something real to fix. Above one
+# half, so that the SFT policy's most likely (greedy) continuation after the answer is the chatter.
+CHATTY_SHARE = 0.6
+# Every phrase starts with the same token (","), so the choice "stop or chat" is one token decision.
+CHATTER = (", the end", ", there you are", ", there you go")
 # Draws allowed per record before a split is declared impossible (instance pool exhausted).
 MAX_DRAWS_PER_RECORD = 2000
 
@@ -80,9 +88,17 @@ def record_key(record: dict) -> tuple:
     return FAMILY_BY_NAME[record["family"]].key(record)
 
 
-def demonstration(record: dict) -> dict:
-    """A labeler demonstration: the correct answer after one space, plus the record's metadata."""
-    return {"prompt": record["prompt"], "response": " " + record["answer"], **_metadata(record)}
+def demonstration(record: dict, rng: random.Random) -> dict:
+    """A labeler demonstration: the correct answer after one space, followed by chatter (one of
+    ``CHATTER``) with probability ``CHATTY_SHARE``, plus the record's metadata."""
+    chatter = rng.choice(CHATTER) if rng.random() < CHATTY_SHARE else ""
+    return {"prompt": record["prompt"], "response": " " + str(record["answer"]) + chatter, **_metadata(record)}
+
+
+def _demonstrations(records: list[dict], seed: int, split: str) -> list[dict]:
+    """Demonstrations for one split; the chatter draws come from the split's own stream."""
+    rng = split_rng(seed, split + "/chatter")
+    return [demonstration(r, rng) for r in records]
 
 
 def _metadata(record: dict) -> dict:
@@ -140,8 +156,9 @@ def generate_sandbox(
     return {
         "pretrain.txt": pretrain,
         "pretrain_heldout.txt": heldout,
-        "sft_train.jsonl": [demonstration(r) for r in sft_train],
-        "sft_val.jsonl": [demonstration(r) for r in sft_val],
+        # Their own streams, so the chatter does not move any split's instances.
+        "sft_train.jsonl": _demonstrations(sft_train, seed, "sft_train"),
+        "sft_val.jsonl": _demonstrations(sft_val, seed, "sft_val"),
         "prompts_train.jsonl": prompts_train,
         "prompts_eval.jsonl": prompts_eval,
     }
