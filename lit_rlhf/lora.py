@@ -13,6 +13,7 @@ for reward/value models, the scalar head) train. Two facts shape this module:
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Union
@@ -20,6 +21,8 @@ from typing import Iterator, Literal, Optional, Union
 import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_rlhf.errors import ConfigError
 
 #: Adapter name peft gives the first adapter; lit-rlhf uses one adapter per model.
 ADAPTER = "default"
@@ -50,10 +53,10 @@ class LoraOptions:
 
 
 def is_lora(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft model with adapters."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """Whether ``model`` is a peft model with adapters. peft is optional (the ``lora`` extra): a model
+    can only be a peft model if peft was imported, so without it nothing is imported here."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -69,7 +72,10 @@ def apply_lora(model: PreTrainedModel, options: Optional[LoraOptions], *, head: 
     """
     if options is None:
         return model
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ConfigError("LoRA needs the peft package: pip install -e \".[lora]\"") from None
 
     if options.r <= 0:
         raise ValueError(f"lora.r must be positive, got {options.r}")

@@ -88,3 +88,18 @@ def test_no_options_leaves_the_model_alone(base_dir):
     assert apply_lora(model, None) is model
     with pytest.raises(ValueError, match="lora.r"):
         apply_lora(model, LoraOptions(r=0))
+
+
+def test_everything_but_lora_works_without_peft(monkeypatch, tiny_dir):
+    """peft is an optional extra: without it models are never LoRA, and asking for LoRA says what to install."""
+    import sys
+
+    from lit_rlhf.errors import ConfigError
+    from lit_rlhf.lora import LoraOptions, apply_lora, is_lora, unwrap
+    from lit_rlhf.models import load_causal_lm
+
+    model = load_causal_lm(str(tiny_dir / "config.json"))
+    monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` fail, as when it is not installed
+    assert not is_lora(model) and unwrap(model) is model
+    with pytest.raises(ConfigError, match=r'pip install -e ".\[lora\]"'):
+        apply_lora(model, LoraOptions())
