@@ -95,7 +95,7 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path, s
         if gold:
             gold_ax.plot(*zip(*gold), marker="o", label=run)
         if proxy:
-            proxy_ax.plot(*zip(*proxy), marker=".", label=run)
+            proxy_ax.scatter(*zip(*proxy), s=12, alpha=0.6, label=run)  # rollout KL is noisy: points, not a path
         plotted = plotted or bool(gold or proxy)
     if not plotted:
         plt.close(fig)
