@@ -163,3 +163,15 @@ def test_length_grouped_sampler_groups_lengths_and_covers_all():
     assert spread < random_spread / 4
     sampler.set_epoch(1)
     assert list(sampler) != order
+
+
+def test_data_seed_defaults_to_seed_everything(tmp_path, monkeypatch):
+    from lightning.pytorch import seed_everything
+
+    from lit_rlhf.data import SFTDataModule
+
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    assert SFTDataModule(train="x.jsonl").hparams.seed == 0
+    seed_everything(7)
+    assert SFTDataModule(train="x.jsonl").hparams.seed == 7  # a new --seed_everything changes the data order
+    assert SFTDataModule(train="x.jsonl", seed=3).hparams.seed == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import Counter
 from typing import Any, Optional
@@ -32,6 +33,12 @@ def resolve_tokenizer(datamodule: Any, source: Optional[str], *, padding_side: s
             "Trainer whose LightningModule has a `tokenizer` attribute (every lit-rlhf module has one)."
         )
     return tokenizer
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    """``seed``, or when unset the run's ``seed_everything`` value (Lightning exports it as
+    ``PL_GLOBAL_SEED``; LightningCLI seeds before it builds the modules), else 0."""
+    return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def split_records(

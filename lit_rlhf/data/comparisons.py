@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.algorithms.ranking import comparison_pairs
 from lit_rlhf.data.batching import LengthGroupedSampler, pad_sequences
-from lit_rlhf.data.common import DropCounter, resolve_tokenizer, split_records
+from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer, split_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
 from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
 
@@ -304,7 +304,7 @@ class RewardDataModule(LightningDataModule):
         batch_size: Prompts per device per step (the paper counts RM batches in prompts); each brings all its K responses.
         group_by_length: Batch prompts of similar padded size together so little compute goes to padding.
         num_workers: DataLoader worker processes.
-        seed: Seed for the validation split and the batch order.
+        seed: Seed for the validation split and the batch order. Default: the run's ``seed_everything``.
     """
 
     def __init__(
@@ -321,10 +321,11 @@ class RewardDataModule(LightningDataModule):
         batch_size: int = 8,
         group_by_length: bool = True,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: Optional[int] = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.hparams.seed = resolve_seed(seed)
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_rlhf.data.batching import collate_examples, pad_sequences
-from lit_rlhf.data.common import DropCounter, resolve_tokenizer
+from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
 from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
 from lit_rlhf.errors import ConfigError
@@ -151,7 +151,7 @@ class PromptDataModule(LightningDataModule):
         max_ptx_length: Longest pretraining sequence; longer texts keep their first tokens.
         ptx_ratio: Pretraining sequences per episode (paper 8); 0 loads no ptx data.
         val_batch_size: Validation batch size (prompts or text sequences).
-        seed: Seed of the prompt and ptx order.
+        seed: Seed of the prompt and ptx order. Default: the run's ``seed_everything``.
     """
 
     def __init__(
@@ -167,10 +167,11 @@ class PromptDataModule(LightningDataModule):
         max_ptx_length: int = 512,
         ptx_ratio: float = 8.0,
         val_batch_size: int = 32,
-        seed: int = 0,
+        seed: Optional[int] = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.hparams.seed = resolve_seed(seed)
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})
         self.tokenizer = None

@@ -9,7 +9,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples
-from lit_rlhf.data.common import DropCounter, resolve_tokenizer, split_records
+from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer, split_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
 from lit_rlhf.data.tokenize import Example, encode_sft_record
 
@@ -63,7 +63,7 @@ class SFTDataModule(LightningDataModule):
         pack: Pack several short examples into each row of ``max_length`` tokens (positions restart per
             example and examples do not attend to each other).
         num_workers: DataLoader worker processes.
-        seed: Seed for the validation split and the batch order.
+        seed: Seed for the validation split and the batch order. Default: the run's ``seed_everything``.
     """
 
     def __init__(
@@ -79,10 +79,11 @@ class SFTDataModule(LightningDataModule):
         group_by_length: bool = True,
         pack: bool = False,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: Optional[int] = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
+        self.hparams.seed = resolve_seed(seed)
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})
         self.tokenizer = None

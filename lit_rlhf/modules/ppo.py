@@ -38,6 +38,7 @@ from lit_rlhf.algorithms import (
 )
 from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
 from lit_rlhf.distributed import all_reduce_mean, export_hf, generate_rollout, local_backward, shard_models, sync_gradients
+from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
 from lit_rlhf.models import (
@@ -100,6 +101,7 @@ class PPOModule(LightningModule):
         lora: Train LoRA adapters on the policy and value model instead of all weights (``LoraOptions``). The KL
             reference is then the policy with its adapters disabled: no second copy of the SFT weights.
         seed: Seeds sampling (per rollout and rank) and minibatch order, so a resumed run repeats the same draws.
+            Default: the run's ``seed_everything``.
         output_dir: Where the final policy (its EMA if enabled) is written as a Hugging Face directory.
     """
 
@@ -118,10 +120,11 @@ class PPOModule(LightningModule):
         weight_decay: float = 0.0, warmup_rollouts: int = 10, warmup_start: float = 0.1, max_grad_norm: Optional[float] = 1.0,
         ema_decay: Optional[float] = 0.992, gamma_ptx: float = 27.8, ptx_micro_batch_size: Optional[int] = None,
         frozen_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None, gradient_checkpointing: bool = False,
-        lora: Optional[LoraOptions] = None, seed: int = 0, output_dir: Optional[str] = None,
+        lora: Optional[LoraOptions] = None, seed: Optional[int] = None, output_dir: Optional[str] = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.hparams.seed = resolve_seed(seed)
         for name, divisor in (("minibatch_size", minibatch_size), ("samples_per_prompt", samples_per_prompt)):
             if divisor < 1 or rollout_batch_size % divisor:
                 raise ConfigError(f"rollout_batch_size={rollout_batch_size} must be a positive multiple of {name}={divisor}")

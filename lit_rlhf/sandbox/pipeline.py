@@ -99,9 +99,8 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
     root = Path(out)
     size = FAST if fast else {}
     started = time.perf_counter()
-    # seed_everything alone leaves the data order (each data module's own seed) and PPO's rollout
-    # sampler (PPOModule.seed) fixed: a different --seed must change them too.
-    seed_args = ["--seed_everything", str(seed), "--data.init_args.seed", str(seed)]
+    # Data order and PPO sampling follow seed_everything (their own `seed` arguments default to it).
+    seed_args = ["--seed_everything", str(seed)]
     eval_prompts, eval_texts = size.get("eval_prompts", 200), size.get("eval_texts", 400)
 
     fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args + size.get("sft", []), wandb=wandb)
@@ -116,7 +115,7 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
     rm_data = ["--data.init_args.train", str(root / "comparisons/train.jsonl"), "--data.init_args.val", str(root / "comparisons/val.jsonl")]
     fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
 
-    ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model"), "--model.init_args.seed", str(seed)]
+    ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
     gold = gold_callback(eval_prompts, eval_texts)
     for name, extra in (("ppo_ptx", []), ("ppo", ["--model.init_args.gamma_ptx", "0"])):
         fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[gold])
