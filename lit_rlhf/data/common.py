@@ -8,10 +8,11 @@ import random
 from collections import Counter
 from typing import Any, Optional
 
+from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from lit_rlhf.data.records import DataSource, Record, read_records
+from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
 from lit_rlhf.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,23 @@ def resolve_seed(seed: Optional[int]) -> int:
     """``seed``, or when unset the run's ``seed_everything`` value (Lightning exports it as
     ``PL_GLOBAL_SEED``; LightningCLI seeds before it builds the modules), else 0."""
     return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+class StageDataModule(LightningDataModule):
+    """What every stage's DataModule shares: its hyperparameters, field names, seed and tokenizer source.
+
+    Subclasses call ``super().__init__(tokenizer, fields, seed)`` first; Lightning collects the
+    subclass's own arguments into ``hparams`` too. The tokenizer is left out of ``hparams`` because the
+    LightningModule logs it: one value per key.
+    """
+
+    def __init__(self, tokenizer: Optional[str], fields: Optional[dict[str, str]], seed: Optional[int]):
+        super().__init__()
+        self.save_hyperparameters(ignore=["tokenizer"])
+        self.hparams.seed = resolve_seed(seed)
+        self.tokenizer_source = tokenizer
+        self.fields = FieldMap(fields or {})
+        self.tokenizer: Optional[PreTrainedTokenizerBase] = None
 
 
 def split_records(

@@ -16,14 +16,13 @@ from numbers import Integral
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.algorithms.ranking import comparison_pairs
 from lit_rlhf.data.batching import LengthGroupedSampler, pad_sequences
-from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer, split_records
+from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
 from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
 
@@ -275,7 +274,7 @@ def rank_share(items: list, rank: int, world_size: int) -> list[tuple[object, fl
     return share + [(items[0], 0.0)] * (size - len(share))
 
 
-class RewardDataModule(LightningDataModule):
+class RewardDataModule(StageDataModule):
     """Ranked comparisons for the reward model, batched by prompt (InstructGPT 3.5, C.2).
 
     Record formats (field names remappable with ``fields``): ``{"prompt", "responses": [best, ..., worst]}``
@@ -323,12 +322,7 @@ class RewardDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: Optional[int] = None,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
-        self.hparams.seed = resolve_seed(seed)
-        self.tokenizer_source = tokenizer
-        self.fields = FieldMap(fields or {})
-        self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        super().__init__(tokenizer, fields, seed)
         self.train_groups: list[ComparisonGroup] = []
         self.val_groups: list[ComparisonGroup] = []
         self.drop_counts: dict[str, int] = {}

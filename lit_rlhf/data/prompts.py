@@ -19,12 +19,11 @@ from functools import partial
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_rlhf.data.batching import collate_examples, pad_sequences
-from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer
+from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
 from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
 from lit_rlhf.errors import ConfigError
@@ -129,7 +128,7 @@ def encode_texts(records: list[Record], tokenizer, fields: FieldMap, max_length:
     return examples
 
 
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(StageDataModule):
     """Prompts for PPO rollouts, pretraining text for PPO-ptx, and optional validation data.
 
     Batch sizes come from the attached ``PPOModule`` (one source of truth): each training batch holds
@@ -169,12 +168,7 @@ class PromptDataModule(LightningDataModule):
         val_batch_size: int = 32,
         seed: Optional[int] = None,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
-        self.hparams.seed = resolve_seed(seed)
-        self.tokenizer_source = tokenizer
-        self.fields = FieldMap(fields or {})
-        self.tokenizer = None
+        super().__init__(tokenizer, fields, seed)
         self.train_prompts: list[list[int]] = []
         self.ptx_examples: list[Example] = []
         self.val_prompts: list[list[int]] = []

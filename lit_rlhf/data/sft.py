@@ -5,11 +5,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal, Optional
 
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples
-from lit_rlhf.data.common import DropCounter, resolve_seed, resolve_tokenizer, split_records
+from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
 from lit_rlhf.data.tokenize import Example, encode_sft_record
 
@@ -41,7 +40,7 @@ def encode_sft_records(
     return examples
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(StageDataModule):
     """Demonstrations for supervised fine-tuning, or plain text for pretraining (the ptx data).
 
     Record formats (field names remappable with ``fields``): ``{"prompt", "response"}`` with loss on
@@ -81,12 +80,7 @@ class SFTDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: Optional[int] = None,
     ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer"])  # the module logs the tokenizer; one value per key
-        self.hparams.seed = resolve_seed(seed)
-        self.tokenizer_source = tokenizer
-        self.fields = FieldMap(fields or {})
-        self.tokenizer = None
+        super().__init__(tokenizer, fields, seed)
         self.train_rows: list = []
         self.val_rows: list = []
 
