@@ -1,0 +1,68 @@
+"""What every ``compare.py`` worker shares: the step clock, peak memory and the result line.
+
+A worker is one process that trains one stage with one framework and prints, as its last stdout
+line, ``RESULT {json}``. Counting starts after the warm-up steps: ``seconds`` is the wall time from
+the end of the last warm-up step to the end of the last measured step (data loading, logging and
+everything else a user waits for included), and the work counters cover exactly those steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+RESULT_PREFIX = "RESULT "
+
+
+def configure_process(threads: int) -> None:
+    """Same threads and offline settings in every worker, whatever the framework."""
+    import torch
+
+    torch.set_num_threads(threads)
+    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
+                       ("TOKENIZERS_PARALLELISM", "false"), ("TRL_EXPERIMENTAL_SILENCE", "1")):
+        os.environ.setdefault(key, value)
+
+
+class StepClock:
+    """Timestamps at the end of each optimizer step (or PPO rollout); per-step work counters beside them."""
+
+    def __init__(self, warmup_steps: int):
+        if warmup_steps < 1:
+            raise ValueError("warmup_steps must be >= 1: the first step's end is where measuring starts")
+        self.warmup_steps = warmup_steps
+        self.ends: list[float] = []
+        self.work: list[dict[str, float]] = []
+
+    def step_end(self, **work: float) -> None:
+        self.ends.append(time.perf_counter())
+        self.work.append(work)
+
+    @property
+    def steps(self) -> int:
+        return len(self.ends)
+
+    def measured(self) -> dict[str, float]:
+        """``seconds`` and the summed counters over the steps after the warm-up."""
+        if len(self.ends) <= self.warmup_steps:
+            raise RuntimeError(f"only {len(self.ends)} steps ran, fewer than warm-up {self.warmup_steps} + 1")
+        totals: dict[str, float] = {"measured_steps": len(self.ends) - self.warmup_steps,
+                                    "seconds": self.ends[-1] - self.ends[self.warmup_steps - 1]}
+        for work in self.work[self.warmup_steps:]:
+            for key, value in work.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        return totals
+
+
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def emit_result(result: dict) -> None:
+    result = {**result, "peak_rss_gib": peak_rss_gib()}
+    sys.stdout.flush()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)

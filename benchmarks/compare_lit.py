@@ -1,0 +1,192 @@
+"""``compare.py`` worker: train one stage with lit-rlhf on the shared workload and print its counters.
+
+    python benchmarks/compare_lit.py --stage sft|rm4|rm9|ppo --workspace DIR [--threads 2]
+
+Each stage runs through a plain ``lightning.Trainer`` with the module and data module a config
+would build, and without a logger, checkpoints or progress bar (TRL's worker turns off the same).
+The PPO run also measures, in this process and on the same models, the ceiling: bare HF
+``generate`` tokens/s on the same prompts, and bare forward+backward tokens/s of the policy and the
+value model on the rollout's sequences, so the rollout and update phases can be read as fractions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_common import StepClock, configure_process, emit_result  # noqa: E402
+from compare_workspace import load_settings  # noqa: E402
+
+
+def step_clock_callback(clock: StepClock, count):
+    """A callback that stamps the clock at the end of each training batch with ``count(module, batch)``."""
+    from lightning.pytorch.callbacks import Callback
+
+    class StepClockCallback(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            clock.step_end(**count(pl_module, batch))
+
+    return StepClockCallback()
+
+
+def fit(module, datamodule, steps: int, callback) -> None:
+    import lightning as L
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback])
+    trainer.fit(module, datamodule=datamodule)
+
+
+def run_sft(ws: Path, settings: dict) -> dict:
+    from lit_rlhf.data import SFTDataModule
+    from lit_rlhf.modules import SFTModule
+
+    s = settings["sft"]
+    clock = StepClock(s["warmup_steps"])
+    module = SFTModule(model=str(ws / "policy"), learning_rate=s["learning_rate"])
+    data = SFTDataModule(train=str(ws / "data/sft.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
+                         batch_size=s["batch_size"], seed=0)
+    count = lambda module, batch: {"tokens": int(batch["attention_mask"].sum()), "sequences": len(batch["input_ids"])}
+    fit(module, data, s["warmup_steps"] + s["measured_steps"], step_clock_callback(clock, count))
+    return clock.measured()
+
+
+def run_rm(ws: Path, settings: dict, k: int) -> dict:
+    from lit_rlhf.data import RewardDataModule
+    from lit_rlhf.modules import RewardModule
+
+    s = settings["rm"]
+    clock = StepClock(s["warmup_steps"])
+    module = RewardModule(model=str(ws / "reward"), learning_rate=s["learning_rate"])
+    data = RewardDataModule(train=str(ws / f"data/rm_k{k}.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
+                            batch_size=s["prompts_per_step"][str(k)], seed=0)
+    count = lambda module, batch: {"comparisons": batch["pairs"].num_pairs, "sequences": len(batch["input_ids"])}
+    fit(module, data, s["warmup_steps"] + s["measured_steps"][str(k)], step_clock_callback(clock, count))
+    return clock.measured()
+
+
+def timed_ppo_module_class():
+    """PPOModule that times its generate calls and update phases (through its hooks, behaviour unchanged)."""
+    from lit_rlhf.modules import PPOModule
+
+    class TimedPPOModule(PPOModule):
+        def setup_timers(self) -> None:
+            self.generate_seconds = self.update_seconds = 0.0
+            self.generated_tokens = self.update_tokens = 0
+
+        def generate_rollout(self, prompts, *, model, num_samples=1):
+            started = time.perf_counter()
+            rollout = super().generate_rollout(prompts, model=model, num_samples=num_samples)
+            self.generate_seconds = time.perf_counter() - started
+            self.generated_tokens = int(rollout.response_lengths.sum())
+            return rollout
+
+        def ppo_update(self, rollout, ptx, where="update"):
+            started = time.perf_counter()
+            stats = super().ppo_update(rollout, ptx, where)
+            self.update_seconds = time.perf_counter() - started
+            self.update_tokens = int(rollout.attention_mask.sum()) * self.hparams.ppo_epochs
+            return stats
+
+    return TimedPPOModule
+
+
+def bare_generate_rate(model, prompts: dict, s: dict, eos: int, pad: int, repeats: int = 3) -> float:
+    """Generated (non-pad) tokens/s of a plain ``model.generate`` on the same prompts and sampling settings."""
+    import torch
+
+    model.eval()
+    rates = []
+    for i in range(repeats + 1):  # the first call warms up
+        torch.manual_seed(i)
+        started = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"], do_sample=True,
+                                 temperature=s["temperature"], top_p=1.0, top_k=0, max_new_tokens=s["max_new_tokens"],
+                                 eos_token_id=eos, pad_token_id=pad)
+        seconds = time.perf_counter() - started
+        responses = out[:, prompts["input_ids"].shape[1]:]
+        after_eos = (responses == eos).long().cumsum(-1) - (responses == eos).long() > 0
+        if i:
+            rates.append(int((~after_eos).sum()) / seconds)
+    return sorted(rates)[len(rates) // 2]
+
+
+def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: int, repeats: int = 3) -> float:
+    """Tokens/s of plain HF forward+backward of the policy and the value model over the rollout's micro-batches
+    (full-vocabulary logits, a trivial loss, no optimizer step)."""
+    policy.train(), value_model.train()
+    rates = []
+    for i in range(repeats + 1):
+        started = time.perf_counter()
+        for ids, mask in zip(rollout.input_ids.split(micro_batch_size), rollout.attention_mask.split(micro_batch_size)):
+            loss = policy(input_ids=ids, attention_mask=mask).logits.mean() + value_model(input_ids=ids, attention_mask=mask).logits.mean()
+            loss.backward()
+        seconds = time.perf_counter() - started
+        policy.zero_grad(set_to_none=True), value_model.zero_grad(set_to_none=True)
+        if i:
+            rates.append(int(rollout.attention_mask.sum()) / seconds)
+    return sorted(rates)[len(rates) // 2]
+
+
+def run_ppo(ws: Path, settings: dict) -> dict:
+    from lit_rlhf.data import PromptDataModule
+
+    s = settings["ppo"]
+    clock = StepClock(s["warmup_rollouts"])
+    module = timed_ppo_module_class()(
+        policy=str(ws / "policy"), reward_model=str(ws / "reward"), tokenizer=str(ws / "tokenizer"),
+        rollout_batch_size=s["rollout_batch_size"], minibatch_size=s["minibatch_size"], micro_batch_size=s["micro_batch_size"],
+        ppo_epochs=s["ppo_epochs"], max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], kl_coef=s["kl_coef"],
+        kl_estimator="k1", learning_rate=s["learning_rate"], warmup_rollouts=0, max_grad_norm=None, ema_decay=None,
+        gamma_ptx=0.0, seed=0)  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
+    module.setup_timers()
+    data = PromptDataModule(prompts=str(ws / "data/prompts.jsonl"), tokenizer=str(ws / "tokenizer"),
+                            max_prompt_length=s["max_prompt_length"], seed=0)
+    phases = []
+
+    def count(module, batch):
+        phases.append((module.generate_seconds, module.generated_tokens, module.update_seconds, module.update_tokens))
+        return {"episodes": len(module.last_rollout), "generated_tokens": module.generated_tokens}
+
+    optimizer_steps_per_rollout = s["ppo_epochs"] * s["rollout_batch_size"] // s["minibatch_size"]  # what max_steps counts
+    rollouts = s["warmup_rollouts"] + s["measured_rollouts"]
+    fit(module, data, rollouts * optimizer_steps_per_rollout, step_clock_callback(clock, count))
+    result = clock.measured()
+    measured = phases[s["warmup_rollouts"]:]
+    result["generate_tokens_per_s"] = sum(p[1] for p in measured) / sum(p[0] for p in measured)
+    result["update_tokens_per_s"] = sum(p[3] for p in measured) / sum(p[2] for p in measured)
+    last = module.last_rollout
+    prompts = {"input_ids": last.prompts, "attention_mask": last.attention_mask[:, : last.prompt_length]}
+    tokenizer = module.tokenizer
+    result["bare_generate_tokens_per_s"] = bare_generate_rate(module.policy, prompts, s, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    result["bare_fwd_bwd_tokens_per_s"] = bare_forward_backward_rate(module.policy, module.value_model, module.last_rollout,
+                                                                     s["micro_batch_size"])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stage", choices=["sft", "rm4", "rm9", "ppo"], required=True)
+    parser.add_argument("--workspace", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    configure_process(args.threads)
+    import lit_rlhf
+
+    settings = load_settings(args.workspace)
+    if args.stage == "sft":
+        result = run_sft(args.workspace, settings)
+    elif args.stage.startswith("rm"):
+        result = run_rm(args.workspace, settings, int(args.stage[2:]))
+    else:
+        result = run_ppo(args.workspace, settings)
+    emit_result({"framework": "lit-rlhf", "version": getattr(lit_rlhf, "__version__", "dev"), "stage": args.stage, **result})
+
+
+if __name__ == "__main__":
+    main()
