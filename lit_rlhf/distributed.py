@@ -324,6 +324,7 @@ def generate_rollout(
     top_p: float,
     eos_token_id: int,
     pad_token_id: int,
+    logits_processor: Optional[list] = None,
 ) -> torch.Tensor:
     """Sampled continuations ``[B, R]`` (``R <= max_new_tokens``) of a left-padded prompt batch.
 
@@ -332,14 +333,15 @@ def generate_rollout(
     greedily. Sampling is exactly the policy's softmax at ``temperature`` with nucleus ``top_p``:
     every other processor that ``generate`` would take from the model's saved generation config
     (top-k, repetition penalty, minimum length, ...) is set to its neutral value, because PPO's
-    log-probs must be those of the distribution the tokens were drawn from.
+    log-probs must be those of the distribution the tokens were drawn from. ``logits_processor``
+    runs after the built-in ones (e.g. :class:`lit_rlhf.modules.rollout.SampledTokenLogprobs`).
 
     Single device and DDP call ``generate`` on the local model. A sharded model (FSDP2 or FSDP1)
     is gathered once for the whole call (:func:`gathered_weights`, not once per token) and every
     rank keeps stepping until all ranks are done (``synced_gpus``): ranks whose rows finish early
     would otherwise stop joining the all-gathers and the others would hang.
     """
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     sampling = temperature > 0
     config = GenerationConfig(
@@ -362,5 +364,6 @@ def generate_rollout(
     sharded = is_sharded(model)
     synced = sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with gathered_weights(model):
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, synced_gpus=synced)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, synced_gpus=synced,
+                                logits_processor=LogitsProcessorList(logits_processor or []))
     return output[:, input_ids.shape[1] :]

@@ -148,7 +148,8 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
     rollout = module.make_rollout(prompts)
     assert seen_modes == [False] and module.policy.training  # eval while generating, train again after
     assert rollout.prompt_length == 4 and rollout.values.shape == rollout.response_mask.shape
-    assert torch.equal(rollout.kl, torch.zeros_like(rollout.kl))  # policy == reference before any update
+    # policy == reference before any update (sampling-time log-probs come from the KV-cached pass: float noise)
+    assert torch.allclose(rollout.kl, torch.zeros_like(rollout.kl), atol=1e-5)
     assert torch.allclose(rollout.scores, rollout.rm_scores + REWARD_BIAS)
     # per-token rewards: the score lands on the last response token of each row
     last = rollout.response_mask.sum(1) - 1
@@ -161,6 +162,47 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
     # before any update the new policy equals the old one: ratio 1, nothing clipped
     _, stats = module.ppo_loss(rollout)
     assert float(stats["train/approx_kl"]) == pytest.approx(0.0, abs=1e-6) and float(stats["train/clip_fraction"]) == 0.0
+
+
+@pytest.mark.parametrize("temperature, top_p, generation_batch_size", [(1.0, 1.0, None), (0.7, 0.8, 1), (0.0, 1.0, None)])
+def test_log_probs_recorded_while_sampling_equal_a_scoring_forward_pass(ppo_world, temperature, top_p, generation_batch_size):
+    """Recorded at sampling time: the full distribution at the temperature (top-p only truncates what is drawn)."""
+    from lit_rlhf.modules.rollout import logprobs_and_entropy
+
+    module = tiny_module(ppo_world, temperature=temperature, top_p=top_p, generation_batch_size=generation_batch_size,
+                         max_new_tokens=8)
+    module.configure_model()
+    module.policy.generation_config.repetition_penalty = 5.0  # saved settings must not reach the sampler
+    module.policy.eval()
+    prompts = {"input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45], [0, 46, 47, 48]]),
+               "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])}
+    torch.manual_seed(0)
+    with torch.no_grad():
+        rollout = module.generate_rollout(prompts, model=module.policy)
+        logprobs, entropy = logprobs_and_entropy(module.policy, rollout, temperature)
+    mask = rollout.response_mask
+    assert rollout.logprobs.shape == mask.shape and rollout.entropy.shape == mask.shape
+    assert torch.allclose(rollout.logprobs[mask], logprobs[mask], atol=1e-5)
+    assert torch.allclose(rollout.entropy[mask], entropy[mask], atol=1e-4)
+
+
+def test_a_generate_override_without_log_probs_gets_them_from_a_forward_pass(ppo_world):
+    from lit_rlhf.modules.rollout import logprobs_and_entropy
+
+    module = tiny_module(ppo_world, max_new_tokens=4)
+    module.configure_model()
+    original = module.generate_rollout
+
+    def without_logprobs(prompts, *, model, num_samples=1):
+        rollout = original(prompts, model=model, num_samples=num_samples)
+        rollout.logprobs = rollout.entropy = None
+        return rollout
+
+    module.generate_rollout = without_logprobs
+    rollout = module.make_rollout({"input_ids": torch.tensor([[40, 41]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)})
+    with torch.no_grad():
+        expected, _ = logprobs_and_entropy(module.policy.eval(), rollout, 1.0)
+    assert torch.allclose(rollout.logprobs, expected, atol=1e-6)
 
 
 def test_missing_eos_penalty_applies_only_to_unfinished_responses(ppo_world):

@@ -46,7 +46,7 @@ from lit_rlhf.models import (
 )
 from lit_rlhf.modules.optim import adamw, warmup_constant_schedule
 from lit_rlhf.modules.rollout import (
-    Rollout, accumulate, check_finite, check_same_tokenizer, concat_responses, eval_mode, grad_norm, in_chunks,
+    Rollout, SampledTokenLogprobs, accumulate, check_finite, check_same_tokenizer, concat_responses, eval_mode, grad_norm, in_chunks,
     logprobs_and_entropy, pad_columns, require_stage_output, response_logits, response_logprobs, response_values,
     rng_states, rollout_metrics, seeded, select_rows, set_rng_states,
 )
@@ -246,8 +246,9 @@ class PPOModule(LightningModule):
         self._generation_time = time.perf_counter() - started
         self._show_phase("scoring")
         with eval_mode(self.policy, self.value_model):
-            rollout.logprobs, rollout.entropy = in_chunks(
-                rollout, hp.micro_batch_size, lambda chunk: logprobs_and_entropy(self.policy, chunk, hp.temperature))
+            if rollout.logprobs is None:  # not recorded during generation (see generate_rollout)
+                rollout.logprobs, rollout.entropy = in_chunks(
+                    rollout, hp.micro_batch_size, lambda chunk: logprobs_and_entropy(self.policy, chunk, hp.temperature))
             rollout.ref_logprobs = self.reference_logprobs(rollout)
             if self.value_model is not None:
                 rollout.values = in_chunks(rollout, hp.micro_batch_size, lambda chunk: response_values(self.value_model, chunk))
@@ -342,18 +343,24 @@ class PPOModule(LightningModule):
     # Hooks for custom objectives
 
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Rollout:
-        """Hook: sample ``num_samples`` responses per prompt (adjacent rows) with ``model`` and lay them out."""
+        """Hook: sample ``num_samples`` responses per prompt (adjacent rows) with ``model`` and lay them out, with
+        the policy's log-probs and entropy recorded while sampling (an override may leave them None: then
+        :meth:`make_rollout` scores the responses with a forward pass)."""
         hp = self.hparams
         ids = prompts["input_ids"].repeat_interleave(num_samples, dim=0)
         mask = prompts["attention_mask"].repeat_interleave(num_samples, dim=0)
         chunk = hp.generation_batch_size or len(ids)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        recorders = [SampledTokenLogprobs(hp.temperature) for _ in range(math.ceil(len(ids) / chunk))]  # saves a forward
         responses = [
             generate_rollout(model, i, m, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                             eos_token_id=eos, pad_token_id=pad)
-            for i, m in zip(ids.split(chunk), mask.split(chunk))
+                             eos_token_id=eos, pad_token_id=pad, logits_processor=[recorder])
+            for i, m, recorder in zip(ids.split(chunk), mask.split(chunk), recorders)
         ]
-        return concat_responses(ids, mask, pad_columns(responses, pad), eos)
+        rollout = concat_responses(ids, mask, pad_columns(responses, pad), eos)
+        recorded = [recorder.finish(out) for recorder, out in zip(recorders, responses)]
+        rollout.logprobs, rollout.entropy = (pad_columns(list(parts), 0.0) for parts in zip(*recorded))
+        return rollout
 
     def reference_logprobs(self, rollout: Rollout) -> Tensor:
         """Hook: ``[B, R]`` log-probs of the responses under the KL reference (the frozen SFT model)."""
@@ -404,7 +411,8 @@ class PPOModule(LightningModule):
             return
         with seeded(self.hparams.seed + batch_idx, self.device):
             rollout = self.generate_rollout(batch, model=model, num_samples=1)
-        rollout.logprobs = in_chunks(rollout, self.hparams.micro_batch_size, lambda c: response_logprobs(model, c, self.hparams.temperature))
+        if rollout.logprobs is None:
+            rollout.logprobs = in_chunks(rollout, self.hparams.micro_batch_size, lambda c: response_logprobs(model, c, self.hparams.temperature))
         rollout.ref_logprobs = self.reference_logprobs(rollout)
         rollout.scores = self.score_responses(rollout)
         rollout.kl = kl_penalty(rollout.logprobs, rollout.ref_logprobs, self.hparams.kl_estimator)

@@ -137,6 +137,45 @@ def pad_columns(tensors: list[Tensor], value: Any) -> Tensor:
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
 
 
+class SampledTokenLogprobs:
+    """A ``generate`` logits processor that records each sampled token's log-prob and the entropy of the
+    policy's distribution at ``temperature``, so the rollout needs no second policy forward pass for them.
+
+    ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and the
+    sampling config of :func:`lit_rlhf.distributed.generate_rollout` neutralises every other
+    processor, so the scores seen here are the raw logits: the log-probs are those of the full
+    distribution at ``temperature``, exactly what :func:`response_logits` gives (tested). Step ``t``
+    sees the token of step ``t - 1`` at the end of ``input_ids``; :meth:`finish` takes the last one.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.logprobs: list[Tensor] = []
+        self.entropy: list[Tensor] = []
+        self._pending: Optional[Tensor] = None  # log-softmax of the last step, its token not yet drawn
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self._pending is not None:
+            self._take(input_ids[:, -1])
+        logits = scores.float() / self.temperature if self.temperature > 0 else scores.float()
+        self._pending = torch.log_softmax(logits, dim=-1)
+        return scores
+
+    def _take(self, tokens: Tensor) -> None:
+        logp, self._pending = self._pending, None
+        self.logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
+        self.entropy.append(-(logp.exp() * logp).sum(-1))
+
+    def finish(self, responses: Tensor) -> tuple[Tensor, Tensor]:
+        """``([B, R] log-probs, [B, R] entropy)`` of ``responses`` (what ``generate`` returned after the prompt)."""
+        if self._pending is not None and len(self.logprobs) < responses.shape[1]:
+            self._take(responses[:, len(self.logprobs)])
+        width = responses.shape[1]
+        if len(self.logprobs) < width:
+            raise RuntimeError(f"recorded {len(self.logprobs)} generation steps for {width} response tokens")
+        return torch.stack(self.logprobs[:width], dim=1), torch.stack(self.entropy[:width], dim=1)
+
+
 # ----------------------------------------------------------------------------------------------
 # Scoring a rollout with the models
 
