@@ -149,6 +149,16 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for stage, pairs in results.items():
         print("\n".join(report(stage, pairs)))
+    padded = [stage for stage in results if "positions" in results[stage][0][0]]
+    if padded:
+        print("\nWork per measured step (medians): sequences forwarded, and real tokens / forwarded positions "
+              "(the rest is padding):\n")
+        print("| stage | lit-rlhf sequences | TRL sequences | lit-rlhf tokens / positions | TRL tokens / positions |")
+        print("|---|---|---|---|---|")
+        for stage in padded:
+            med = lambda side, key: statistics.median(pair[side][key] / pair[side]["measured_steps"] for pair in results[stage])
+            fill = lambda side: statistics.median(pair[side]["tokens"] / pair[side]["positions"] for pair in results[stage])
+            print(f"| {stage} | {med(0, 'sequences'):.0f} | {med(1, 'sequences'):.0f} | {fill(0):.2f} | {fill(1):.2f} |")
     if "ppo" in results:
         print("\nPPO phases against the ceiling in lit-rlhf's own process (tokens/s; fraction min / median / max):\n")
         print("| phase | lit-rlhf | ceiling | fraction |")

@@ -4,6 +4,8 @@
 
 Each stage runs through a plain ``lightning.Trainer`` with the module and data module a config
 would build, and without a logger, checkpoints or progress bar (TRL's worker turns off the same).
+SFT and RM clip gradients at norm 1.0 as TRL's trainers do by default; PPO clips nowhere, like
+TRL's PPO loop.
 The PPO run also measures, in this process and on the same models, the ceiling: bare HF
 ``generate`` tokens/s on the same prompts, and bare forward+backward tokens/s of the policy and the
 value model on the rollout's sequences, so the rollout and update phases can be read as fractions.
@@ -32,10 +34,11 @@ def step_clock_callback(clock: StepClock, count):
     return StepClockCallback()
 
 
-def fit(module, datamodule, steps: int, callback) -> None:
+def fit(module, datamodule, steps: int, callback, gradient_clip_val=None) -> None:
     import lightning as L
 
     trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps, logger=False,
+                        gradient_clip_val=gradient_clip_val,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback])
     trainer.fit(module, datamodule=datamodule)
@@ -50,8 +53,9 @@ def run_sft(ws: Path, settings: dict) -> dict:
     module = SFTModule(model=str(ws / "policy"), learning_rate=s["learning_rate"])
     data = SFTDataModule(train=str(ws / "data/sft.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
                          batch_size=s["batch_size"], seed=0)
-    count = lambda module, batch: {"tokens": int(batch["attention_mask"].sum()), "sequences": len(batch["input_ids"])}
-    fit(module, data, s["warmup_steps"] + s["measured_steps"], step_clock_callback(clock, count))
+    count = lambda module, batch: {"tokens": int(batch["attention_mask"].sum()), "sequences": len(batch["input_ids"]),
+                                   "positions": batch["input_ids"].numel()}
+    fit(module, data, s["warmup_steps"] + s["measured_steps"], step_clock_callback(clock, count), gradient_clip_val=1.0)
     return clock.measured()
 
 
@@ -64,8 +68,9 @@ def run_rm(ws: Path, settings: dict, k: int) -> dict:
     module = RewardModule(model=str(ws / "reward"), learning_rate=s["learning_rate"])
     data = RewardDataModule(train=str(ws / f"data/rm_k{k}.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
                             batch_size=s["prompts_per_step"][str(k)], seed=0)
-    count = lambda module, batch: {"comparisons": batch["pairs"].num_pairs, "sequences": len(batch["input_ids"])}
-    fit(module, data, s["warmup_steps"] + s["measured_steps"][str(k)], step_clock_callback(clock, count))
+    count = lambda module, batch: {"comparisons": batch["pairs"].num_pairs, "sequences": len(batch["input_ids"]),
+                                   "tokens": int(batch["attention_mask"].sum()), "positions": batch["input_ids"].numel()}
+    fit(module, data, s["warmup_steps"] + s["measured_steps"][str(k)], step_clock_callback(clock, count), gradient_clip_val=1.0)
     return clock.measured()
 
 

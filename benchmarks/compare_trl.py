@@ -67,13 +67,15 @@ class CountingCollator:
 
 
 def sft_counts(batch) -> dict:
-    return {"tokens": int(batch["attention_mask"].sum()), "sequences": int(batch["input_ids"].shape[0])}
+    return {"tokens": int(batch["attention_mask"].sum()), "sequences": int(batch["input_ids"].shape[0]),
+            "positions": batch["input_ids"].numel()}
 
 
 def rm_counts(batch) -> dict:
     # DataCollatorForPreference stacks all chosen sequences, then all rejected ones
     sequences = int(batch["input_ids"].shape[0])
-    return {"comparisons": sequences // 2, "sequences": sequences}
+    return {"comparisons": sequences // 2, "sequences": sequences, "tokens": int(batch["attention_mask"].sum()),
+            "positions": batch["input_ids"].numel()}
 
 
 def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):

@@ -35,7 +35,7 @@ SETTINGS = {
     # one rollout of rollout_batch_size prompts, split into minibatches (optimizer steps) of micro-batches
     "ppo": {"prompts": 256, "rollout_batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 1,
             "max_prompt_length": 64, "max_new_tokens": 64, "temperature": 1.0, "kl_coef": 0.05, "warmup_rollouts": 1,
-            "measured_rollouts": 4, "learning_rate": 1e-6},
+            "measured_rollouts": 10, "learning_rate": 1e-6},
 }
 
 
