@@ -7,8 +7,9 @@ would build, and without a logger, checkpoints or progress bar (TRL's worker tur
 SFT and RM clip gradients at norm 1.0 as TRL's trainers do by default; PPO clips nowhere, like
 TRL's PPO loop.
 The PPO run also measures, in this process and on the same models, the ceiling: bare HF
-``generate`` tokens/s on the same prompts, and bare forward+backward tokens/s of the policy and the
-value model on the rollout's sequences, so the rollout and update phases can be read as fractions.
+``generate`` tokens/s on the same prompts (alternated with lit-rlhf's own rollout generation, so both
+see the same process state), and bare forward+backward tokens/s of the policy and the value model on
+the rollout's sequences, so the rollout and update phases can be read as fractions.
 """
 
 from __future__ import annotations
@@ -100,25 +101,37 @@ def timed_ppo_module_class():
     return TimedPPOModule
 
 
-def bare_generate_rate(model, prompts: dict, s: dict, eos: int, pad: int, repeats: int = 3) -> float:
-    """Generated (non-pad) tokens/s of a plain ``model.generate`` on the same prompts and sampling settings."""
+def generation_rates(module, prompts: dict, s: dict, repeats: int = 5) -> tuple[float, float]:
+    """Median generated tokens/s of lit-rlhf's rollout generation (``PPOModule.generate_rollout`` in eval mode,
+    seeded, log-probs recorded) and of a plain ``model.generate`` with the same sampling settings on the same
+    prompts, called alternately after one warm-up call each, so both see the same process state."""
     import torch
 
-    model.eval()
-    rates = []
-    for i in range(repeats + 1):  # the first call warms up
-        torch.manual_seed(i)
-        started = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"], do_sample=True,
-                                 temperature=s["temperature"], top_p=1.0, top_k=0, max_new_tokens=s["max_new_tokens"],
-                                 eos_token_id=eos, pad_token_id=pad)
-        seconds = time.perf_counter() - started
-        responses = out[:, prompts["input_ids"].shape[1]:]
-        after_eos = (responses == eos).long().cumsum(-1) - (responses == eos).long() > 0
-        if i:
-            rates.append(int((~after_eos).sum()) / seconds)
-    return sorted(rates)[len(rates) // 2]
+    from lit_rlhf.modules.rollout import eval_mode, response_mask_from_tokens
+
+    policy, tokenizer, width = module.policy, module.tokenizer, prompts["input_ids"].shape[1]
+
+    def lit_rlhf() -> int:
+        with eval_mode(policy), torch.no_grad():
+            return int(module.generate_rollout(prompts, model=policy).response_lengths.sum())
+
+    def bare() -> int:
+        with eval_mode(policy), torch.no_grad():
+            out = policy.generate(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"], do_sample=True,
+                                  temperature=s["temperature"], top_p=1.0, top_k=0, max_new_tokens=s["max_new_tokens"],
+                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        return int(response_mask_from_tokens(out[:, width:], tokenizer.eos_token_id)[0].sum())
+
+    rates: dict = {lit_rlhf: [], bare: []}
+    for i in range(repeats + 1):  # the first round warms up
+        for fn in (lit_rlhf, bare):
+            torch.manual_seed(i)
+            started = time.perf_counter()
+            tokens = fn()
+            if i:
+                rates[fn].append(tokens / (time.perf_counter() - started))
+    median = lambda values: sorted(values)[len(values) // 2]
+    return median(rates[lit_rlhf]), median(rates[bare])
 
 
 def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: int, repeats: int = 3) -> float:
@@ -167,8 +180,7 @@ def run_ppo(ws: Path, settings: dict) -> dict:
     result["update_tokens_per_s"] = sum(p[3] for p in measured) / sum(p[2] for p in measured)
     last = module.last_rollout
     prompts = {"input_ids": last.prompts, "attention_mask": last.attention_mask[:, : last.prompt_length]}
-    tokenizer = module.tokenizer
-    result["bare_generate_tokens_per_s"] = bare_generate_rate(module.policy, prompts, s, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    result["alternated_generate_tokens_per_s"], result["bare_generate_tokens_per_s"] = generation_rates(module, prompts, s)
     result["bare_fwd_bwd_tokens_per_s"] = bare_forward_backward_rate(module.policy, module.value_model, module.last_rollout,
                                                                      s["micro_batch_size"])
     return result
