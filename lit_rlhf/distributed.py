@@ -334,7 +334,8 @@ def generate_rollout(
     every other processor that ``generate`` would take from the model's saved generation config
     (top-k, repetition penalty, minimum length, ...) is set to its neutral value, because PPO's
     log-probs must be those of the distribution the tokens were drawn from. ``logits_processor``
-    runs after the built-in ones (e.g. :class:`lit_rlhf.modules.rollout.SampledTokenLogprobs`).
+    runs before the sampling warpers (temperature, top-p) and so sees the raw logits (e.g.
+    :class:`lit_rlhf.modules.rollout.SampledTokenLogprobs`).
 
     Single device and DDP call ``generate`` on the local model. A sharded model (FSDP2 or FSDP1)
     is gathered once for the whole call (:func:`gathered_weights`, not once per token) and every

@@ -152,19 +152,18 @@ class SampledTokenLogprobs:
         self.temperature = temperature
         self.logprobs: list[Tensor] = []
         self.entropy: list[Tensor] = []
-        self._pending: Optional[Tensor] = None  # log-softmax of the last step, its token not yet drawn
+        self._pending: Optional[Tensor] = None  # the last step's logits at temperature; its token not yet drawn
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self._pending is not None:
             self._take(input_ids[:, -1])
-        logits = scores.float() / self.temperature if self.temperature > 0 else scores.float()
-        self._pending = torch.log_softmax(logits, dim=-1)
+        self._pending = scores.float() / (self.temperature if self.temperature > 0 else 1.0)  # a copy: warpers follow
         return scores
 
     def _take(self, tokens: Tensor) -> None:
-        logp, self._pending = self._pending, None
-        self.logprobs.append(logp.gather(-1, tokens[:, None]).squeeze(-1))
-        self.entropy.append(-(logp.exp() * logp).sum(-1))
+        logits, self._pending = self._pending, None
+        self.logprobs.append(logprobs_from_logits(logits, tokens))
+        self.entropy.append(entropy_from_logits(logits))
 
     def finish(self, responses: Tensor) -> tuple[Tensor, Tensor]:
         """``([B, R] log-probs, [B, R] entropy)`` of ``responses`` (what ``generate`` returned after the prompt)."""
