@@ -1,6 +1,6 @@
 """lit-rlhf against Hugging Face TRL, stage by stage, on the same work in the same run.
 
-    python benchmarks/compare.py --stage all          # sft, rm (K=4 and K=9) and ppo; about 25 min on 2 CPU cores
+    python benchmarks/compare.py --stage all          # sft, rm (K=4 and K=9) and ppo; about 12 min on 2 CPU cores
 
 Every measurement is a fresh worker process (``compare_lit.py``, ``compare_trl.py``,
 ``compare_trl_ppo.py``) that trains one stage on the shared workload of ``compare_workspace.py``
