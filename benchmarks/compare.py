@@ -35,15 +35,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare_common import RESULT_PREFIX  # noqa: E402
+from compare_common import INSTALL, RESULT_PREFIX  # noqa: E402
 from compare_workspace import build_workspace  # noqa: E402
 
 ROOT = HERE.parent
 STAGES = {"sft": ["sft"], "rm": ["rm4", "rm9"], "ppo": ["ppo"]}
-INSTALL = {
-    "trl": 'python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install "trl==1.16.0"',
-    "trl-ppo": 'python -m venv --system-site-packages .venv-trl-ppo && .venv-trl-ppo/bin/pip install "trl==1.12.0"',
-}
 #: stage -> (headline metric name, counter it divides by seconds)
 RATES = {"sft": [("tokens/s", "tokens")], "rm4": [("comparisons/s", "comparisons")], "rm9": [("comparisons/s", "comparisons")],
          "ppo": [("episodes/s", "episodes"), ("generated tokens/s", "generated_tokens")]}

@@ -15,6 +15,11 @@ import sys
 import time
 
 RESULT_PREFIX = "RESULT "
+#: How to get each TRL reference: a venv over this environment (same torch and transformers), nothing else changed.
+INSTALL = {
+    "trl": 'python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install "trl==1.16.0"',
+    "trl-ppo": 'python -m venv --system-site-packages .venv-trl-ppo && .venv-trl-ppo/bin/pip install "trl==1.12.0"',
+}
 
 
 def configure_process(threads: int) -> None:

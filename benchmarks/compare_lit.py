@@ -15,6 +15,7 @@ the rollout's sequences, so the rollout and update phases can be read as fractio
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -130,8 +131,7 @@ def generation_rates(module, prompts: dict, s: dict, repeats: int = 5) -> tuple[
             tokens = fn()
             if i:
                 rates[fn].append(tokens / (time.perf_counter() - started))
-    median = lambda values: sorted(values)[len(values) // 2]
-    return median(rates[lit_rlhf]), median(rates[bare])
+    return statistics.median(rates[lit_rlhf]), statistics.median(rates[bare])
 
 
 def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: int, repeats: int = 3) -> float:
@@ -148,7 +148,7 @@ def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: i
         policy.zero_grad(set_to_none=True), value_model.zero_grad(set_to_none=True)
         if i:
             rates.append(int(rollout.attention_mask.sum()) / seconds)
-    return sorted(rates)[len(rates) // 2]
+    return statistics.median(rates)
 
 
 def run_ppo(ws: Path, settings: dict) -> dict:

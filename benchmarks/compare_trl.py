@@ -24,11 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from compare_common import StepClock, configure_process, emit_result  # noqa: E402
+from compare_common import INSTALL, StepClock, configure_process, emit_result  # noqa: E402
 from compare_workspace import load_settings  # noqa: E402
 
 MIN_TRL = "1.14"
-INSTALL = f'python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install "trl>={MIN_TRL}"'
 
 
 def import_trl():
@@ -41,7 +40,7 @@ def import_trl():
         if Version(trl.__version__) < Version(MIN_TRL):
             raise ImportError(f"trl {trl.__version__} is older than {MIN_TRL}")
     except ImportError as error:
-        print(f"compare_trl.py needs TRL >= {MIN_TRL} ({error}); install it with: {INSTALL}", file=sys.stderr)
+        print(f"compare_trl.py needs TRL >= {MIN_TRL} ({error}); install it with: {INSTALL['trl']}", file=sys.stderr)
         sys.exit(3)
     return trl
 

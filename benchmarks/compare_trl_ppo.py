@@ -3,7 +3,7 @@
     python benchmarks/compare_trl_ppo.py --workspace DIR [--threads 2]
 
 TRL dropped its PPOTrainer after release 1.12.0, so run this with an interpreter that has that release,
-e.g. ``.venv-trl-ppo/bin/python`` (see ``INSTALL``). Settings are SETTINGS["ppo"] of the workspace, mapped
+e.g. ``.venv-trl-ppo/bin/python`` (see ``compare_common.INSTALL``). Settings are SETTINGS["ppo"] of the workspace, mapped
 to PPOConfig as lit-rlhf's PPOModule uses them. One clock step is one PPO update (a rollout of
 ``rollout_batch_size`` prompts, scoring and the optimisation epochs), ended by TRL's ``on_step_end``.
 
@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_common import StepClock, configure_process, emit_result  # noqa: E402
+from compare_common import INSTALL, StepClock, configure_process, emit_result  # noqa: E402
 from compare_workspace import load_settings  # noqa: E402
 
-INSTALL = 'python -m venv --system-site-packages .venv-trl-ppo && .venv-trl-ppo/bin/pip install "trl==1.12.0"'
 
 
 def batch_layout(s: dict) -> dict:
@@ -96,7 +95,7 @@ def main() -> None:
         import trl
         from trl.experimental.ppo import PPOConfig, PPOTrainer
     except ImportError as error:
-        print(f"TRL's PPOTrainer is unavailable ({error}); it ships up to trl 1.12.0: {INSTALL}", file=sys.stderr)
+        print(f"TRL's PPOTrainer is unavailable ({error}); it ships up to trl 1.12.0: {INSTALL['trl-ppo']}", file=sys.stderr)
         sys.exit(3)
     import torch
     from datasets import Dataset
