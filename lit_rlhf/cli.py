@@ -22,12 +22,14 @@ lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a c
        Optimises the SFT policy against the reward model with a per-token KL penalty, plus pretraining (ptx).
 
 Other commands: `lit-rlhf sample --help` (sample K responses for labeling),
-`lit-rlhf sandbox --help` (the offline sandbox world and its whole pipeline).
+`lit-rlhf sandbox --help` (the offline sandbox world and its whole pipeline),
+`lit-rlhf label --help` (a web app where people rank the sampled responses).
 """
 
 #: Commands that are not Trainer entry points: name -> "module:function" taking argv.
 EXTRA_COMMANDS = {
     "sample": "lit_rlhf.sampling:main",
+    "label": "lit_rlhf.label.commands:main",
     "sandbox": "lit_rlhf.sandbox.commands:main",
 }
 
