@@ -94,13 +94,20 @@ def threaded_server(store, require_tokens: bool = False, threads: int = 8) -> It
     from lit_rlhf.label.server import create_app
 
     server = create_server(create_app(store, require_tokens=require_tokens), host="127.0.0.1", port=0, threads=threads)
-    thread = threading.Thread(target=server.run, daemon=True)
+    stop = threading.Event()
+
+    def serve() -> None:  # waitress's own run() loop, in short turns so that it can be stopped before closing
+        while not stop.is_set():
+            server.asyncore.loop(timeout=0.05, map=server._map, count=1)
+
+    thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.close()
+        stop.set()
         thread.join(timeout=10)
+        server.close()
 
 
 def start_server_process(db: Path, samples: Optional[Path] = None, *extra: str, port: int = 0) -> tuple[subprocess.Popen, str]:

@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_rlhf.algorithms.ranking import comparison_pairs
 from lit_rlhf.data.batching import LengthGroupedSampler, pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
+from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
 from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
 
@@ -304,6 +305,9 @@ class RewardDataModule(StageDataModule):
         group_by_length: Batch prompts of similar padded size together so little compute goes to padding.
         num_workers: DataLoader worker processes.
         seed: Seed for the validation split and the batch order. Default: the run's ``seed_everything``.
+        format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
+            public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``; ``center_on`` is always detected
+            (:mod:`lit_rlhf.data.formats`).
     """
 
     def __init__(
@@ -321,6 +325,7 @@ class RewardDataModule(StageDataModule):
         group_by_length: bool = True,
         num_workers: int = 0,
         seed: Optional[int] = None,
+        format: DataFormat = "auto",
     ):
         super().__init__(tokenizer, fields, seed)
         self.train_groups: list[ComparisonGroup] = []
@@ -340,8 +345,11 @@ class RewardDataModule(StageDataModule):
             train_records, val_records = split_records(hp.train, hp.val, hp.val_fraction, hp.seed)
         for split, records in (("train", train_records), ("val", val_records)):
             counter = DropCounter("RM")
+            records, fields = convert_records(
+                records, hp.format, "comparisons", self.fields, self.tokenizer, on_invalid=hp.on_invalid, counter=counter
+            )
             groups = encode_comparisons(
-                records, self.tokenizer, self.fields,
+                records, self.tokenizer, fields,
                 max_length=hp.max_length, truncation=hp.truncation, on_invalid=hp.on_invalid, counter=counter,
             )
             if records:
@@ -378,9 +386,9 @@ class RewardDataModule(StageDataModule):
         if self.tokenizer is None:
             self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
         counter = DropCounter("RM centering")
-        records = read_records(hp.center_on)
+        records, fields = convert_records(read_records(hp.center_on), "auto", "sft", self.fields, self.tokenizer)
         sequences = encode_demonstrations(
-            records, self.tokenizer, self.fields, max_length=hp.max_length, truncation=hp.truncation, counter=counter
+            records, self.tokenizer, fields, max_length=hp.max_length, truncation=hp.truncation, counter=counter
         )
         counter.report("center_on", len(sequences))
         if not sequences:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_rlhf.data.batching import collate_examples, pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
+from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
 from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
 from lit_rlhf.errors import ConfigError
@@ -151,6 +152,10 @@ class PromptDataModule(StageDataModule):
         ptx_ratio: Pretraining sequences per episode (paper 8); 0 loads no ptx data.
         val_batch_size: Validation batch size (prompts or text sequences).
         seed: Seed of the prompt and ptx order. Default: the run's ``seed_everything``.
+        format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
+            public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``, ``alpaca``, ``sharegpt``
+            for ``prompts`` and ``val_prompts``; any layout gives its prompts
+            (:mod:`lit_rlhf.data.formats`).
     """
 
     def __init__(
@@ -167,6 +172,7 @@ class PromptDataModule(StageDataModule):
         ptx_ratio: float = 8.0,
         val_batch_size: int = 32,
         seed: Optional[int] = None,
+        format: DataFormat = "auto",
     ):
         super().__init__(tokenizer, fields, seed)
         self.train_prompts: list[list[int]] = []
@@ -182,7 +188,8 @@ class PromptDataModule(StageDataModule):
         for split, source in (("train", hp.prompts), ("val", hp.val_prompts)):
             if source is not None:
                 counter = DropCounter("PPO prompts")
-                encoded = encode_prompts(read_records(source), self.tokenizer, self.fields, hp.max_prompt_length, hp.truncation, counter)
+                records, fields = convert_records(read_records(source), hp.format, "prompts", self.fields, self.tokenizer)
+                encoded = encode_prompts(records, self.tokenizer, fields, hp.max_prompt_length, hp.truncation, counter)
                 counter.report(split, len(encoded))
                 setattr(self, f"{split}_prompts" if split == "train" else "val_prompts", encoded)
         for attribute, source in (("ptx_examples", hp.ptx if hp.ptx_ratio > 0 else None), ("val_texts", hp.val_text)):

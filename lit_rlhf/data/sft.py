@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
+from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
 from lit_rlhf.data.tokenize import Example, encode_sft_record
 
@@ -63,6 +64,9 @@ class SFTDataModule(StageDataModule):
             example and examples do not attend to each other).
         num_workers: DataLoader worker processes.
         seed: Seed for the validation split and the batch order. Default: the run's ``seed_everything``.
+        format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
+            public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar`` (their best response),
+            ``alpaca``, ``sharegpt`` (:mod:`lit_rlhf.data.formats`).
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class SFTDataModule(StageDataModule):
         pack: bool = False,
         num_workers: int = 0,
         seed: Optional[int] = None,
+        format: DataFormat = "auto",
     ):
         super().__init__(tokenizer, fields, seed)
         self.train_rows: list = []
@@ -92,7 +97,8 @@ class SFTDataModule(StageDataModule):
         train_records, val_records = split_records(hp.train, hp.val, hp.val_fraction, hp.seed)
         for split, records in (("train", train_records), ("val", val_records)):
             counter = DropCounter("SFT")
-            examples = encode_sft_records(records, self.tokenizer, self.fields, hp.max_length, hp.truncation, counter)
+            records, fields = convert_records(records, hp.format, "sft", self.fields, self.tokenizer)
+            examples = encode_sft_records(records, self.tokenizer, fields, hp.max_length, hp.truncation, counter)
             counter.report(split, len(examples))
             rows = pack_examples(examples, hp.max_length) if hp.pack else examples
             setattr(self, f"{split}_rows", rows)
