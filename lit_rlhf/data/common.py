@@ -6,12 +6,18 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
+import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_rlhf.data.batching import LengthGroupedSampler, ResumableDataLoader, ResumableSampler, ShuffledSampler
 from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
 from lit_rlhf.models import load_tokenizer
 
@@ -57,6 +63,84 @@ class StageDataModule(LightningDataModule):
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self._train_loaders: dict[str, ResumableDataLoader] = {}
+        self._positions_to_load: dict[str, dict] = {}
+
+    def train_loader(self, items: Sequence, batch_size: int, collate: Callable, *, lengths: Optional[Sequence[int]] = None,
+                     num_workers: int = 0) -> ResumableDataLoader:
+        """A training loader that resumes exactly mid-epoch: its order is a pure function of (seed, epoch)
+        (length-grouped when ``lengths`` are given) and its position is kept in every checkpoint."""
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        placement = {"seed": self.hparams.seed, "num_replicas": replicas, "rank": rank}
+        if lengths is not None:
+            sampler = LengthGroupedSampler(lengths, batch_size, **placement)
+        else:
+            sampler = ShuffledSampler(len(items), batch_size, **placement)
+        return self.resumable_loader("train", items, batch_size, collate, sampler, num_workers=num_workers)
+
+    def resumable_loader(self, name: str, items: Sequence, batch_size: int, collate: Callable, sampler: ResumableSampler,
+                         *, num_workers: int = 0) -> ResumableDataLoader:
+        """A training loader over ``sampler`` whose position goes into checkpoints under ``name``."""
+        loader = ResumableDataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                                     num_workers=num_workers, generator=self._loader_generator())
+        loader.trainer = self.trainer
+        if name in self._positions_to_load:
+            loader.load_state_dict(self._positions_to_load.pop(name))
+        self._train_loaders[name] = loader
+        return loader
+
+    def eval_loader(self, items: Sequence, batch_size: int, collate: Callable, *, num_workers: int = 0) -> DataLoader:
+        """A loader in data order that leaves the global RNG alone (a resumed run must not draw differently)."""
+        return DataLoader(items, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        # Without a generator every new iterator draws its worker seed from the global RNG, which shifts the
+        # dropout masks of the steps after it: a validation run in the middle would change training.
+        return torch.Generator().manual_seed(self.hparams.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Kept in every checkpoint of ``fit``: how far each training loader got into its epoch, and the RNG
+        states at the moment of the save, so a resumed run draws the batches and dropout masks the
+        uninterrupted one would have drawn next."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"rng": rng_states(), "data_position": {name: loader.state_dict() for name, loader in self._train_loaders.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the data module before it builds the training loaders, except that a module
+        # reading `trainer.estimated_stepping_batches` in configure_optimizers has built them already (and
+        # Lightning then never hands them their saved state): position them in both cases.
+        for name, position in state_dict.get("data_position", {}).items():
+            if name in self._train_loaders:
+                self._train_loaders[name].load_state_dict(position)
+            else:
+                self._positions_to_load[name] = position
+        if "rng" in state_dict:
+            set_rng_states(state_dict["rng"])
+
+
+def rng_states() -> dict[str, Any]:
+    """The global RNG states ``seed_everything`` seeds (torch, CUDA, Python, NumPy), as checkpoint-safe values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def split_records(

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.algorithms.ranking import comparison_pairs
-from lit_rlhf.data.batching import LengthGroupedSampler, pad_sequences
+from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
@@ -365,17 +365,12 @@ class RewardDataModule(StageDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        loader = partial(
-            DataLoader, self.train_groups, batch_size=hp.batch_size, collate_fn=self._collate(), num_workers=hp.num_workers
-        )
-        if hp.group_by_length:
-            sizes = [g.padded_size for g in self.train_groups]
-            return loader(sampler=LengthGroupedSampler(sizes, hp.batch_size, seed=hp.seed))
-        return loader(shuffle=True)
+        sizes = [g.padded_size for g in self.train_groups] if hp.group_by_length else None
+        return self.train_loader(self.train_groups, hp.batch_size, self._collate(), lengths=sizes, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.val_groups, batch_size=hp.batch_size, collate_fn=self._collate(), num_workers=hp.num_workers)
+        return self.eval_loader(self.val_groups, hp.batch_size, self._collate(), num_workers=hp.num_workers)
 
     def center_dataloader(self, rank: int = 0, world_size: int = 1) -> Optional[DataLoader]:
         """This rank's share of the ``center_on`` demonstrations (None when unset). Items carry a

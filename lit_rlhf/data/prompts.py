@@ -14,15 +14,14 @@ would have drawn next. Lightning alone restarts a plain DataLoader from the top 
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from typing import Literal, Optional
 
 import torch
 from lightning.pytorch.utilities import CombinedLoader
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
-from lit_rlhf.data.batching import collate_examples, pad_sequences
+from lit_rlhf.data.batching import ResumableSampler, collate_examples, pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
@@ -30,7 +29,7 @@ from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
 from lit_rlhf.errors import ConfigError
 
 
-class RolloutSampler(DistributedSampler):
+class RolloutSampler(ResumableSampler):
     """This rank's indices, a whole number of batches per epoch, in an order fixed by (seed, epoch).
 
     The indices form one endless stream: pass ``k`` over the data is a permutation seeded with
@@ -42,7 +41,7 @@ class RolloutSampler(DistributedSampler):
     - ``batches_per_epoch=L`` (ptx): epoch ``e`` is the next ``L`` global batches of the stream,
       cycling through the data as often as needed.
 
-    It subclasses ``DistributedSampler`` so Lightning uses it as is under DDP instead of wrapping it.
+    Like every :class:`ResumableSampler`, Lightning uses it as is under DDP instead of wrapping it.
 
     Args:
         num_items: Size of the dataset.
@@ -55,10 +54,9 @@ class RolloutSampler(DistributedSampler):
 
     def __init__(self, num_items: int, batch_size: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  batches_per_epoch: Optional[int] = None):
-        super().__init__(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.num_items, self.batch_size, self.batches_per_epoch_fixed = num_items, batch_size, batches_per_epoch
+        super().__init__(num_items, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
+        self.batches_per_epoch_fixed = batches_per_epoch
         self.global_batch = batch_size * num_replicas
-        self.resume: Optional[tuple[int, int]] = None  # (epoch, batches to skip), applied once
         self._permutation_cache: tuple[int, list[int]] = (-1, [])
 
     @property
@@ -78,11 +76,7 @@ class RolloutSampler(DistributedSampler):
         return self._permutation_cache[1][offset]
 
     def __iter__(self):
-        skip = 0
-        if self.resume is not None:
-            epoch, batches = self.resume
-            skip = batches if epoch == self.epoch else 0
-            self.resume = None
+        skip = self.batches_to_skip()
         if self.batches_per_epoch_fixed is None:
             start = self.epoch * self.num_items
         else:
@@ -220,8 +214,6 @@ class PromptDataModule(StageDataModule):
                 f"{replicas} device(s); lower model.rollout_batch_size or add prompts"
             )
         prompt_sampler.resume = resume
-        # Lightning cannot see this resume mechanism and would call the loader "not resumable" mid-epoch.
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
         loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
         if self.ptx_examples:
             ptx_batch = max(1, round(hp.ptx_ratio * episodes))
@@ -241,5 +233,8 @@ class PromptDataModule(StageDataModule):
 
     def _loader(self, items: list, sampler: Optional[RolloutSampler], batch_size: int, collate) -> DataLoader:
         # num_workers=0 on purpose: data is pre-tokenised, and the sampler must read its epoch lazily.
-        return DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=partial(collate, pad_id=self.tokenizer.pad_token_id),
-                          generator=torch.Generator().manual_seed(self.hparams.seed))
+        collate = partial(collate, pad_id=self.tokenizer.pad_token_id)
+        if sampler is None:
+            return self.eval_loader(items, batch_size, collate)
+        # The data module checkpoints the loaders' position too (the same one as the module's data_position).
+        return self.resumable_loader("ptx" if sampler.batches_per_epoch_fixed is not None else "prompts", items, batch_size, collate, sampler)

@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from torch.utils.data import DataLoader
 
-from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples
+from lit_rlhf.data.batching import collate_examples, collate_packed, pack_examples
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
@@ -111,11 +111,8 @@ class SFTDataModule(StageDataModule):
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        if hp.group_by_length and not hp.pack:
-            lengths = [len(e.input_ids) for e in self.train_rows]
-            sampler = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.seed)
-            return DataLoader(self.train_rows, batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collate(), num_workers=hp.num_workers)
-        return DataLoader(self.train_rows, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collate(), num_workers=hp.num_workers)
+        lengths = [len(e.input_ids) for e in self.train_rows] if hp.group_by_length and not hp.pack else None
+        return self.train_loader(self.train_rows, hp.batch_size, self._collate(), lengths=lengths, num_workers=hp.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_rows, batch_size=self.hparams.batch_size, collate_fn=self._collate(), num_workers=self.hparams.num_workers)
+        return self.eval_loader(self.val_rows, self.hparams.batch_size, self._collate(), num_workers=self.hparams.num_workers)
