@@ -99,6 +99,7 @@ function loadItem(payload) {
   }
   setStatus("");
   renderCards();
+  selectCard(0);  // keyboard users start on the first card
 }
 
 function letterOf(index) {
@@ -223,31 +224,34 @@ function setScore(index, value) {
 }
 
 // Drag and drop with pointer events (mouse, pen and touch alike): the dragged card moves through the
-// list as the pointer passes the middle of its neighbours.
+// list as the pointer passes the middle of its neighbours. The listeners sit on the window, not on the
+// card: moving a node in the DOM drops its pointer capture. Near the window's edge the page scrolls.
 function startDrag(event, card) {
   if (event.button !== 0 || event.target.closest("button")) return;
   event.preventDefault();
   const list = document.getElementById("cards");
   card.classList.add("dragging");
-  card.setPointerCapture(event.pointerId);
   const onMove = (move) => {
     const others = [...list.children].filter((c) => c !== card);
     const before = others.find((c) => { const box = c.getBoundingClientRect(); return move.clientY < box.top + box.height / 2; });
     if (before) { if (card.nextElementSibling !== before) list.insertBefore(card, before); }
     else if (list.lastElementChild !== card) list.append(card);
+    const edge = 40;
+    if (move.clientY < edge) window.scrollBy(0, -20);
+    else if (move.clientY > window.innerHeight - edge) window.scrollBy(0, 20);
   };
   const onUp = () => {
-    card.removeEventListener("pointermove", onMove);
-    card.removeEventListener("pointerup", onUp);
-    card.removeEventListener("pointercancel", onUp);
+    window.removeEventListener("pointermove", onMove);
+    window.removeEventListener("pointerup", onUp);
+    window.removeEventListener("pointercancel", onUp);
     card.classList.remove("dragging");
     state.order = [...list.children].map((c) => Number(c.dataset.index));
     state.selected = state.order.indexOf(Number(card.dataset.index));
     renderCards();
   };
-  card.addEventListener("pointermove", onMove);
-  card.addEventListener("pointerup", onUp);
-  card.addEventListener("pointercancel", onUp);
+  window.addEventListener("pointermove", onMove);
+  window.addEventListener("pointerup", onUp);
+  window.addEventListener("pointercancel", onUp);
 }
 
 // ------------------------------------------------------------------------------------------------
