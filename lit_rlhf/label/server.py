@@ -61,8 +61,8 @@ def create_app(store: LabelStore, require_tokens: bool = False) -> Flask:
         SESSION_COOKIE_SAMESITE="Strict",
         SESSION_COOKIE_NAME="lit_rlhf_label",
         MAX_CONTENT_LENGTH=256 * 1024,
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False  # the flags keep the paper's order
 
     def fail(status: int, message: str):
         response = jsonify(error=message)

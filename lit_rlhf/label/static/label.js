@@ -291,21 +291,28 @@ async function guarded(action) {
   try { await action(); } catch (e) { setStatus(e.message, "error"); } finally { state.busy = false; }
 }
 
+// The history list refreshes in the background: a keystroke right after an item appears must not
+// find the page still busy.
+function refreshHistoryLater() {
+  refreshHistory().catch((e) => setStatus(e.message, "error"));
+}
+
 async function loadNext() {
   state.editing = false;
   loadItem(await api("GET", "/api/next"));
-  await refreshHistory();
+  refreshHistoryLater();
 }
 
 async function openEarlier(itemId) {
   await guarded(async () => {
     state.editing = true;
     loadItem(await api("GET", `/api/item/${itemId}`));
-    await refreshHistory();
+    refreshHistoryLater();
   });
 }
 
 async function goBack() {
+  await refreshHistory();  // the background refresh may not have landed yet
   const position = state.editing ? state.history.findIndex((h) => h.item_id === state.item.id) : -1;
   const previous = state.history[position + 1];
   if (!previous) { setStatus("No earlier judgment to go back to."); return; }
