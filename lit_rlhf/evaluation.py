@@ -3,7 +3,8 @@ generating responses for prompts, and the LM loss on held-out text (the "alignme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -13,10 +14,79 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_rlhf.algorithms.lm import next_token_loss
 from lit_rlhf.data.batching import collate_examples, pad_sequences
 from lit_rlhf.data.tokenize import encode_text
-from lit_rlhf.distributed import generate_rollout
+try:
+    from lit_rlhf.distributed import sample_continuations
+except ImportError:  # the name before the rollout-engine refactor
+    from lit_rlhf.distributed import generate_rollout as sample_continuations
+from lit_rlhf.models import position_ids_from_mask
+
+
+@dataclass
+class SampledEpisodes:
+    """Prompts and sampled responses of one generate call, laid out ``[left-padded prompt | response]``.
+
+    Attributes:
+        input_ids: ``[B, P+R]`` prompt then response tokens (padding after each response's first EOS).
+        attention_mask: ``[B, P+R]`` 1 on prompt tokens and on response tokens up to and including EOS.
+        prompt_length: ``P``: every response starts at this column.
+        response_mask: ``[B, R]`` bool, response tokens up to and including the first EOS.
+        texts: ``B`` decoded responses (special tokens removed).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_length: int
+    response_mask: torch.Tensor
+    texts: list[str]
+
+
+def first_eos_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """``[B, R]`` bool: tokens up to and including each row's first EOS (all of them without one).
+    What follows the first EOS is padding whatever its id, since pad may equal eos."""
+    is_eos = (responses == eos_token_id).long()
+    return (is_eos.cumsum(-1) - is_eos) == 0
 
 
 @torch.no_grad()
+def sample_episodes(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    num_return_sequences: int = 1,
+    batch_size: int = 32,
+) -> Iterator[SampledEpisodes]:
+    """Sampled responses for each prompt, ``num_return_sequences`` each (adjacent), in prompt order, one
+    :class:`SampledEpisodes` per ``batch_size`` prompts. ``temperature == 0`` decodes greedily. Sampling
+    is the same as in PPO rollouts (:func:`lit_rlhf.distributed.sample_continuations`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ids, mask = pad_sequences(
+                [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]], tokenizer.pad_token_id, side="left"
+            )  # left padding: every row continues from the last column
+            ids, mask = ids.repeat_interleave(num_return_sequences, 0).to(device), mask.repeat_interleave(num_return_sequences, 0).to(device)
+            responses = sample_continuations(
+                model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            )
+            response_mask = first_eos_mask(responses, tokenizer.eos_token_id)
+            yield SampledEpisodes(
+                input_ids=torch.cat([ids, responses], dim=1),
+                attention_mask=torch.cat([mask.long(), response_mask.long()], dim=1),
+                prompt_length=ids.shape[1],
+                response_mask=response_mask,
+                texts=tokenizer.batch_decode(responses, skip_special_tokens=True),
+            )
+    finally:
+        model.train(was_training)
+
+
 def generate_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -30,27 +100,32 @@ def generate_responses(
 ) -> list[str]:
     """Responses (decoded, special tokens removed) for each prompt, ``num_return_sequences`` each,
     in prompt order. ``temperature == 0`` decodes greedily. Sampling is the same as in PPO rollouts."""
+    episodes = sample_episodes(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        num_return_sequences=num_return_sequences, batch_size=batch_size,
+    )
+    return [text for batch in episodes for text in batch.texts]
+
+
+@torch.no_grad()
+def response_logprob_sums(model: PreTrainedModel, episodes: SampledEpisodes, temperature: float = 1.0) -> torch.Tensor:
+    """``[B]`` log-probability of each sampled response under ``model`` (summed over its tokens, EOS
+    included), with the logits divided by ``temperature`` as when sampling. The difference of two
+    models' sums is the k1 estimate of their sequence KL on these samples (unbiased when the samples
+    come from the first model)."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    responses: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        ids, mask = pad_sequences(
-            [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]], tokenizer.pad_token_id, side="left"
-        )  # left padding: every row continues from the last column
-        generated = generate_rollout(
-            model,
-            ids.repeat_interleave(num_return_sequences, 0).to(device),
-            mask.repeat_interleave(num_return_sequences, 0).to(device),
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        responses += tokenizer.batch_decode(generated, skip_special_tokens=True)
+    response_length = episodes.response_mask.shape[1]
+    logits = model(
+        input_ids=episodes.input_ids, attention_mask=episodes.attention_mask,
+        position_ids=position_ids_from_mask(episodes.attention_mask), logits_to_keep=response_length + 1, use_cache=False,
+    ).logits[:, :-1].float()  # position P - 1 + t predicts response token t
     model.train(was_training)
-    return responses
+    if temperature > 0:
+        logits = logits / temperature
+    tokens = episodes.input_ids[:, episodes.prompt_length :]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return (logprobs * episodes.response_mask).sum(-1)
 
 
 @torch.no_grad()

@@ -8,7 +8,10 @@ reports the LM loss on held-out pretraining text: the "alignment tax" that PPO-p
 from __future__ import annotations
 
 import importlib
-from typing import Optional
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -16,7 +19,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
-from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, policy_for_evaluation
+from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, policy_for_evaluation, response_logprob_sums, sample_episodes
+from lit_rlhf.models import load_causal_lm, load_scalar_model, sequence_rewards
 
 
 def load_object(path: str):
@@ -119,3 +123,164 @@ class GoldScoreEvaluation(Callback):
         totals = {k: trainer.strategy.reduce(v.to(pl_module.device), reduce_op="sum") for k, v in sums.items()}
         metrics = {k: float(v / totals[k + "/count"]) for k, v in totals.items() if not k.endswith("/count") and totals[k + "/count"] > 0}
         pl_module.log_dict(metrics, rank_zero_only=True)
+
+
+@dataclass
+class ScoredSamples:
+    """Per-sample measurements of one policy on held-out prompts (``k`` adjacent samples per prompt).
+
+    Attributes:
+        prompt_index: Index of each sample's prompt record.
+        texts: The decoded responses.
+        gold: Gold labeler score of each response.
+        proxy: Centred reward-model score of each response (None when no reward model was given).
+        kl: ``log pi(y|x) - log pi_ref(y|x)`` of each response, summed over its tokens: the k1 estimate of
+            the sequence KL to the reference, unbiased on the policy's own samples (None without a reference).
+    """
+
+    prompt_index: list[int]
+    texts: list[str]
+    gold: list[float]
+    proxy: Optional[list[float]]
+    kl: Optional[list[float]]
+
+
+@torch.no_grad()
+def score_samples(
+    policy, tokenizer, records: list, labeler, *, reward_model=None, reference=None, samples_per_prompt: int = 1,
+    max_new_tokens: int = 24, temperature: float = 1.0, batch_size: int = 64,
+) -> ScoredSamples:
+    """Sample ``samples_per_prompt`` responses per record from ``policy`` and score every one by the gold
+    labeler, the reward model (centred) and its log-ratio to ``reference``: all three on the same samples."""
+    prompts = [render_prompt(tokenizer, r, FieldMap()) for r in records]
+    scored = ScoredSamples([], [], [], [] if reward_model is not None else None, [] if reference is not None else None)
+    episodes = sample_episodes(
+        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+        num_return_sequences=samples_per_prompt, batch_size=max(1, batch_size // samples_per_prompt),
+    )
+    first_prompt = 0
+    for batch in episodes:
+        indices = [first_prompt + i // samples_per_prompt for i in range(len(batch.texts))]
+        first_prompt += len(batch.texts) // samples_per_prompt
+        scored.prompt_index += indices
+        scored.texts += batch.texts
+        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, batch.texts)]
+        if reward_model is not None:
+            scored.proxy += sequence_rewards(reward_model, batch.input_ids, batch.attention_mask, centered=True).tolist()
+        if reference is not None:
+            ratio = response_logprob_sums(policy, batch, temperature) - response_logprob_sums(reference, batch, temperature)
+            scored.kl += ratio.tolist()
+    return scored
+
+
+class GoldProxyKLProbe(Callback):
+    """Every few PPO rollouts: gold score, proxy (reward-model) score and KL to the SFT model of ONE policy,
+    all measured on the same samples for held-out prompts, so the three can be plotted against each other
+    (reward over-optimisation curves: gold peaks and falls while proxy keeps rising, as KL grows).
+
+    The reference (SFT) and reward models are loaded by the probe itself from the module's ``policy`` and
+    ``reward_model`` hyperparameters (or the paths given here); the policy measured is the module's
+    ``eval_policy()`` (PPO: the EMA when enabled, which is what gets exported) or its trained ``policy``.
+    Logs ``<prefix>/gold``, ``<prefix>/proxy``, ``<prefix>/kl`` (nats per sequence), ``<prefix>/sqrt_kl`` and
+    ``<prefix>/rollout`` to the trainer's loggers at the current ``global_step``; rollout 0 (before any
+    update: the SFT policy) is measured when training starts.
+
+    Args:
+        prompts: Held-out prompt records; the labeler reads their fields.
+        labeler: Import path of a class with ``score(record, response) -> float``.
+        every_n_rollouts: Measure after every this many rollouts (training steps), and after the last one.
+        num_prompts: Evaluate the first ``num_prompts`` prompts.
+        samples_per_prompt: Responses sampled per prompt; more lowers the noise of all three means.
+        max_new_tokens: Longest response in tokens (as in the rollouts).
+        temperature: Sampling temperature; KL log-probs are taken at the same temperature (as PPO's).
+        policy: ``eval`` measures ``eval_policy()`` (EMA when enabled); ``trained`` the policy being optimised.
+        reference: KL reference directory. Default: the module's ``hparams.policy`` (the SFT model).
+        reward_model: Proxy reward-model directory. Default: the module's ``hparams.reward_model``.
+        seed: Seed of the sampler: every measurement draws the same random numbers, and the run's own
+            random state is left untouched.
+        batch_size: Sequences per generate call.
+        history_file: Also append every measurement as a JSON line here.
+        prefix: Name prefix of the logged metrics.
+    """
+
+    def __init__(
+        self,
+        prompts: str,
+        labeler: str = "lit_rlhf.sandbox.labeler.GoldLabeler",
+        every_n_rollouts: int = 4,
+        num_prompts: int = 100,
+        samples_per_prompt: int = 4,
+        max_new_tokens: int = 24,
+        temperature: float = 1.0,
+        policy: Literal["eval", "trained"] = "eval",
+        reference: Optional[str] = None,
+        reward_model: Optional[str] = None,
+        seed: int = 4321,
+        batch_size: int = 128,
+        history_file: Optional[str] = None,
+        prefix: str = "probe",
+    ):
+        if every_n_rollouts < 1 or samples_per_prompt < 1 or num_prompts < 1:
+            raise ValueError(f"every_n_rollouts, samples_per_prompt and num_prompts must be at least 1, got {every_n_rollouts}, {samples_per_prompt}, {num_prompts}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (the KL is of the sampling distribution), got {temperature}")
+        self.records = read_records(prompts)[:num_prompts]
+        self.labeler = load_object(labeler)()
+        self.every_n_rollouts, self.samples_per_prompt = every_n_rollouts, samples_per_prompt
+        self.max_new_tokens, self.temperature, self.which = max_new_tokens, temperature, policy
+        self.reference_source, self.reward_source = reference, reward_model
+        self.seed, self.batch_size, self.history_file, self.prefix = seed, batch_size, history_file, prefix
+        self.history: list[dict[str, float]] = []
+        self.rollouts = 0
+        self._measured_at: Optional[int] = None
+        self._reference = self._reward_model = None
+
+    def measure(self, policy, tokenizer, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
+        """Sums and counts of this rank's share of the prompts (reduce them across ranks, then divide)."""
+        device = next(policy.parameters()).device
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + rank)
+            scored = score_samples(
+                policy, tokenizer, self.records[rank::world_size], self.labeler, reward_model=self._reward_model,
+                reference=self._reference, samples_per_prompt=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, batch_size=self.batch_size,
+            )
+        sums = {"gold": sum(scored.gold), "proxy": sum(scored.proxy), "kl": sum(scored.kl), "count": len(scored.gold)}
+        return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in sums.items()}
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        hparams = pl_module.hparams
+        device = pl_module.device
+        self._reference = load_causal_lm(self.reference_source or hparams.policy, trainable=False).to(device)
+        self._reward_model = load_scalar_model(self.reward_source or hparams.reward_model, trainable=False).to(device)
+        self.rollouts = int(getattr(pl_module, "rollouts_done", 0) or 0)  # a resumed run continues its count
+        self._record(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.rollouts += 1
+        if self.rollouts % self.every_n_rollouts == 0:
+            self._record(trainer, pl_module)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._measured_at != self.rollouts:
+            self._record(trainer, pl_module)
+        self._reference = self._reward_model = None  # frozen copies: free them with the run
+
+    def _record(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        policy = pl_module.eval_policy() if self.which == "eval" and hasattr(pl_module, "eval_policy") else pl_module.policy
+        sums = self.measure(policy, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
+        totals = {k: float(trainer.strategy.reduce(v.to(pl_module.device), reduce_op="sum")) for k, v in sums.items()}
+        count = max(totals.pop("count"), 1.0)
+        metrics = {f"{self.prefix}/{k}": v / count for k, v in totals.items()}
+        metrics[f"{self.prefix}/sqrt_kl"] = max(metrics[f"{self.prefix}/kl"], 0.0) ** 0.5
+        metrics[f"{self.prefix}/rollout"] = float(self.rollouts)
+        self._measured_at = self.rollouts
+        self.history.append({**metrics, "step": float(trainer.global_step)})
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            if self.history_file:
+                Path(self.history_file).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.history_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(self.history[-1]) + "\n")

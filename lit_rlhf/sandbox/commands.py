@@ -1,4 +1,4 @@
-"""``lit-rlhf sandbox``: the offline sandbox's commands (run the pipeline, label samples, rebuild assets)."""
+"""``lit-rlhf sandbox``: the offline sandbox's commands (run the pipeline, over-optimisation curves, label samples, rebuild assets)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     from lit_rlhf.sandbox.assets_build import build_assets
     from lit_rlhf.sandbox.labeling import label_samples
+    from lit_rlhf.sandbox.overopt import overopt
     from lit_rlhf.sandbox.pipeline import run
 
     auto_cli(
-        {"run": run, "label": label_samples, "build-assets": build_assets},
+        {"run": run, "overopt": overopt, "label": label_samples, "build-assets": build_assets},
         args=argv,
         as_positional=False,
         prog="lit-rlhf sandbox",

@@ -5,7 +5,8 @@ base (shipped) -> SFT -> sample K responses + gold-label them -> RM -> PPO and P
 Every stage is the shipped config (``configs/*.yaml``) run through the same ``lit-rlhf fit`` a user
 runs, with only output locations (and, with ``--fast``, sizes) overridden. The report compares the
 gold score of the base, SFT and PPO policies, the RM's held-out accuracy, the final KL to SFT,
-and the held-out pretraining loss with and without ptx; a PNG plots gold and RM score against KL.
+and the held-out pretraining loss with and without ptx; a PNG plots gold and RM score against KL,
+all three measured on the same (exported, EMA) policy's samples every few rollouts.
 """
 
 from __future__ import annotations
@@ -33,7 +34,14 @@ FAST = {
     "ppo": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
     "eval_prompts": 16,
     "eval_texts": 16,
+    "probe_prompts": 4,
 }
+
+#: The PPO probe (``gold_vs_kl.png``): every PROBE_EVERY rollouts (62 per run), PROBE_PROMPTS held-out
+#: prompts x PROBE_SAMPLES_PER_PROMPT samples (~0.01 standard error on the mean gold score).
+PROBE_EVERY = 6
+PROBE_PROMPTS = 100
+PROBE_SAMPLES_PER_PROMPT = 4
 
 
 def _loggers(stage_dir: Path, name: str, wandb: bool) -> str:
@@ -64,20 +72,21 @@ def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb:
     print(f"[sandbox] {name}: {time.perf_counter() - started:.0f} s -> {stage_dir / 'model'}", flush=True)
 
 
-def gold_callback(num_prompts: int, num_texts: int) -> dict:
-    """The gold evaluation during PPO: the policy as trained (sampled at the report's temperature)."""
-    from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, SAMPLED_TEMPERATURE, SAMPLES_PER_PROMPT
+def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: int = PROBE_SAMPLES_PER_PROMPT, history_file: Optional[Path] = None) -> dict:
+    """The measurement during PPO: gold score, RM (proxy) score and KL to SFT of the exported (EMA) policy,
+    all on the same held-out samples (at the report's temperature), every few rollouts and at the start."""
+    from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, SAMPLED_TEMPERATURE
 
     return {
-        "class_path": "lit_rlhf.callbacks.gold_score.GoldScoreEvaluation",
+        "class_path": "lit_rlhf.callbacks.gold_score.GoldProxyKLProbe",
         "init_args": {
             "prompts": str(DATA_DIR / "prompts_eval.jsonl"),
-            "heldout_text": str(DATA_DIR / "pretrain_heldout.txt"),
+            "every_n_rollouts": every_n_rollouts,
             "num_prompts": num_prompts,
-            "num_texts": num_texts,
+            "samples_per_prompt": samples_per_prompt,
             "max_new_tokens": MAX_NEW_TOKENS,
             "temperature": SAMPLED_TEMPERATURE,
-            "samples_per_prompt": SAMPLES_PER_PROMPT,
+            **({"history_file": str(history_file)} if history_file else {}),
         },
     }
 
@@ -116,9 +125,9 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
     fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
 
     ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
-    gold = gold_callback(eval_prompts, eval_texts)
     for name, extra in (("ppo_ptx", []), ("ppo", ["--model.init_args.gamma_ptx", "0"])):
-        fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[gold])
+        probe = probe_callback(size.get("probe_prompts", PROBE_PROMPTS), PROBE_EVERY)
+        fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
 
     report = write_report(root, base_model=str(BASE_MODEL_DIR), num_prompts=eval_prompts, num_texts=eval_texts)
     print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")

@@ -12,8 +12,10 @@ from lit_rlhf.sandbox.paths import DATA_DIR
 
 #: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
 POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"))
-KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens
-PROXY_METRIC = "rollout/reward"  # the centred RM score PPO optimises
+KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens, of the trained policy's rollouts
+#: Metric prefix of the GoldProxyKLProbe that the pipeline attaches to PPO: gold, proxy (centred RM) score
+#: and KL to SFT of the exported (EMA) policy, measured together on the same held-out samples.
+PROBE = "probe"
 #: Headline decoding: the policy as PPO trains it (temperature 1, as in the paper's rollouts), averaged
 #: over this many samples per held-out prompt so that the mean is low-noise. Greedy is reported beside it.
 SAMPLED_TEMPERATURE = 1.0
@@ -70,9 +72,16 @@ def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
     return values[-1] if values else None
 
 
-def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path, sft_gold: Optional[float] = None) -> Optional[Path]:
-    """Gold score and RM (proxy) score against KL to the SFT policy, over PPO training; every gold
-    curve starts from the SFT policy's score at KL 0 when ``sft_gold`` is given."""
+def probe_points(rows: list[dict[str, float]]) -> list[tuple[float, float, float]]:
+    """``(KL, gold, proxy)`` of every probe measurement in a PPO run's metrics: all three from the same
+    policy's samples (:class:`~lit_rlhf.callbacks.gold_score.GoldProxyKLProbe`), in training order."""
+    return [(r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r[f"{PROBE}/proxy"]) for r in rows if f"{PROBE}/kl" in r]
+
+
+def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -> Optional[Path]:
+    """Gold score and RM (proxy) score against KL to the SFT policy, over PPO training. Each point is one
+    probe measurement: gold, proxy and KL of the same (EMA) policy on the same held-out samples; the
+    first is the SFT policy itself (rollout 0)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,27 +90,18 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path, s
     fig, (gold_ax, proxy_ax) = plt.subplots(1, 2, figsize=(10, 4))
     plotted = False
     for run, rows in rows_by_run.items():
-        kl_by_step = {r["step"]: r[KL_METRIC] for r in rows if KL_METRIC in r}
-        if not kl_by_step:
+        points = probe_points(rows)
+        if not points:
             continue
-        steps = sorted(kl_by_step)
-
-        def kl_at(step: float) -> float:  # the last rollout KL at or before a validation step
-            earlier = [s for s in steps if s <= step]
-            return kl_by_step[earlier[-1]] if earlier else 0.0
-
-        gold = ([(0.0, sft_gold)] if sft_gold is not None else []) + [(kl_at(r["step"]), r["gold/score"]) for r in rows if "gold/score" in r]
-        proxy = [(kl_by_step[s], r[PROXY_METRIC]) for s in steps for r in rows if r.get("step") == s and PROXY_METRIC in r]
-        if gold:
-            gold_ax.plot(*zip(*gold), marker="o", label=run)
-        if proxy:
-            proxy_ax.scatter(*zip(*proxy), s=12, alpha=0.6, label=run)  # rollout KL is noisy: points, not a path
-        plotted = plotted or bool(gold or proxy)
+        kl, gold, proxy = zip(*points)
+        gold_ax.plot(kl, gold, marker="o", ms=4, label=run)
+        proxy_ax.plot(kl, proxy, marker="s", ms=4, label=run)
+        plotted = True
     if not plotted:
         plt.close(fig)
         return None
-    for ax, title in ((gold_ax, f"gold score (held-out prompts, T={SAMPLED_TEMPERATURE:g})"), (proxy_ax, "RM score (rollouts)")):
-        ax.set_xlabel("KL(policy || SFT) per sequence, nats")
+    for ax, title in ((gold_ax, f"gold score (held-out prompts, T={SAMPLED_TEMPERATURE:g})"), (proxy_ax, "RM (proxy) score, same samples")):
+        ax.set_xlabel("KL(policy || SFT) per sequence, nats (same samples)")
         ax.set_title(title)
         ax.legend()
         ax.grid(alpha=0.3)
@@ -109,6 +109,10 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path, s
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _first_present(*values: Optional[float]) -> Optional[float]:
+    return next((v for v in values if v is not None), None)
 
 
 def _fmt(value: Optional[float], digits: int = 3) -> str:
@@ -124,8 +128,9 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
             results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts)
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
     runs = {"PPO (no ptx)": read_csv_metrics(root / "ppo/csv/metrics.csv"), "PPO-ptx": read_csv_metrics(root / "ppo_ptx/csv/metrics.csv")}
-    results["final_kl"] = {run: last_value(rows, KL_METRIC) for run, rows in runs.items()}
-    plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png", sft_gold=results["policies"].get("SFT", {}).get("gold/score"))
+    # The exported policy's KL (the probe measures the EMA); the trained policy's rollout KL where no probe ran.
+    results["final_kl"] = {run: _first_present(last_value(rows, f"{PROBE}/kl"), last_value(rows, KL_METRIC)) for run, rows in runs.items()}
+    plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
 
     lines = [
         f"| policy | gold score (T={SAMPLED_TEMPERATURE:g} samples, as trained) | gold score (greedy) | held-out pretraining loss | final KL to SFT |",
@@ -144,7 +149,7 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
     rm = results["rm"]
     lines += ["", f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)"]
     if plot:
-        lines.append(f"Gold and RM score against KL: {plot}")
+        lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples): {plot}")
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     (root / "report.md").write_text(text + "\n")

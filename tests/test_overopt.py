@@ -1,0 +1,116 @@
+"""Over-optimisation measurement: the probe's gold / proxy / KL on one policy's samples, and the
+``lit-rlhf sandbox overopt`` plumbing on its smallest settings."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory, sequence_rewards
+from lit_rlhf.sandbox.paths import BASE_CONFIG, BASE_MODEL_DIR, DATA_DIR, TOKENIZER_DIR
+
+
+@pytest.fixture(scope="module")
+def random_policy_dir(tmp_path_factory):
+    """A random-init sandbox-sized model: far from the shipped base model, so KL to it is large."""
+    out = tmp_path_factory.mktemp("random_policy")
+    torch.manual_seed(0)
+    return save_hf_directory(load_causal_lm(str(BASE_CONFIG)), load_tokenizer(str(TOKENIZER_DIR)), out)
+
+
+def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
+    from lit_rlhf.data.records import FieldMap, read_records
+    from lit_rlhf.data.tokenize import render_prompt
+    from lit_rlhf.evaluation import response_logprob_sums, sample_episodes
+
+    model = load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
+    tokenizer = load_tokenizer(str(BASE_MODEL_DIR), padding_side="left")
+    prompts = [render_prompt(tokenizer, r, FieldMap()) for r in read_records(str(DATA_DIR / "prompts_eval.jsonl"))[:3]]
+    torch.manual_seed(0)
+    (batch,) = sample_episodes(model, tokenizer, prompts, max_new_tokens=6, num_return_sequences=2, batch_size=8)
+    sums = response_logprob_sums(model, batch)
+    for row in range(len(batch.texts)):  # unpadded: the prompt's real tokens, then the response up to its first EOS
+        keep = batch.attention_mask[row].bool()
+        ids = batch.input_ids[row][keep].unsqueeze(0)
+        n_response = int(batch.response_mask[row].sum())
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert float(sums[row]) == pytest.approx(float(logprobs[-n_response:].sum()), abs=1e-4)
+
+
+def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir):
+    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe, score_samples
+
+    tokenizer = load_tokenizer(str(BASE_MODEL_DIR), padding_side="left")
+    base = load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
+    reward_model = load_scalar_model(str(BASE_MODEL_DIR), trainable=False)  # a random head: any scalar will do
+    probe = GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=6, samples_per_prompt=3, max_new_tokens=8)
+    probe._reference, probe._reward_model = base, reward_model
+
+    same = probe.measure(base, tokenizer)
+    assert float(same["count"]) == 18
+    assert float(same["kl"]) == 0.0  # the reference itself: every log-ratio is exactly 0
+    assert 0.0 <= float(same["gold"]) / 18 <= 1.0
+    assert probe.measure(base, tokenizer)["gold"] == same["gold"]  # seeded: the same samples every time
+
+    far = probe.measure(load_causal_lm(str(random_policy_dir), trainable=False), tokenizer)
+    assert float(far["kl"]) / 18 > 5.0  # random weights are many nats from the base model
+
+    # The proxy is the RM's centred score of exactly the responses that were gold-scored.
+    torch.manual_seed(1)
+    scored = score_samples(base, tokenizer, probe.records[:2], probe.labeler, reward_model=reward_model, samples_per_prompt=2, max_new_tokens=8)
+    assert scored.prompt_index == [0, 0, 1, 1] and scored.kl is None
+    assert scored.gold == [probe.labeler.score(probe.records[i].data, t) for i, t in zip(scored.prompt_index, scored.texts)]
+    from lit_rlhf.data.tokenize import render_prompt
+    from lit_rlhf.data.records import FieldMap
+
+    prompt = render_prompt(tokenizer, probe.records[0], FieldMap())
+    ids = tokenizer(prompt)["input_ids"] + tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if len(tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"]) < 8:  # the response ended with EOS
+        expected = sequence_rewards(reward_model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
+        assert scored.proxy[0] == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_probe_refuses_bad_options():
+    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe
+
+    with pytest.raises(ValueError, match="every_n_rollouts"):
+        GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), every_n_rollouts=0)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), temperature=0.0)
+
+
+def test_over_optimised_needs_gold_down_and_proxy_up():
+    from lit_rlhf.sandbox.overopt import fit_curve, over_optimised
+
+    rising = [{"kl": k, "gold": 0.4 + 0.05 * k, "proxy": 0.1 * k} for k in range(6)]
+    peaked = [{"kl": k, "gold": 0.4 + 0.1 * k - 0.03 * k * k, "proxy": 0.1 * k} for k in range(6)]
+    assert not over_optimised(rising)
+    assert over_optimised(peaked)
+    assert not over_optimised([dict(p, proxy=-p["proxy"]) for p in peaked])  # proxy falling too: not the proxy's fault
+    fits = fit_curve("rl", peaked)
+    assert fits["gold"]["observed_peak_kl"] == pytest.approx(2) and fits["gold"]["start"] == pytest.approx(0.4)
+    assert fit_curve("rl", peaked[:2])["gold"]["alpha"] is None  # too few points: reported, not a crash
+
+
+def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
+    """The command's plumbing on its smallest settings: the shipped base model stands in for SFT and the
+    base model with a random scalar head for the proxy RM (RM training is the `sandbox run` test's)."""
+    from lit_rlhf.cli import main
+
+    rm = save_hf_directory(load_scalar_model(str(BASE_MODEL_DIR)), load_tokenizer(str(BASE_MODEL_DIR)), in_scratch_dir / "rm")
+    main(["sandbox", "overopt", "--out", "runs/overopt", "--fast", "true", "--sft", str(BASE_MODEL_DIR), "--rm", str(rm),
+          "--rollouts", "2", "--probe_every", "1", "--probe_prompts", "4", "--probe_samples", "2", "--bon_prompts", "4",
+          "--bon_samples", "4", "--ptx", "false"])
+    root = in_scratch_dir / "runs/overopt"
+    results = json.loads((root / "overopt.json").read_text())
+    bon = results["best_of_n"]
+    assert [p["n"] for p in bon] == [1, 2, 4]
+    assert all(p["kl_sampled"] <= p["kl"] + 1e-9 for p in bon)  # repeated responses only lower it
+    assert bon[0]["kl"] == 0.0 and bon[-1]["proxy"] >= bon[0]["proxy"]  # best-of-n by proxy raises the proxy
+    assert results["curves"]["best-of-n"]["fits"]["proxy"]["alpha"] is not None
+    ppo = results["curves"]["PPO"]["points"]
+    assert [p["rollout"] for p in ppo] == [0, 1, 2] and ppo[0]["kl"] == 0.0
+    assert "| best-of-n | gold |" in (root / "overopt.md").read_text()
+    assert (root / "overopt.png").stat().st_size > 0
