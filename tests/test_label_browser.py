@@ -135,7 +135,7 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
         page.goto(url + "/")
         page.wait_for_selector("#cards .card")
         assert current_item(page) == item_c
-        assert page.locator("#history li").count() == 2
+        page.wait_for_function("document.querySelectorAll('#history li').length === 2")  # A and B, in the history
 
         # Back to B (its judgment is shown), undo the tie, resubmit: revision 2; then rank C and skip D.
         page.keyboard.press("b")
