@@ -136,8 +136,9 @@ def test_untrusted_text_is_escaped_in_html_and_only_placed_as_text(server, store
 def test_other_interfaces_need_tokens(tmp_path, store, capsys):
     from lit_rlhf.cli import main
 
-    with pytest.raises(SystemExit, match="needs an access token per labeler"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["label", "serve", "--db", str(store.path), "--host", "0.0.0.0", "--port", "0"])
+    assert exit_info.value.code == 2 and "needs an access token per labeler" in capsys.readouterr().err
     main(["label", "add-labeler", "--db", str(store.path), "--name", "ann"])
     token = capsys.readouterr().out.strip().split(": ")[1]
     with threaded_server(store, require_tokens=True) as url:

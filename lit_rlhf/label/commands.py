@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Optional
 
 from lit_rlhf.label.export import export_comparisons
@@ -38,8 +39,8 @@ def serve(
         print(_import_line(samples, store.import_samples(samples)), flush=True)
     tokens = require_tokens or not is_loopback(host)
     if tokens and not store.has_tokens():
-        raise SystemExit(
-            f"lit-rlhf label: error: --host {host} serves beyond this machine and needs an access token per labeler; "
+        raise ValueError(
+            f"--host {host} serves beyond this machine and needs an access token per labeler; "
             f"create them first: lit-rlhf label add-labeler --db {db} --name NAME"
         )
     items = len(store.items())
@@ -94,4 +95,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             description="Human rankings: a local web app where labelers rank the K responses of `lit-rlhf sample`.",
         )
     except (RecordError, FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"lit-rlhf label: error: {e}") from None
+        # One line, like every other lit-rlhf command's bad input (exit code 2).
+        print(f"lit-rlhf: error: {e}", file=sys.stderr)
+        sys.exit(2)

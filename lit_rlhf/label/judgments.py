@@ -78,7 +78,7 @@ def parse_judgment(payload: Any, num_responses: int) -> Judgment:
     if rewrite is not None and (not isinstance(rewrite, str) or len(rewrite) > MAX_REWRITE_CHARS):
         raise SubmissionError(f"rewrite: expected a string of at most {MAX_REWRITE_CHARS} characters or null")
     rewrite = rewrite if rewrite and rewrite.strip() else None
-    return Judgment(ranking, [s for s in scores], [sorted(set(names)) for names in flags], rewrite)
+    return Judgment(ranking, list(scores), [sorted(set(names)) for names in flags], rewrite)
 
 
 def _parse_ranking(value: Any, num_responses: int) -> list[list[int]]:

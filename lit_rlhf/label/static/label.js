@@ -351,6 +351,11 @@ async function skip() {
 }
 
 function onKey(event) {
+  if (state.item && event.key === "Escape") {  // leave a flag list or the rewrite box, back to the cards
+    document.querySelectorAll("#cards details[open]").forEach((details) => { details.open = false; });
+    selectCard(state.selected);
+    return;
+  }
   if (!state.item || event.target.closest("input, textarea, summary") || event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key;
   let handled = true;
