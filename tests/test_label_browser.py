@@ -108,9 +108,10 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
         page.click("#submit")
         wait_for_next(page, item_a)
 
-        # Item B, keyboard only: select card 2, move it to the top, tie the next one to it, score it 3, Enter.
+        # Item B, keyboard only: select card 2, move it to the top, tie the next one to it, score it 3,
+        # flag it (F opens its flags, Space ticks the first, Esc goes back to the cards), Enter.
         item_b, order = current_item(page), card_order(page)
-        for key in ("2", "Shift+ArrowUp", "ArrowDown", "Equal", "Shift+Digit3", "Enter"):
+        for key in ("2", "Shift+ArrowUp", "ArrowDown", "Equal", "Shift+Digit3", "f", "Space", "Escape", "Enter"):
             page.keyboard.press(key)
         wait_for_next(page, item_b)
         groups_b = [[order[1], order[0]], *[[i] for i in order[2:]]]
@@ -129,6 +130,7 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
         assert json.loads(on_disk[item_a]["flags"])[order_a[0]] == ["hallucination"]
         assert json.loads(on_disk[item_b]["ranking"]) == [sorted(g) for g in groups_b]
         assert json.loads(on_disk[item_b]["scores"])[order[0]] == 3
+        assert json.loads(on_disk[item_b]["flags"])[order[0]] == ["fails_instruction"]
 
         # Restart on another port: the session cookie still works and ann is back on item C.
         server, url = start_server_process(db)
