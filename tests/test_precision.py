@@ -134,3 +134,58 @@ def test_bf16_true_sft_run_moves_its_weights_like_the_float32_run(sft_start):
     # torch's AdamW on the bf16 weights instead: cosine 0.36, norm ratio 0.45).
     assert torch.nn.functional.cosine_similarity(moved, expected, dim=0) > 0.98
     assert 0.9 < moved.norm() / expected.norm() < 1.1
+
+
+# ----------------------------------------------------------------------------------------------
+# PPO's EMA of the policy weights under bf16-true
+
+
+def _ppo_export(root, precision: str, ema_decay):
+    from lit_rlhf.data import PromptDataModule
+    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.modules import PPOModule
+
+    L.seed_everything(0)
+    out = root / f"ppo-{precision}-{ema_decay}"
+    module = PPOModule(policy=str(root / "start"), reward_model=str(root / "rm"), rollout_batch_size=4, minibatch_size=2,
+                       micro_batch_size=2, max_new_tokens=4, gamma_ptx=0.0, learning_rate=1e-4, warmup_rollouts=0,
+                       ema_decay=ema_decay, output_dir=str(out))
+    data = PromptDataModule(prompts=str(root / "prompts.jsonl"), ptx_ratio=0.0)
+    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=4, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        default_root_dir=str(root))
+    trainer.fit(module, data)
+    return dict(load_causal_lm(str(out), trainable=False).named_parameters())
+
+
+def _ppo_world(root) -> dict:
+    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
+
+    if not (root / "rm").exists():
+        save_hf_directory(load_scalar_model(str(root / "start")), load_tokenizer(str(root / "start")), root / "rm")
+        write_jsonl(root / "prompts.jsonl", [{"prompt": f"add {i} and {i + 1}:"} for i in range(8)])
+    return dict(load_causal_lm(str(root / "start"), trainable=False).named_parameters())
+
+
+def _moved(weights: dict, start: dict) -> torch.Tensor:
+    return torch.cat([(weights[n].float() - start[n].detach().to(torch.bfloat16).float()).flatten() for n in start])
+
+
+def test_bf16_true_ppo_policy_moves_like_the_float32_one(sft_start):
+    start = _ppo_world(sft_start)
+    fp32, bf16 = (_moved(_ppo_export(sft_start, precision, None), start) for precision in ("32-true", "bf16-true"))
+    # measured: cosine 0.976, norm ratio 0.99
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.95
+    assert 0.8 < bf16.norm() / fp32.norm() < 1.25
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug in PPO's EMA (lit_rlhf/modules): the EMA averages are cloned from the policy's parameters, so under bf16-true "
+    "they are bf16 and ema.lerp_(param, 1 - 0.992) rounds the increments away: the exported EMA policy barely leaves "
+    "the SFT model (measured: cosine 0.03 to the 32-true run's EMA). Fix: keep the averages in "
+    "float32 (re-cast them after Lightning's precision plugin converts the module, e.g. in on_fit_start)."))
+def test_bf16_true_ppo_ema_policy_moves_like_the_float32_one(sft_start):
+    start = _ppo_world(sft_start)
+    fp32, bf16 = (_moved(_ppo_export(sft_start, precision, 0.992), start) for precision in ("32-true", "bf16-true"))
+    assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.9
+    assert bf16.norm() > 0.5 * fp32.norm()
