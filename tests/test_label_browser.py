@@ -148,6 +148,9 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
             page.keyboard.press(key)
         page.wait_for_selector("#editing", state="hidden")
         assert current_item(page) == item_c
+        page.click("details.rewrite summary")  # C also gets a rewrite: an SFT demonstration
+        page.fill("#rewrite", "A better answer, written by ann")
+        page.keyboard.press("Escape")  # from the text box back to the cards; Enter submits
         page.keyboard.press("Enter")
         wait_for_next(page, item_c)
         item_d = current_item(page)
@@ -164,7 +167,9 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
     assert on_disk[item_c]["status"] == "ranked" and on_disk[item_d]["status"] == "skipped"
 
     main(["label", "export", "--db", str(db), "--out", "runs/comparisons/train.jsonl",
-          "--val_out", "runs/comparisons/val.jsonl", "--val_fraction", "0.34"])
+          "--val_out", "runs/comparisons/val.jsonl", "--val_fraction", "0.34", "--demonstrations_out", "demos_from_ann.jsonl"])
+    (demo,) = [json.loads(line) for line in open("demos_from_ann.jsonl")]
+    assert demo["response"] == "A better answer, written by ann" and demo["prompt"]
     exported = [json.loads(line) for name in ("train", "val") for line in open(f"runs/comparisons/{name}.jsonl")]
     assert len(exported) == 3 and all(r["labeler"] == "ann" for r in exported)
     os.makedirs("runs/sft")
