@@ -210,14 +210,14 @@ def create_app(store: LabelStore, require_tokens: bool = False) -> Flask:
             fail(404, f"item {item_id}: no such item")
         judgment = parse_judgment(payload, len(item.responses))
         revision = store.submit(name, item_id, judgment, revision_of(payload))
-        return jsonify(item_id=item_id, revision=revision, progress=store.progress(name))
+        return jsonify(item_id=item_id, revision=revision)
 
     @app.post("/api/skip")
     def skip():
         name, payload = labeler(), body()
         item_id = item_id_of(payload)
         revision = store.submit(name, item_id, None, revision_of(payload))
-        return jsonify(item_id=item_id, revision=revision, progress=store.progress(name))
+        return jsonify(item_id=item_id, revision=revision)
 
     @app.get("/api/history")
     def history():
