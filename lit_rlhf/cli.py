@@ -11,6 +11,8 @@ from typing import Optional
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from lit_rlhf.cli_errors import OneLineErrorParser
+
 DESCRIPTION = """\
 lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a config:
 
@@ -53,6 +55,7 @@ class LitRLHFCLI(LightningCLI):
             # Each module builds its own optimizer and schedule from its documented arguments: one way to set them.
             auto_configure_optimizers=False,
             parser_kwargs={"description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter},
+            parser_class=OneLineErrorParser,  # configuration errors as one line, not the usage text
             args=args,
             run=run,
         )
@@ -80,10 +83,11 @@ def main(args: Optional[list[str]] = None) -> None:
     # Offline by default so a first run needs no account and no network; WANDB_MODE=online opts in.
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if argv and argv[0] in EXTRA_COMMANDS:
-        _load(EXTRA_COMMANDS[argv[0]])(argv[1:])
-        return
+    OneLineErrorParser.command_args = argv
     try:
+        if argv and argv[0] in EXTRA_COMMANDS:
+            _load(EXTRA_COMMANDS[argv[0]])(argv[1:])
+            return
         LitRLHFCLI(args=cli_args)
     except Exception as e:
         user_error = _user_error_in(e)

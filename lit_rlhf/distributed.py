@@ -25,8 +25,9 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, ModelParallelStrategy
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_rlhf.atomic import atomic_directory
 from lit_rlhf.lora import is_lora, save_lora_directory, unwrap
-from lit_rlhf.models import save_hf_directory
+from lit_rlhf.models import current_command, save_hf_directory
 
 # ----------------------------------------------------------------------------------------------
 # Decoder-layer classes
@@ -263,7 +264,9 @@ def export_hf(
         if not model_state:
             raise RuntimeError(f"no weights under '{attribute}.' in the state dict; cannot export {out_dir}")
         if is_lora(model):
-            path = save_lora_directory(model, tokenizer, out_dir, model_state, lora_export)
+            with atomic_directory(out_dir, command=current_command()) as temp:  # moved into place only when complete
+                save_lora_directory(model, tokenizer, temp, model_state, lora_export)
+            path = Path(out_dir)
         else:
             path = save_hf_directory(model, tokenizer, out_dir, state_dict=model_state)
     trainer.strategy.barrier("export_hf")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -31,6 +31,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from lit_rlhf.atomic import atomic_directory, incomplete_files, read_marker
 from lit_rlhf.lora import unwrap
 
 #: Config attribute that carries the reward model's centering bias (DESIGN.md "RM centering").
@@ -80,9 +81,80 @@ def _check_local_source(source: str, what: str) -> None:
         )
 
 
+#: Weight files of a directory written by ``save_pretrained`` (one of them, or its index, must be there).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def rewrite_hint(source: str) -> str:
+    """How to write ``source`` again: the command recorded in its commit marker, or the stage that writes it."""
+    marker = read_marker(source) or {}
+    if marker.get("command"):
+        return f" It was written by `{marker['command']}`: run that again."
+    return missing_source_hint(source) or " Write it again with the command that produced it (save_pretrained writes a complete one)."
+
+
+def _incomplete(source: str, problem: str) -> ModelSourceError:
+    return ModelSourceError(f"model directory '{source}' is incomplete: {problem}.{rewrite_hint(source)}")
+
+
+def safetensors_problem(path: Path) -> Optional[str]:
+    """Why a safetensors file cannot be complete (its header promises more bytes than the file has), or None."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_size <= 0 or 8 + header_size > size:
+                return f"{path.name} is truncated ({size} bytes)"
+            header = json.loads(f.read(header_size))
+    except (OSError, ValueError):
+        return f"{path.name} has an unreadable header"
+    end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+    if 8 + header_size + end != size:
+        return f"{path.name} is truncated ({size} of {8 + header_size + end} bytes)"
+    return None
+
+
+def check_model_directory(source: str, *, weights: bool = True, tokenizer: bool = False) -> None:
+    """Refuse, in one line naming the directory and how to write it again, a directory that cannot be a
+    whole ``save_pretrained`` output: empty, missing or unreadable config, no weights or truncated ones,
+    no tokenizer files (when ``tokenizer``), or files that differ from its lit-rlhf commit marker."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return
+    if not any(path.iterdir()):
+        raise _incomplete(source, "it is empty")
+    missing = incomplete_files(path)
+    if missing:
+        raise _incomplete(source, f"{', '.join(missing[:3])} missing or cut short")
+    if tokenizer:
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise _incomplete(source, f"no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})")
+        return
+    config = path / "config.json"
+    if not config.is_file():
+        if (path / "adapter_config.json").is_file():
+            return  # a LoRA adapter directory: peft checks its own files
+        raise _incomplete(source, "no config.json")
+    try:
+        with open(config, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, ValueError):
+        raise _incomplete(source, "config.json is not valid JSON") from None
+    if weights:
+        present = [name for name in WEIGHT_FILES if (path / name).is_file()]
+        if not present:
+            raise _incomplete(source, f"no weights ({' or '.join(WEIGHT_FILES[::2])})")
+        for name in [n for n in present if n.endswith(".safetensors")] + sorted(p.name for p in path.glob("model-*.safetensors")):
+            problem = safetensors_problem(path / name)
+            if problem:
+                raise _incomplete(source, problem)
+
+
 def load_config(source: str) -> PretrainedConfig:
     """The config of a model source (a ``.json`` file, a directory or a hub id)."""
     _check_local_source(source, "model")
+    check_model_directory(source)
     if source.endswith(".json"):
         with open(source) as f:
             fields = json.load(f)
@@ -118,7 +190,13 @@ def _from_source(auto_class: Any, source: str, config: PretrainedConfig, **kwarg
         path = Path(source)
         model = auto_class.from_pretrained(str(path.parent), gguf_file=path.name, config=config, **kwargs)
         return _clear_quantized_flag(model)
-    return auto_class.from_pretrained(source, config=config, **kwargs)
+    try:
+        return auto_class.from_pretrained(source, config=config, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:
+        if not Path(source).expanduser().is_dir():
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _incomplete(source, f"its weights could not be loaded ({first_line})") from e
 
 
 def _clear_quantized_flag(model: PreTrainedModel) -> PreTrainedModel:
@@ -188,6 +266,7 @@ def _prepare(model: PreTrainedModel, *, gradient_checkpointing: bool, trainable:
 def load_tokenizer(source: str, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
     """A tokenizer from a directory or hub id, with a pad token (eos when it has none)."""
     _check_local_source(source, "tokenizer")
+    check_model_directory(source, tokenizer=True)
     if source.endswith(".gguf"):
         tokenizer = AutoTokenizer.from_pretrained(str(Path(source).parent), gguf_file=Path(source).name)
     else:
@@ -288,11 +367,20 @@ def save_hf_directory(
 ) -> Path:
     """``save_pretrained`` (config, safetensors, tokenizer) so the next stage or any HF tool loads it by path.
 
-    ``state_dict`` replaces the model's own weights in the files (gathered, EMA or best weights).
+    ``state_dict`` replaces the model's own weights in the files (gathered, EMA or best weights). The
+    directory is written beside ``out_dir`` and moved into place only when complete (:func:`atomic_directory`).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, state_dict=None if state_dict is None else drop_tied_copies(model, state_dict))
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    return out
+    with atomic_directory(out_dir, command=current_command()) as out:
+        model.save_pretrained(out, state_dict=None if state_dict is None else drop_tied_copies(model, state_dict))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+    return Path(out_dir)
+
+
+def current_command() -> Optional[str]:
+    """This process's command line when it is the ``lit-rlhf`` command (recorded in the export's commit marker)."""
+    import sys
+
+    if not sys.argv or Path(sys.argv[0]).name != "lit-rlhf":
+        return None
+    return " ".join(["lit-rlhf", *sys.argv[1:]])

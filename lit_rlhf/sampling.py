@@ -14,8 +14,10 @@ from typing import Optional
 
 import torch
 
+from lit_rlhf.atomic import atomic_file
 from lit_rlhf.data.records import DataSource, FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
+from lit_rlhf.errors import check_option
 from lit_rlhf.evaluation import generate_responses
 from lit_rlhf.models import load_causal_lm, load_tokenizer
 
@@ -48,21 +50,24 @@ def sample_responses(
         fields: Field renames, canonical name -> name in your data.
         seed: Seed of the sampler; same seed, same responses.
     """
-    if k < 2:
-        raise ValueError(f"k must be at least 2 to make comparisons, got {k}")
+    check_option("k", k, min=2, integer=True)  # fewer than 2 responses make no comparison
+    check_option("temperature", temperature, min=0)
+    check_option("top_p", top_p, min=0, max=1, min_open=True)
+    check_option("max_new_tokens", max_new_tokens, min=1, integer=True)
+    check_option("batch_size", batch_size, min=1, integer=True)
+    check_option("limit", limit, min=1, integer=True)
     torch.manual_seed(seed)
     tokenizer = load_tokenizer(model, padding_side="left")
     policy = load_causal_lm(model, trainable=False)
     field_map = FieldMap(fields or {})
     records = read_records(prompts)[:limit]
     out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     prompt_texts = [render_prompt(tokenizer, r, field_map) for r in records]
     responses = generate_responses(
         policy, tokenizer, prompt_texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         num_return_sequences=k, batch_size=batch_size,
     )
-    with open(out_path, "w", encoding="utf-8") as f:
+    with atomic_file(out_path) as f:  # a killed run leaves the previous file, never half of a new one
         for i, record in enumerate(records):
             f.write(json.dumps(dict(record.data, responses=responses[i * k : (i + 1) * k]), ensure_ascii=False) + "\n")
     return out_path

@@ -51,9 +51,11 @@ def test_sample_then_label_writes_valid_comparisons(sandbox_model_dir, tmp_path)
                 assert scores[i] > scores[j]  # a better rank means a higher gold score
 
 
-def test_sample_refuses_k_below_two(sandbox_model_dir, tmp_path):
-    with pytest.raises(ValueError, match="k must be at least 2"):
+def test_sample_refuses_k_below_two(sandbox_model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["sample", "--model", str(sandbox_model_dir), "--prompts", str(DATA_DIR / "prompts_train.jsonl"), "--out", str(tmp_path / "x"), "--k", "1"])
+    assert exit_info.value.code == 2
+    assert "lit-rlhf: error: k must be >= 2, got 1" in capsys.readouterr().err
 
 
 def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_rlhf.data.batching import LengthGroupedSampler, ResumableDataLoader, ResumableSampler, ShuffledSampler
 from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
+from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,20 @@ def resolve_seed(seed: Optional[int]) -> int:
     return seed if seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
+#: Allowed ranges of the numeric options of every data module, checked at construction: option -> check_option kwargs.
+OPTION_RANGES: dict[str, dict[str, Any]] = {
+    "batch_size": {"min": 1, "integer": True},
+    "val_batch_size": {"min": 1, "integer": True},
+    "max_length": {"min": 1, "integer": True},
+    "max_prompt_length": {"min": 1, "integer": True},
+    "max_ptx_length": {"min": 1, "integer": True},
+    "num_workers": {"min": 0, "integer": True},
+    "val_fraction": {"min": 0, "max": 1, "max_open": True},
+    "ptx_ratio": {"min": 0},
+    "seed": {"min": 0, "integer": True},
+}
+
+
 class StageDataModule(LightningDataModule):
     """What every stage's DataModule shares: its hyperparameters, field names, seed and tokenizer source.
 
@@ -59,6 +74,11 @@ class StageDataModule(LightningDataModule):
     def __init__(self, tokenizer: Optional[str], fields: Optional[dict[str, str]], seed: Optional[int]):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
+        for name, allowed in OPTION_RANGES.items():  # fail now, not after the model is built
+            if name in self.hparams:
+                check_option(f"data.{name}", self.hparams[name], **allowed)
+        if self.hparams.get("val") is not None and self.hparams.get("val_fraction"):
+            raise ConfigError("data.val and data.val_fraction are both set; give a validation file or a fraction, not both")
         self.hparams.seed = resolve_seed(seed)
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})

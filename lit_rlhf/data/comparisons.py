@@ -26,6 +26,7 @@ from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
 from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
+from lit_rlhf.errors import ConfigError
 
 
 class ComparisonError(RecordError):
@@ -165,9 +166,11 @@ def _pair_responses(record: Record, chosen_name: str, rejected_name: str) -> lis
 # Tokenisation
 
 
-def fit_length(ids: list[int], max_length: int, truncation: str, record: Record) -> Optional[list[int]]:
+def fit_length(ids: list[int], max_length: int, truncation: str, record: Record,
+               counter: Optional[DropCounter] = None) -> Optional[list[int]]:
     """Apply the truncation policy: ``left`` keeps the last ``max_length`` tokens (the response end,
-    where the reward is read), ``drop`` returns None, ``error`` raises."""
+    where the reward is read, counted in ``counter`` like SFT and PPO truncations), ``drop`` returns None,
+    ``error`` raises."""
     if len(ids) <= max_length:
         return ids
     if truncation == "error":
@@ -175,6 +178,8 @@ def fit_length(ids: list[int], max_length: int, truncation: str, record: Record)
         raise ComparisonError(record, None, problem, "over max_length")
     if truncation == "drop":
         return None
+    if counter is not None:
+        counter.add("sequences truncated on the left (kept)")
     return ids[-max_length:]
 
 
@@ -199,7 +204,7 @@ def encode_comparisons(
             counter.add(e.reason)
             continue
         sequences = [
-            fit_length(encode_prompt_response(tokenizer, comparison.prompt, response).input_ids, max_length, truncation, record)
+            fit_length(encode_prompt_response(tokenizer, comparison.prompt, response).input_ids, max_length, truncation, record, counter)
             for response in comparison.responses
         ]
         if any(s is None for s in sequences):
@@ -235,7 +240,7 @@ def encode_demonstrations(
                 f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or '{fields('messages')}' "
                 f"(record has: {', '.join(sorted(record.data)) or 'none'})",
             )
-        ids = fit_length(encode_prompt_response(tokenizer, prompt, response).input_ids, max_length, truncation, record)
+        ids = fit_length(encode_prompt_response(tokenizer, prompt, response).input_ids, max_length, truncation, record, counter)
         if ids is None:
             counter.add("over max_length")
             continue
@@ -331,6 +336,7 @@ class RewardDataModule(StageDataModule):
         self.train_groups: list[ComparisonGroup] = []
         self.val_groups: list[ComparisonGroup] = []
         self.drop_counts: dict[str, int] = {}
+        self._center_sequences: Optional[list[list[int]]] = None
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
@@ -357,8 +363,26 @@ class RewardDataModule(StageDataModule):
             setattr(self, f"{split}_groups", groups)
         if stage == "fit" and not self.train_groups:
             raise ValueError(f"no training comparisons left in {hp.train} after dropping invalid ones")
+        if val_records and not self.val_groups:  # training on without validation would hide it
+            raise ConfigError(f"no validation comparisons left in {hp.val or hp.train} after truncation={hp.truncation!r} "
+                              f"and on_invalid={hp.on_invalid!r}")
+        if stage == "fit" and hp.center_on is not None:
+            self._center_sequences = self._encode_center_on()  # read now: a bad file must not cost a whole training run
         if stage != "fit" and not self.val_groups:
             raise ValueError("no validation comparisons: set `val` (or `val_fraction`) on the data module")
+
+    def _encode_center_on(self) -> list[list[int]]:
+        """The ``center_on`` demonstrations, validated and tokenised."""
+        hp = self.hparams
+        counter = DropCounter("RM centering")
+        records, fields = convert_records(read_records(hp.center_on), "auto", "sft", self.fields, self.tokenizer)
+        sequences = encode_demonstrations(
+            records, self.tokenizer, fields, max_length=hp.max_length, truncation=hp.truncation, counter=counter
+        )
+        counter.report("center_on", len(sequences))
+        if not sequences:
+            raise ValueError(f"no demonstrations left in center_on={hp.center_on}")
+        return sequences
 
     def _collate(self):
         return partial(collate_groups, pad_id=self.tokenizer.pad_token_id)
@@ -380,14 +404,8 @@ class RewardDataModule(StageDataModule):
             return None
         if self.tokenizer is None:
             self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
-        counter = DropCounter("RM centering")
-        records, fields = convert_records(read_records(hp.center_on), "auto", "sft", self.fields, self.tokenizer)
-        sequences = encode_demonstrations(
-            records, self.tokenizer, fields, max_length=hp.max_length, truncation=hp.truncation, counter=counter
-        )
-        counter.report("center_on", len(sequences))
-        if not sequences:
-            raise ValueError(f"no demonstrations left in center_on={hp.center_on}")
+        # Read and checked in setup already, so a bad file stops the run before training.
+        sequences = self._center_sequences if self._center_sequences is not None else self._encode_center_on()
         share = rank_share(sequences, rank, world_size)
         # No gradients are kept while centering, so a batch holds about as many sequences as a training batch.
         collate = partial(collate_sequences, pad_id=self.tokenizer.pad_token_id)

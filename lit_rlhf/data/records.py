@@ -69,7 +69,7 @@ def read_records(source: DataSource) -> list[Record]:
         return _read_with_datasets({"path": source})  # a dataset name, e.g. on the hub
     if path.is_dir():
         raise RecordError(str(source), None, None, f"is a directory; give a file ({', '.join(FILE_SUFFIXES)}) or datasets arguments")
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".txt": _read_txt, ".parquet": _read_table, ".csv": _read_table}
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".txt": _read_txt, ".parquet": _read_table, ".csv": _read_csv}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         raise RecordError(str(source), None, None, f"unknown file type '{path.suffix}'; expected one of {', '.join(FILE_SUFFIXES)}")
@@ -79,26 +79,35 @@ def read_records(source: DataSource) -> list[Record]:
     return records
 
 
+def _text_lines(path: Path):
+    """(line number, text) of a UTF-8 file; bytes that are not UTF-8 fail with the line they are on."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(str(path), line_no, None, f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                  "save the file as UTF-8") from None
+
+
 def _read_jsonl(path: Path) -> list[Record]:
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(str(path), line_no, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(data, dict):
-                raise RecordError(str(path), line_no, None, f"expected a JSON object, got {type(data).__name__}")
-            records.append(Record(data, str(path), line_no))
+    for line_no, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(str(path), line_no, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(data, dict):
+            raise RecordError(str(path), line_no, None, f"expected a JSON object, got {type(data).__name__}")
+        records.append(Record(data, str(path), line_no))
     return records
 
 
 def _read_json(path: Path) -> list[Record]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = json.loads("".join(line for _, line in _text_lines(path)))
     except json.JSONDecodeError as e:
         raise RecordError(str(path), None, None, f"not valid JSON ({e.msg} at line {e.lineno})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -115,8 +124,47 @@ def _read_json(path: Path) -> list[Record]:
 
 def _read_txt(path: Path) -> list[Record]:
     """Plain text counts as pretraining text: one record per non-empty line."""
-    with open(path, encoding="utf-8") as f:
-        return [Record({"text": line.rstrip("\n")}, str(path), n) for n, line in enumerate(f, start=1) if line.strip()]
+    return [Record({"text": line.rstrip("\n")}, str(path), n) for n, line in _text_lines(path) if line.strip()]
+
+
+def _read_csv(path: Path) -> list[Record]:
+    """CSV cells are text (a response "42" stays the string "42", an empty cell is an empty string). A row
+    with more or fewer cells than the header fails with its record number (the header is not a record)."""
+    import csv
+
+    text = "".join(line for _, line in _text_lines(path))
+    rows = csv.reader(text.splitlines(keepends=True))
+    header = next(rows, None)
+    if not header:
+        raise RecordError(str(path), None, None, "has no header row naming the columns")
+    records = []
+    for index, row in enumerate(rows, start=1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise RecordError(str(path), index, None, f"has {len(row)} cells but the header has {len(header)} columns ({', '.join(header)})")
+        records.append(Record(dict(zip(header, row)), str(path), index))
+    return records
+
+
+def _read_csv(path: Path) -> list[Record]:
+    """CSV cells are text (a response "42" stays the string "42", an empty cell is an empty string). A row
+    with more or fewer cells than the header fails with its record number (the header is not a record)."""
+    import csv
+
+    text = "".join(line for _, line in _text_lines(path))
+    rows = csv.reader(text.splitlines(keepends=True))
+    header = next(rows, None)
+    if not header:
+        raise RecordError(str(path), None, None, "has no header row naming the columns")
+    records = []
+    for index, row in enumerate(rows, start=1):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise RecordError(str(path), index, None, f"has {len(row)} cells but the header has {len(header)} columns ({', '.join(header)})")
+        records.append(Record(dict(zip(header, row)), str(path), index))
+    return records
 
 
 def _read_table(path: Path) -> list[Record]:
@@ -143,8 +191,10 @@ def _read_with_datasets(kwargs: dict, name: str | None = None) -> list[Record]:
 def get_str(record: Record, fields: FieldMap, canonical: str, *, allow_empty: bool = False) -> str:
     """A required string field (remapped), non-empty unless ``allow_empty``."""
     name = fields(canonical)
-    if name not in record.data or record.data[name] is None:
+    if name not in record.data:
         raise record.error(name, f"missing (record has fields: {', '.join(sorted(record.data)) or 'none'})")
+    if record.data[name] is None:
+        raise record.error(name, "is null; expected a string")
     value = record.data[name]
     if not isinstance(value, str):
         raise record.error(name, f"expected a string, got {type(value).__name__}")

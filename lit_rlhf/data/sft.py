@@ -12,6 +12,7 @@ from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
 from lit_rlhf.data.tokenize import Example, encode_sft_record
+from lit_rlhf.errors import ConfigError
 
 
 def encode_sft_records(
@@ -103,7 +104,10 @@ class SFTDataModule(StageDataModule):
             rows = pack_examples(examples, hp.max_length) if hp.pack else examples
             setattr(self, f"{split}_rows", rows)
         if not self.train_rows:
-            raise ValueError(f"no training examples left in {hp.train} after applying truncation={hp.truncation!r}")
+            raise ConfigError(f"no training examples left in {hp.train} after applying truncation={hp.truncation!r}")
+        if val_records and not self.val_rows:  # training on without validation would hide it
+            raise ConfigError(f"no validation examples left in {hp.val or hp.train} after applying truncation={hp.truncation!r} "
+                              f"with max_length={hp.max_length}; raise max_length or fix the validation data")
 
     def _collate(self):
         collate = collate_packed if self.hparams.pack else collate_examples

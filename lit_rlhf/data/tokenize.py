@@ -103,6 +103,9 @@ def encode_sft_record(tokenizer: PreTrainedTokenizerBase, record: Record, fields
     response), or ``text`` (loss on every token)."""
     data = record.data
     if fields("messages") in data:
+        other = [fields(name) for name in ("prompt", "response", "text") if data.get(fields(name)) is not None]
+        if other:  # one of the two would be silently ignored
+            raise record.error(None, f"has both '{fields('messages')}' and '{other[0]}'; give one format per record")
         return encode_chat(tokenizer, get_messages(record, fields, must_end_with="assistant"), record, fields)
     if fields("prompt") in data or fields("response") in data:
         return encode_prompt_response(tokenizer, get_str(record, fields, "prompt"), get_str(record, fields, "response"))

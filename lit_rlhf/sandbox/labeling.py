@@ -6,7 +6,9 @@ import json
 import random
 from pathlib import Path
 
+from lit_rlhf.atomic import atomic_file
 from lit_rlhf.data.records import read_records
+from lit_rlhf.errors import check_option
 from lit_rlhf.sandbox.labeler import GoldLabeler
 
 
@@ -25,6 +27,8 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
         seed: Seed of the train/val split.
         tie_tolerance: Gold scores closer than this are a tie.
     """
+    check_option("val_fraction", val_fraction, min=0, max=1, max_open=True)
+    check_option("tie_tolerance", tie_tolerance, min=0)
     labeler = GoldLabeler(tie_tolerance=tie_tolerance)
     comparisons, all_tied = [], 0
     for record in read_records(samples):
@@ -39,9 +43,8 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
     random.Random(seed).shuffle(comparisons)
     n_val = max(1, round(val_fraction * len(comparisons)))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for name, rows in (("val.jsonl", comparisons[:n_val]), ("train.jsonl", comparisons[n_val:])):
-        with open(out / name, "w", encoding="utf-8") as f:
+        with atomic_file(out / name) as f:  # a killed run never leaves half a file for the RM to train on
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     counts = {"train": len(comparisons) - n_val, "val": n_val, "dropped_all_tied": all_tied}
     print(f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (fewer than two distinct non-empty responses, or all tied)")
