@@ -147,26 +147,6 @@ def _read_csv(path: Path) -> list[Record]:
     return records
 
 
-def _read_csv(path: Path) -> list[Record]:
-    """CSV cells are text (a response "42" stays the string "42", an empty cell is an empty string). A row
-    with more or fewer cells than the header fails with its record number (the header is not a record)."""
-    import csv
-
-    text = "".join(line for _, line in _text_lines(path))
-    rows = csv.reader(text.splitlines(keepends=True))
-    header = next(rows, None)
-    if not header:
-        raise RecordError(str(path), None, None, "has no header row naming the columns")
-    records = []
-    for index, row in enumerate(rows, start=1):
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            raise RecordError(str(path), index, None, f"has {len(row)} cells but the header has {len(header)} columns ({', '.join(header)})")
-        records.append(Record(dict(zip(header, row)), str(path), index))
-    return records
-
-
 def _read_table(path: Path) -> list[Record]:
     kind = "parquet" if path.suffix.lower() == ".parquet" else "csv"
     return _read_with_datasets({"path": kind, "data_files": str(path), "split": "train"}, name=str(path))
