@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from lit_rlhf.algorithms import (
+    aggregate_loss,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     logprobs_from_logits,
+    step_normalizer,
 )
 
 # --- log-probs and entropy -----------------------------------------------------------------------
@@ -77,30 +79,39 @@ RATIOS = torch.tensor([[1.5, 0.5, 1.5, 0.5, 50.0]])
 MASK = torch.tensor([[1, 1, 1, 1, 0]])
 
 
+def token_mean(out, mask):
+    """The loss and metrics as PPOModule aggregates one micro-batch that is the whole step (token mean)."""
+    normalizer = step_normalizer(mask, "token_mean")
+    loss = aggregate_loss(out.per_token, mask, "token_mean", normalizer)
+    return loss, {k: aggregate_loss(v, mask, "token_mean", normalizer) for k, v in out.metrics.items()}
+
+
 def test_policy_loss_clips_for_positive_and_negative_advantages():
     old = torch.full((1, 5), -2.0)
     logprobs = (old + RATIOS.log()).requires_grad_()
-    out = clipped_policy_loss(logprobs, old, ADVANTAGES, MASK, clip_range=0.2)
-    assert out.loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8) / 4)  # 0.15
-    assert out.clip_fraction.item() == pytest.approx(0.5)
-    out.loss.backward()
+    out = clipped_policy_loss(logprobs, old, ADVANTAGES, clip_range=0.2)
+    loss, metrics = token_mean(out, MASK)
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.5 + 0.8) / 4)  # 0.15; the masked token never counts
+    assert metrics["clip_fraction"].item() == pytest.approx(0.5)
+    loss.backward()
     # clipped tokens get no gradient; the others get d(-A*r)/dlogp = -A*r, over 4 tokens
     torch.testing.assert_close(logprobs.grad, torch.tensor([[0.0, -0.5 / 4, 1.5 / 4, 0.0, 0.0]]))
-    assert not out.clip_fraction.requires_grad and not out.approx_kl.requires_grad
+    assert not any(v.requires_grad for v in out.metrics.values())
 
 
 def test_policy_loss_at_ratio_one_is_minus_mean_advantage():
     logprobs = torch.tensor([[-1.0, -2.0, -3.0, -4.0, -5.0]])
-    out = clipped_policy_loss(logprobs, logprobs.clone(), ADVANTAGES * torch.tensor([[3.0, 1, 1, 2, 1]]), MASK)
-    assert out.loss.item() == pytest.approx(-(3.0 + 1.0 - 1.0 - 2.0) / 4)
-    assert out.clip_fraction.item() == 0.0
-    assert out.approx_kl.item() == 0.0
+    out = clipped_policy_loss(logprobs, logprobs.clone(), ADVANTAGES * torch.tensor([[3.0, 1, 1, 2, 1]]))
+    loss, metrics = token_mean(out, MASK)
+    assert loss.item() == pytest.approx(-(3.0 + 1.0 - 1.0 - 2.0) / 4)
+    assert metrics["clip_fraction"].item() == 0.0
+    assert metrics["approx_kl"].item() == 0.0
 
 
 def test_policy_loss_approx_kl_is_k3():
     # log ratio ln 2 on every token: (2 - 1) - ln 2
-    out = clipped_policy_loss(torch.full((2, 2), math.log(2.0)), torch.zeros(2, 2), torch.ones(2, 2), torch.ones(2, 2))
-    assert out.approx_kl.item() == pytest.approx(1.0 - math.log(2.0))
+    out = clipped_policy_loss(torch.full((2, 2), math.log(2.0)), torch.zeros(2, 2), torch.ones(2, 2))
+    assert token_mean(out, torch.ones(2, 2))[1]["approx_kl"].item() == pytest.approx(1.0 - math.log(2.0))
 
 
 # --- clipped value loss --------------------------------------------------------------------------
@@ -113,16 +124,18 @@ def test_value_loss_clipping_cases():
     #   V=-0.5 -> clipped -0.2: max(2.25, 1.44) = 2.25
     # fourth token is padding
     values = torch.tensor([[0.5, 0.1, -0.5, 7.0]], requires_grad=True)
-    out = clipped_value_loss(values, torch.zeros(1, 4), torch.ones(1, 4), torch.tensor([[1, 1, 1, 0]]), clip_range=0.2)
-    assert out.loss.item() == pytest.approx(0.5 * (0.64 + 0.81 + 2.25) / 3)
-    assert out.clip_fraction.item() == pytest.approx(1 / 3)
-    out.loss.backward()
+    out = clipped_value_loss(values, torch.zeros(1, 4), torch.ones(1, 4), clip_range=0.2)
+    loss, metrics = token_mean(out, torch.tensor([[1, 1, 1, 0]]))
+    assert loss.item() == pytest.approx(0.5 * (0.64 + 0.81 + 2.25) / 3)
+    assert metrics["value_clip_fraction"].item() == pytest.approx(1 / 3)
+    loss.backward()
     # d/dV 0.5*(V-1)^2 / 3 = (V-1)/3 where unclipped; 0 where the clipped term won or outside the mask
     torch.testing.assert_close(values.grad, torch.tensor([[0.0, -0.9 / 3, -1.5 / 3, 0.0]]))
 
 
 def test_value_loss_without_movement_is_half_mse():
     values = torch.tensor([[1.0, 3.0]])
-    out = clipped_value_loss(values, values.clone(), torch.tensor([[0.0, 1.0]]), torch.ones(1, 2))
-    assert out.loss.item() == pytest.approx(0.5 * (1.0 + 4.0) / 2)
-    assert out.clip_fraction.item() == 0.0
+    out = clipped_value_loss(values, values.clone(), torch.tensor([[0.0, 1.0]]))
+    loss, metrics = token_mean(out, torch.ones(1, 2))
+    assert loss.item() == pytest.approx(0.5 * (1.0 + 4.0) / 2)
+    assert metrics["value_clip_fraction"].item() == 0.0

@@ -8,8 +8,11 @@
 - ``rewards``: ``per_token_rewards`` (score at the last token, -beta*KL on each), and the group
   baselines ``rloo_advantages`` and ``grpo_advantages``.
 - ``gae``: ``gae_advantages``.
-- ``losses``: ``logprobs_from_logits``, ``entropy_from_logits``, ``clipped_policy_loss`` /
-  ``PolicyLossOutput``, ``clipped_value_loss`` / ``ValueLossOutput``.
+- ``losses``: ``logprobs_from_logits``, ``entropy_from_logits``, and the per-token losses
+  ``clipped_policy_loss`` / ``clipped_value_loss`` (``TokenLoss``).
+- ``aggregation``: ``step_normalizer`` and ``aggregate_loss``: a step's loss from per-token losses,
+  exact however the step is split into micro-batches and ranks (token mean, sequence mean, Dr. GRPO).
+- ``preference``: ``dpo_loss`` (DPO on sequence log-probs, for every pair of a K-wise group).
 - ``schedules``: LambdaLR multipliers ``cosine_with_floor`` and ``warmup_then_constant``.
 - ``ema``: ``ema_update`` for an exponential moving average of weights.
 """
@@ -17,14 +20,15 @@
 from lit_rlhf.algorithms.ema import ema_update
 from lit_rlhf.algorithms.gae import gae_advantages
 from lit_rlhf.algorithms.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
+from lit_rlhf.algorithms.aggregation import LOSS_AGGREGATIONS, LossAggregation, aggregate_loss, step_normalizer
 from lit_rlhf.algorithms.losses import (
-    PolicyLossOutput,
-    ValueLossOutput,
+    TokenLoss,
     clipped_policy_loss,
     clipped_value_loss,
     entropy_from_logits,
     logprobs_from_logits,
 )
+from lit_rlhf.algorithms.preference import DPOLossOutput, dpo_loss
 from lit_rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, whiten
 from lit_rlhf.algorithms.ranking import ComparisonPairs, comparison_pairs, kwise_ranking_loss
 from lit_rlhf.algorithms.rewards import grpo_advantages, per_token_rewards, rloo_advantages
@@ -34,13 +38,17 @@ __all__ = [
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "ComparisonPairs",
+    "DPOLossOutput",
     "FixedKLController",
-    "PolicyLossOutput",
-    "ValueLossOutput",
+    "LOSS_AGGREGATIONS",
+    "LossAggregation",
+    "TokenLoss",
+    "aggregate_loss",
     "clipped_policy_loss",
     "clipped_value_loss",
     "comparison_pairs",
     "cosine_with_floor",
+    "dpo_loss",
     "ema_update",
     "entropy_from_logits",
     "explained_variance",
@@ -54,6 +62,7 @@ __all__ = [
     "masked_var",
     "per_token_rewards",
     "rloo_advantages",
+    "step_normalizer",
     "warmup_then_constant",
     "whiten",
 ]

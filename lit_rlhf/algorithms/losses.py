@@ -13,7 +13,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lit_rlhf.algorithms.masked import masked_mean
 
 DEFAULT_BLOCK_ELEMENTS = 2**24  # 64 MiB of float32 per block
 
@@ -112,25 +111,16 @@ def entropy_from_logits(logits: Tensor, *, max_block_elements: int = DEFAULT_BLO
     return entropy
 
 
-class PolicyLossOutput(NamedTuple):
-    """Result of :func:`clipped_policy_loss`; the two metrics are detached."""
+class TokenLoss(NamedTuple):
+    """A loss per token, not yet reduced: how it is averaged over a step is the caller's choice
+    (:mod:`lit_rlhf.algorithms.aggregation`), and ``metrics`` (detached, per token) are averaged the same way."""
 
-    loss: Tensor
-    clip_fraction: Tensor
-    approx_kl: Tensor
-
-
-class ValueLossOutput(NamedTuple):
-    """Result of :func:`clipped_value_loss`; ``clip_fraction`` is detached."""
-
-    loss: Tensor
-    clip_fraction: Tensor
+    per_token: Tensor
+    metrics: dict[str, Tensor]
 
 
-def clipped_policy_loss(
-    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor, clip_range: float = 0.2
-) -> PolicyLossOutput:
-    """PPO's clipped surrogate objective as a loss, averaged over the valid tokens.
+def clipped_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range: float = 0.2) -> TokenLoss:
+    """PPO's clipped surrogate objective as a per-token loss.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
     ``max(-A * ratio, -A * clip(ratio, 1 - clip_range, 1 + clip_range))``.
@@ -139,31 +129,25 @@ def clipped_policy_loss(
         logprobs: ``[B, T]`` current policy log-probs of the sampled tokens (with grad).
         old_logprobs: ``[B, T]`` log-probs at sampling time.
         advantages: ``[B, T]`` advantages (no grad).
-        mask: ``[B, T]`` bool or 0/1, valid response tokens.
         clip_range: PPO epsilon (InstructGPT: 0.2).
 
     Returns:
-        ``loss``: masked mean of the per-token loss.
-        ``clip_fraction``: share of valid tokens where the clipped term is the larger one (its
-        gradient is zero there).
-        ``approx_kl``: masked mean of the k3 estimator of KL(old || current),
-        ``(ratio - 1) - log(ratio)`` (never negative, unbiased for tokens sampled from the old policy).
+        ``per_token`` ``[B, T]`` loss, and per-token metrics: ``clip_fraction`` (1 where the clipped term
+        is the larger one: its gradient is zero there) and ``approx_kl``, the k3 estimator of
+        KL(old || current), ``(ratio - 1) - log(ratio)`` (never negative).
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped > unclipped).to(loss.dtype), mask)
-        approx_kl = masked_mean(torch.expm1(log_ratio) - log_ratio, mask)
-    return PolicyLossOutput(loss=loss, clip_fraction=clip_fraction, approx_kl=approx_kl)
+        metrics = {"clip_fraction": (clipped > unclipped).to(per_token.dtype), "approx_kl": torch.expm1(log_ratio) - log_ratio}
+    return TokenLoss(per_token, metrics)
 
 
-def clipped_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_range: float = 0.2
-) -> ValueLossOutput:
-    """PPO's clipped value loss: ``0.5 * max((V - R)^2, (V_clip - R)^2)`` averaged over the valid tokens.
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip_range: float = 0.2) -> TokenLoss:
+    """PPO's clipped value loss per token: ``0.5 * max((V - R)^2, (V_clip - R)^2)``.
 
     ``V_clip = old_values + clip(values - old_values, -clip_range, clip_range)`` keeps one update
     from moving a value prediction far from where the rollout saw it.
@@ -172,16 +156,15 @@ def clipped_value_loss(
         values: ``[B, T]`` current value predictions (with grad).
         old_values: ``[B, T]`` predictions at rollout time.
         returns: ``[B, T]`` targets (e.g. from :func:`~lit_rlhf.algorithms.gae.gae_advantages`).
-        mask: ``[B, T]`` bool or 0/1, valid response tokens.
         clip_range: Largest allowed move of a value away from ``old_values``.
 
     Returns:
-        ``loss`` and ``clip_fraction`` (share of valid tokens where the clipped error is the larger).
+        ``per_token`` ``[B, T]`` loss, and the per-token metric ``value_clip_fraction``.
     """
     clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
     unclipped_error = (values - returns) ** 2
     clipped_error = (clipped_values - returns) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
+    per_token = 0.5 * torch.maximum(unclipped_error, clipped_error)
     with torch.no_grad():
-        clip_fraction = masked_mean((clipped_error > unclipped_error).to(loss.dtype), mask)
-    return ValueLossOutput(loss=loss, clip_fraction=clip_fraction)
+        metrics = {"value_clip_fraction": (clipped_error > unclipped_error).to(per_token.dtype)}
+    return TokenLoss(per_token, metrics)

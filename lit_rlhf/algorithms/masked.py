@@ -50,7 +50,8 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return sum_sq / (count - 1) if unbiased else sum_sq / count.clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
+           moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Normalise the masked entries of ``x`` to unit variance (and zero mean).
 
     Uses the biased variance, so a single selected entry whitens to 0 instead of NaN.
@@ -60,13 +61,13 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
         mask: Bool or 0/1 tensor shaped like ``x``; ``None`` selects everything.
         shift_mean: If ``False``, add the mean back after scaling (only the spread is normalised).
         eps: Added to the variance before the square root.
+        moments: ``(mean, biased variance)`` to use instead of those of ``x`` (e.g. over all ranks' data).
 
     Returns:
         Tensor shaped like ``x``; entries outside the mask are 0.
     """
     bool_mask = torch.ones_like(x, dtype=torch.bool) if mask is None else _as_bool(mask, x)
-    mean = masked_mean(x, bool_mask)
-    var = masked_var(x, bool_mask, unbiased=False)
+    mean, var = moments if moments is not None else (masked_mean(x, bool_mask), masked_var(x, bool_mask, unbiased=False))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean
