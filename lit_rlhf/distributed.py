@@ -8,7 +8,7 @@ which strategy runs it.
   the module runs under ``ModelParallelStrategy``; a no-op under DDP or one device. Modules call it
   unconditionally from ``configure_model``.
 - :func:`full_state_dict` / :func:`export_hf`: full weights gathered on rank 0, whatever the sharding.
-- :func:`generate_rollout`: the one generation entry point; sharded models are gathered once per
+- :func:`sample_continuations`: the one ``generate`` entry point; sharded models are gathered once per
   call and every rank steps until all are done (``synced_gpus``).
 """
 
@@ -308,16 +308,25 @@ def sync_gradients(module: LightningModule, params: Iterable[torch.nn.Parameter]
 
 
 def all_reduce_mean(value: torch.Tensor, module: LightningModule) -> torch.Tensor:
-    """Mean of a tensor over all ranks (a no-op in one process)."""
+    """Mean of a tensor over all ranks (a no-op in one process, or for a module not attached to a Trainer)."""
+    if module._trainer is None:
+        return value
     return module.trainer.strategy.reduce(value, reduce_op="mean")
 
 
-def broadcast_object(obj: Any, module: LightningModule) -> Any:
-    return module.trainer.strategy.broadcast(obj, src=0)
+def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, module: LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, biased variance)`` of the masked entries of ``x`` over all ranks' data, as one dataset would give."""
+    mask = mask.bool()
+    stats = torch.stack([x[mask].double().sum(), x[mask].double().square().sum(), mask.sum().double()])
+    stats = all_reduce_mean(stats, module)  # means of sums: the ratios below are the global ones
+    count = stats[2].clamp(min=1e-12)
+    mean = stats[0] / count
+    var = (stats[1] / count - mean.square()).clamp(min=0)
+    return mean.to(x.dtype), var.to(x.dtype)
 
 
 @torch.no_grad()
-def generate_rollout(
+def sample_continuations(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
@@ -338,7 +347,7 @@ def generate_rollout(
     (top-k, repetition penalty, minimum length, ...) is set to its neutral value, because PPO's
     log-probs must be those of the distribution the tokens were drawn from. ``logits_processor``
     runs before the sampling warpers (temperature, top-p) and so sees the raw logits (e.g.
-    :class:`lit_rlhf.modules.rollout.SampledTokenLogprobs`).
+    :class:`lit_rlhf.engines.hf.SampledTokenLogprobs`).
 
     Single device and DDP call ``generate`` on the local model. A sharded model (FSDP2 or FSDP1)
     is gathered once for the whole call (:func:`gathered_weights`, not once per token) and every

@@ -384,3 +384,36 @@ def current_command() -> Optional[str]:
     if not sys.argv or Path(sys.argv[0]).name != "lit-rlhf":
         return None
     return " ".join(["lit-rlhf", *sys.argv[1:]])
+
+
+def require_stage_output(source: str, argument: str, config: str) -> None:
+    """Fail early, naming the command that produces ``source``, when a local model directory is missing."""
+    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or _is_offline()  # else a hub id
+    if looks_local and not Path(source).expanduser().exists():
+        raise ModelSourceError(
+            f"{argument} '{source}' does not exist. It is written by the previous stage: run "
+            f"`lit-rlhf fit --config {config}` (its model.output_dir), or set {argument} to another model directory."
+        )
+
+
+def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str, argument: str) -> None:
+    """A reward or value model reads the policy's token ids as they are, so it must share its vocabulary:
+    refuse (no re-tokenisation) when ``source`` ships a different tokenizer, or has an embedding table too
+    small for the policy's token ids."""
+    from lit_rlhf.errors import ConfigError
+
+    path = Path(source).expanduser()
+    if any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
+        other = load_tokenizer(str(path))
+        if other.get_vocab() != tokenizer.get_vocab() or other.eos_token_id != tokenizer.eos_token_id:
+            raise ConfigError(
+                f"{argument} '{source}' uses a different tokenizer than the policy (vocabulary or eos differ). The "
+                "policy's token ids go to it unchanged; train it from the same SFT model (lit-rlhf fit --config "
+                "configs/rm.yaml) or pick a matching policy."
+            )
+    vocab_size = getattr(load_config(source), "vocab_size", None)
+    if vocab_size is not None and vocab_size < len(tokenizer):
+        raise ConfigError(
+            f"{argument} '{source}' has {vocab_size} token embeddings but the policy's tokenizer has {len(tokenizer)} "
+            "tokens; its token ids would index past the table. Use a reward model trained from the same SFT model."
+        )

@@ -83,6 +83,24 @@ class LossRecorder(Callback):
         (self.out / f"losses_rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
 
 
+class FirstStepGradients(Callback):
+    """Rank 0 writes the full gradients of the first optimizer step to ``grads.pt`` (gathered when sharded)."""
+
+    def __init__(self, out: Path):
+        from ppo_support import GradientRecorder
+
+        self.out, self.recorder = out, GradientRecorder()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self.recorder.steps:
+            self.recorder.on_before_optimizer_step(trainer, pl_module, optimizer)  # a collective under FSDP2
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
+            torch.save(self.recorder.steps[0], self.out / "grads.pt")
+
+
 class CPUFSDPStrategy(HFFSDPStrategy):
     """Test-only: Lightning 2.6.6 builds FSDP1 with ``device_id=None`` on CPU, which torch refuses; pass the CPU device."""
 
@@ -116,7 +134,7 @@ def strategy_from_yaml(name: str):
     return cls(**(spec.get("init_args") or {}))
 
 
-def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False):
+def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, devices: int = 1):
     lora_options = LoraOptions(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]) if lora else None
     common = {"tokenizer": str(root / "tokenizer"), "lora": lora_options, "output_dir": str(out / "model")}
     if stage == "sft":
@@ -127,6 +145,15 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False):
         data = OrderedRewardData(
             train=str(root / "rm.jsonl"), center_on=str(root / "sft.jsonl"), max_length=64, batch_size=GLOBAL_BATCH
         )
+    elif stage == "ppo-exact":
+        from ppo_support import fixed_rollout_module, tiny_data
+
+        # The same global rollout of 8 episodes: 8 on one device, or 4 per rank (split in micro-batches of 1).
+        world = {name: str(root / "ppo" / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
+        per_device = 8 // devices
+        module = fixed_rollout_module(world, rollout_batch_size=per_device, minibatch_size=per_device,
+                                      micro_batch_size=1 if devices > 1 else 8, ptx_micro_batch_size=1 if devices > 1 else 4)
+        data = tiny_data(world, ptx_ratio=0.5)
     elif stage == "ppo":
         from ppo_support import TINY, tiny_data
         from lit_rlhf.modules import PPOModule
@@ -144,7 +171,10 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False):
 def run_scenario(inputs: Path, out_root: Path, scenario: dict, devices: int) -> None:
     seed_everything(0)
     out = out_root / scenario["name"]
-    module, data = build(scenario["stage"], inputs, out, scenario.get("lora", False), scenario.get("uneven", False))
+    module, data = build(scenario["stage"], inputs, out, scenario.get("lora", False), scenario.get("uneven", False), devices)
+    callbacks = [LossRecorder(out)]
+    if scenario["stage"] == "ppo-exact":
+        callbacks.append(FirstStepGradients(out))
     trainer = Trainer(
         accelerator="cpu",
         devices=devices,
@@ -157,8 +187,8 @@ def run_scenario(inputs: Path, out_root: Path, scenario: dict, devices: int) -> 
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        use_distributed_sampler=scenario["stage"] == "ppo",
-        callbacks=[LossRecorder(out)],
+        use_distributed_sampler=scenario["stage"].startswith("ppo"),
+        callbacks=callbacks,
     )
     trainer.fit(module, datamodule=data)
 

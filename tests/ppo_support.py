@@ -84,3 +84,44 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     return any(not torch.equal(before[name], p.detach()) for name, p in model.named_parameters())
+
+
+#: One global rollout of 8 episodes with responses of different lengths (EOS = 1 ends each; 0 pads after it).
+FIXED_PROMPTS = torch.tensor([[40 + (3 * i + j) % 30 for j in range(4)] for i in range(8)])
+FIXED_RESPONSES = torch.tensor([
+    [50, 1, 0, 0, 0, 0], [51, 52, 53, 54, 55, 56], [57, 1, 0, 0, 0, 0], [58, 59, 60, 1, 0, 0],
+    [1, 0, 0, 0, 0, 0], [61, 62, 63, 64, 65, 1], [66, 67, 1, 0, 0, 0], [68, 69, 70, 71, 72, 73],
+])
+
+
+def fixed_rollout_module(world: dict[str, str], **overrides):
+    """A PPOModule whose rollouts are rank ``r``'s contiguous share of FIXED_PROMPTS/FIXED_RESPONSES, whatever the
+    prompts: the same global rollout however it is split over micro-batches and ranks."""
+    from lit_rlhf.modules import PPOModule
+    from lit_rlhf.modules.rollout import concat_responses
+
+    class FixedRolloutPPO(PPOModule):
+        def generate_rollout(self, prompts, *, model, num_samples=1):
+            n = len(prompts["input_ids"]) * num_samples
+            rows = slice(self.global_rank * n, (self.global_rank + 1) * n)
+            ids = FIXED_PROMPTS[rows].to(self.device)
+            return concat_responses(ids, torch.ones_like(ids), FIXED_RESPONSES[rows].to(self.device), eos_token_id=1)
+
+    settings = dict(TINY, rollout_batch_size=8, minibatch_size=8, micro_batch_size=8, ppo_epochs=1, max_new_tokens=6,
+                    max_grad_norm=None, ema_decay=None)
+    return FixedRolloutPPO(policy=world["sft"], reward_model=world["rm"], **{**settings, **overrides})
+
+
+class GradientRecorder(L.Callback):
+    """The full gradient of every trained parameter at each optimizer step (gathered when sharded)."""
+
+    def __init__(self):
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = {}
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None:
+                grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+                grads[name] = grad.detach().clone().cpu()
+        self.steps.append(grads)

@@ -9,6 +9,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lit_rlhf.callbacks import KLTracker, PretrainMixLogger, SampleLogger
+from lit_rlhf.modules.guards import TrainingStopped
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 
@@ -20,23 +21,24 @@ def logged_rows(logger: CSVLogger) -> list[dict[str, str]]:
 
 def test_kl_tracker_logs_distribution_and_stops_with_a_checkpoint(ppo_world, tmp_path):
     tracker = KLTracker(max_kl=-1.0, stop_on_exceed=True, quantiles=(0.5, 0.9), checkpoint_dir=str(tmp_path / "kl"))
-    module = tiny_module(ppo_world)
+    module = tiny_module(ppo_world, output_dir=str(tmp_path / "export"))
     trainer = tiny_trainer(tmp_path, max_steps=20, callbacks=[tracker])
-    with pytest.warns(UserWarning, match="above max_kl=-1.0"):
+    with pytest.raises(TrainingStopped, match=r"at rollout 1 \(global step 2\), above max_kl=-1.0; stopped without exporting"):
         trainer.fit(module, tiny_data(ppo_world))
     assert module.rollouts_done == 1  # stopped after the first rollout
     assert (tmp_path / "kl" / "kl_exceeded.ckpt").exists()
-    for key in ("kl/per_token", "kl/per_sequence", "kl/running_mean", "kl/q50", "kl/q90"):
-        assert key in trainer.callback_metrics
+    assert not (tmp_path / "export").exists()
     assert tracker.state_dict() == {"total": pytest.approx(0.0, abs=1e-6), "count": 1}  # policy == reference at rollout 0
 
 
 def test_kl_tracker_only_warns_without_stop(ppo_world, tmp_path):
     module = tiny_module(ppo_world)
-    trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[KLTracker(max_kl=-1.0)])
+    trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[KLTracker(max_kl=-1.0, quantiles=(0.5, 0.9))])
     with pytest.warns(UserWarning, match="raise model.kl_coef"):
         trainer.fit(module, tiny_data(ppo_world))
     assert module.rollouts_done == 2
+    for key in ("kl/per_token", "kl/per_sequence", "kl/running_mean", "kl/q50", "kl/q90"):
+        assert key in trainer.callback_metrics, key
 
 
 def test_pretrain_mix_logger_logs_ptx_stats_gradient_ratio_and_heldout_loss(ppo_world, tmp_path):

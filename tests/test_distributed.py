@@ -1,7 +1,8 @@
 """SFT and RM under DDP, FSDP1 (HFFSDPStrategy) and FSDP2 on 2 CPU processes (gloo), against 1 process.
 
 One torchrun job (2 ranks) runs every scenario a few steps; the same scenarios run in this process
-with the same global batches. Losses (mean over ranks) and the exported HF weights must match.
+with the same global batches (records of different lengths). Losses (summed over ranks) and the exported
+HF weights must match.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ TIMEOUT_S = 180
 
 
 def write_inputs(root) -> None:
-    """A tokenizer, a saved random model every run starts from, and equal-length SFT and RM records."""
+    """A tokenizer, a saved random model every run starts from, and SFT and RM records of different lengths."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     build_char_tokenizer(root / "tokenizer")
@@ -41,10 +42,11 @@ def write_inputs(root) -> None:
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(json_config(config)).save_pretrained(root / "init_lm")
     letters = "abcdefghijklmnop"
-    # Equal lengths: every rank's token-mean loss has the same weight, so the rank mean is the global mean.
-    write_jsonl(root / "sft.jsonl", [{"prompt": f"q{i:02d}:", "response": letters[i:i + 6]} for i in range(10)] * 2)
+    # Different lengths, so the ranks hold different token counts: only a loss normalised by the whole step's
+    # count (all ranks) matches one process; a mean of per-rank means would not.
+    write_jsonl(root / "sft.jsonl", [{"prompt": f"q{i:02d}:", "response": letters[i:i + 1 + (5 * i) % 11]} for i in range(10)] * 2)
     write_jsonl(root / "rm.jsonl", [
-        {"prompt": f"p{i:02d}:", "responses": [letters[i:i + 4], letters[i + 1:i + 5][::-1], "zzz" + str(i % 10)]}
+        {"prompt": f"p{i:02d}:", "responses": [letters[i:i + 1 + i % 5], letters[i + 1:i + 9][::-1], "zzz" + str(i % 10)]}
         for i in range(12)
     ])
 
@@ -79,9 +81,10 @@ def runs(tmp_path_factory):
     return root
 
 
-def rank_mean_losses(directory) -> list[float]:
+def rank_sum_losses(directory) -> list[float]:
+    """Each step's loss sum over ranks: stages return the step's summed loss, normalised before the optimizer step."""
     per_rank = [json.loads((directory / f"losses_rank{r}.json").read_text()) for r in range(2)]
-    return [sum(step) / 2 for step in zip(*per_rank)]
+    return [sum(step) for step in zip(*per_rank)]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["name"] for s in SCENARIOS])
@@ -90,7 +93,7 @@ def test_two_ranks_match_one_process(runs, scenario):
     two = runs / "two" / scenario["name"]
     expected = json.loads((one / "losses_rank0.json").read_text())
     assert len(expected) == STEPS
-    torch.testing.assert_close(torch.tensor(rank_mean_losses(two)), torch.tensor(expected), atol=2e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(rank_sum_losses(two)), torch.tensor(expected), atol=2e-4, rtol=1e-4)
 
     # The HF export: same tensors, same names, same config (the RM's centering bias included).
     exported, reference = load_file(two / "model/model.safetensors"), load_file(one / "model/model.safetensors")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import dist_support
 from ppo_support import build_world
 from test_distributed import torchrun
 
@@ -22,6 +23,8 @@ SCENARIOS = [
     {"name": "ppo-fsdp2-lora", "stage": "ppo", "strategy": "fsdp2", "steps": 4, "lora": True},
     {"name": "ppo-fsdp2-uneven", "stage": "ppo", "strategy": "fsdp2", "steps": 2, "uneven": True},
 ]
+#: One fixed global rollout (responses of different lengths) on 2 ranks vs 1 process: the same first gradient.
+EXACT = [{"name": f"ppo-exact-{strategy}", "stage": "ppo-exact", "strategy": strategy, "steps": 1} for strategy in ("ddp", "fsdp2")]
 TIMEOUT_S = 150
 
 
@@ -31,9 +34,10 @@ def runs(tmp_path_factory, tiny_dir):
     (root / "ppo").mkdir()
     build_world(root / "ppo", tiny_dir)
     spec = root / "spec.json"
-    spec.write_text(json.dumps({"inputs": str(root), "out": str(root / "two"), "scenarios": SCENARIOS}))
+    spec.write_text(json.dumps({"inputs": str(root), "out": str(root / "two"), "scenarios": SCENARIOS + EXACT}))
     result = torchrun(spec, TIMEOUT_S)  # raises subprocess.TimeoutExpired on a hang
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    dist_support.run_scenario(root, root / "one", {"name": "ppo-exact", "stage": "ppo-exact", "strategy": "single", "steps": 1}, devices=1)
     return root
 
 
@@ -49,3 +53,13 @@ def test_ppo_runs_on_two_ranks_and_exports_full_weights(runs, scenario):
         assert tensor.shape == initial[name].shape, name
         assert math.isfinite(tensor.float().abs().sum().item())
     assert any(not torch.equal(exported[n], initial[n]) for n in initial), "PPO did not move the policy"
+
+
+@pytest.mark.parametrize("scenario", EXACT, ids=[s["name"] for s in EXACT])
+def test_two_ranks_give_the_one_process_gradient_on_the_same_rollout(runs, scenario):
+    """Policy, value and ptx terms normalised by the global token counts: rank and micro-batch split do not matter."""
+    one = torch.load(runs / "one" / "ppo-exact" / "grads.pt")
+    two = torch.load(runs / "two" / scenario["name"] / "grads.pt")
+    assert one.keys() == two.keys() and any(k.startswith("value_model.") for k in one)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -12,6 +12,7 @@ from conftest import build_char_tokenizer
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.models import ModelSourceError, load_scalar_model, save_hf_directory, load_tokenizer
 from lit_rlhf.modules import PPOModule
+from lit_rlhf.modules.guards import TrainingStopped
 from lit_rlhf.modules.rollout import Rollout, concat_responses, response_mask_from_tokens, response_values
 from ppo_support import REWARD_BIAS, changed, one_cpu_thread, ppo_world, snapshot, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
@@ -20,23 +21,28 @@ def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_
     module, data = tiny_module(ppo_world), tiny_data(ppo_world)
     trainer = tiny_trainer(tmp_path, max_steps=4)  # 2 rollouts x 2 optimizer steps
     module.configure_model()
-    before = {name: snapshot(getattr(module, name)) for name in ("policy", "value_model", "reference_model", "reward_model", "ema_policy")}
+    models = {"policy": module.policy, "value_model": module.value_model, "reference_model": module.reference_model,
+              "reward_model": module.rewards[0].reward_model, "ema": module.ema}
+    before = {name: {k: v.clone() for k, v in model.state_dict().items()} for name, model in models.items()}
     trainer.fit(module, data)
 
     assert trainer.global_step == 4 and module.rollouts_done == 2  # global_step counts optimizer steps
-    for name in ("policy", "value_model", "ema_policy"):
-        assert changed(before[name], getattr(module, name)), f"{name} did not change"
+    for name in ("policy", "value_model", "ema"):
+        assert any(not torch.equal(v, models[name].state_dict()[k]) for k, v in before[name].items()), f"{name} did not change"
+    # The EMA averages the trained parameters only: one buffer per parameter of the policy.
+    assert len(module.ema.names) == len(list(module.policy.parameters()))
     for name in ("reference_model", "reward_model"):
-        model = getattr(module, name)
-        assert not changed(before[name], model), f"frozen {name} changed"
+        model = models[name]
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before[name].items()), f"frozen {name} changed"
         assert not model.training and all(p.grad is None and not p.requires_grad for p in model.parameters())
     assert module.policy.training and module.value_model.training  # back in train mode after generation
     metrics = trainer.callback_metrics
-    for key in ("rollout/reward", "rollout/reward_raw", "rollout/kl", "rollout/entropy", "train/clip_fraction",
+    for key in ("rollout/score", "rollout/reward/reward_model", "rollout/kl", "rollout/entropy", "train/clip_fraction",
                 "train/approx_kl", "train/value_loss", "train/explained_variance", "rollout/response_length",
                 "rollout/eos_rate", "perf/generation_tokens_per_sec", "perf/training_tokens_per_sec"):
         assert key in metrics, key
-    assert metrics["rollout/reward"] == pytest.approx(float(metrics["rollout/reward_raw"]) + REWARD_BIAS, abs=1e-5)
+    # One reward component (the reward model) with weight 1: the score is its centred score.
+    assert metrics["rollout/score"] == pytest.approx(float(metrics["rollout/reward/reward_model"]), abs=1e-5)
 
 
 class RewardsLetterA(PPOModule):
@@ -77,7 +83,7 @@ def test_checkpoint_holds_only_trained_state_and_loads_without_frozen_models(ppo
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
     prefixes = {key.split(".")[0] for key in checkpoint["state_dict"]}
-    assert prefixes == {"policy", "value_model", "ema_policy"}
+    assert prefixes == {"policy", "value_model", "ema"}
     assert checkpoint["ppo"]["rollouts_done"] == 1 and checkpoint["ppo"]["data_position"] == (0, 1)
     assert checkpoint["ppo"]["kl_controller"]["beta"] == module.kl_controller.beta
 
@@ -100,7 +106,7 @@ def test_nan_reward_stops_with_a_clear_message_and_no_checkpoint(ppo_world, tmp_
     module.configure_model()
     before = snapshot(module.policy)
     trainer = tiny_trainer(tmp_path, max_steps=4, enable_checkpointing=True)
-    with pytest.raises(FloatingPointError, match="reward is NaN or inf at rollout 0"):
+    with pytest.raises(TrainingStopped, match="reward is NaN or inf at rollout 0"):
         trainer.fit(module, tiny_data(ppo_world))
     assert not changed(before, module.policy)
     assert not list(tmp_path.rglob("*.ckpt"))
@@ -150,7 +156,7 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
     assert rollout.prompt_length == 4 and rollout.values.shape == rollout.response_mask.shape
     # policy == reference before any update (sampling-time log-probs come from the KV-cached pass: float noise)
     assert torch.allclose(rollout.kl, torch.zeros_like(rollout.kl), atol=1e-5)
-    assert torch.allclose(rollout.scores, rollout.rm_scores + REWARD_BIAS)
+    assert torch.allclose(rollout.scores, rollout.component_scores["reward_model"])
     # per-token rewards: the score lands on the last response token of each row
     last = rollout.response_mask.sum(1) - 1
     assert torch.allclose(rollout.rewards[torch.arange(2), last], rollout.scores)
@@ -160,7 +166,7 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
     with torch.no_grad():
         assert torch.allclose(response_values(module.value_model, rollout), full[:, 3:-1, 0] + REWARD_BIAS, atol=1e-5)
     # before any update the new policy equals the old one: ratio 1, nothing clipped
-    _, stats = module.ppo_loss(rollout)
+    _, stats = module.ppo_loss(rollout, rollout.response_mask.sum())
     assert float(stats["train/approx_kl"]) == pytest.approx(0.0, abs=1e-6) and float(stats["train/clip_fraction"]) == 0.0
 
 
@@ -210,7 +216,7 @@ def test_missing_eos_penalty_applies_only_to_unfinished_responses(ppo_world):
     module.configure_model()
     rollout = concat_responses(torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long), torch.tensor([[50, 1], [50, 51]]), 1)
     scores = module.score_responses(rollout)
-    assert torch.allclose(scores, rollout.rm_scores + REWARD_BIAS - torch.tensor([0.0, 2.0]))
+    assert torch.allclose(scores, rollout.component_scores["reward_model"] - torch.tensor([0.0, 2.0]))
 
 
 
@@ -234,7 +240,7 @@ def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):
 
 
 def test_sampling_ignores_the_models_saved_generation_settings(ppo_world):
-    from lit_rlhf.distributed import generate_rollout
+    from lit_rlhf.distributed import sample_continuations
     from lit_rlhf.models import load_causal_lm
 
     model = load_causal_lm(ppo_world["sft"], trainable=False)
@@ -242,6 +248,6 @@ def test_sampling_ignores_the_models_saved_generation_settings(ppo_world):
     model.generation_config.repetition_penalty = 10.0
     prompt = torch.tensor([[40, 41, 42]] * 8)
     torch.manual_seed(0)
-    samples = generate_rollout(model, prompt, torch.ones_like(prompt), max_new_tokens=6, temperature=1.0, top_p=1.0,
-                               eos_token_id=1, pad_token_id=0)
+    samples = sample_continuations(model, prompt, torch.ones_like(prompt), max_new_tokens=6, temperature=1.0, top_p=1.0,
+                                   eos_token_id=1, pad_token_id=0)
     assert len({tuple(row) for row in samples.tolist()}) > 1

@@ -103,7 +103,7 @@ def test_long_prompt_policy(tmp_path, tiny_tokenizer, truncation):
             data.setup("fit")
         return
     data.setup("fit")
-    kept = [tiny_tokenizer.decode(ids) for ids in data.train_prompts]
+    kept = [tiny_tokenizer.decode(ids) for ids, _ in data.train_prompts]
     assert kept == (["efgh", "ab"] if truncation == "left" else ["ab"])
 
 

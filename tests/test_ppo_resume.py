@@ -61,7 +61,7 @@ def test_resumed_run_repeats_the_uninterrupted_run(ppo_world, tmp_path, straight
         for key, value in metrics.items():
             if key != "prompts":
                 assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), f"rollout {rollout}: {key}"
-    for name in ("policy", "value_model", "ema_policy"):
+    for name in ("policy", "value_model", "ema"):
         for (key, a), b in zip(getattr(module, name).state_dict().items(), getattr(full_module, name).state_dict().values()):
             assert torch.allclose(a, b, atol=1e-6), f"{name}.{key} differs after resume"
     assert module.kl_controller.beta == pytest.approx(full_module.kl_controller.beta)

@@ -70,8 +70,10 @@ def test_training_step_loss_equals_explicit_pairwise_formula(tmp_path, tiny_toke
     module.forward = lambda batch, centered=True: torch.tensor(rewards)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a Trainer
-        loss = module.training_step(batch, 0)
-    torch.testing.assert_close(loss, explicit_loss(rewards, MIXED))
+        loss_sum = module.training_step(batch, 0)
+    # training_step returns the sum over prompts; the optimizer step divides by the step's prompt count.
+    assert module._step_normalizer.item() == len(MIXED)
+    torch.testing.assert_close(loss_sum / len(MIXED), explicit_loss(rewards, MIXED))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.algorithms import masked_mean, masked_sum
+from lit_rlhf.modules.guards import TrainingStopped
 
 CHECKPOINT_NAME = "kl_exceeded.ckpt"
 
@@ -27,7 +28,9 @@ class KLTracker(Callback):
     Args:
         max_kl: Bound on the mean per-sequence KL in nats. Above it: a warning (and a stop with
             ``stop_on_exceed``). Unset: no bound.
-        stop_on_exceed: Save ``kl_exceeded.ckpt`` and stop training when the bound is passed.
+        stop_on_exceed: Save ``kl_exceeded.ckpt`` (the diverged state, for inspection) and stop training when the
+            bound is passed: the run exits non-zero with one line, ``last.ckpt`` stays the last good state and
+            nothing is exported.
         quantiles: Quantiles (in [0, 1]) of the per-sequence KL to log.
         checkpoint_dir: Where ``kl_exceeded.ckpt`` goes. Default: the ModelCheckpoint's directory,
             else the trainer's ``default_root_dir``.
@@ -48,7 +51,6 @@ class KLTracker(Callback):
         self.checkpoint_dir = checkpoint_dir
         self.total = 0.0
         self.count = 0
-        self.exceeded_at: Optional[int] = None
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         rollout = getattr(pl_module, "last_rollout", None)
@@ -68,18 +70,21 @@ class KLTracker(Callback):
         metrics.update({f"kl/q{round(q * 100)}": v for q, v in zip(self.quantiles, values)})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
         if self.max_kl is not None and mean_kl > self.max_kl:
-            self._exceeded(trainer, mean_kl)
+            self._exceeded(trainer, pl_module, mean_kl)
 
-    def _exceeded(self, trainer: Trainer, mean_kl: float) -> None:
-        message = f"KL to the reference is {mean_kl:.3f} nats per sequence, above max_kl={self.max_kl}"
+    def _exceeded(self, trainer: Trainer, pl_module: LightningModule, mean_kl: float) -> None:
+        where = f"rollout {getattr(pl_module, 'rollouts_done', '?')} (global step {trainer.global_step})"
+        message = f"KL to the reference is {mean_kl:.3f} nats per sequence at {where}, above max_kl={self.max_kl}"
         if not self.stop_on_exceed:
             rank_zero_warn(f"{message}; raise model.kl_coef or set a target_kl to pull it back.")
             return
         path = Path(self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(path / CHECKPOINT_NAME)  # collective: every rank reaches here (reduced decision)
-        rank_zero_warn(f"{message}; saved {path / CHECKPOINT_NAME} and stopping.")
-        self.exceeded_at = trainer.global_step
-        trainer.should_stop = True
+        # Raising (not should_stop) keeps every later checkpoint save and the export from running: last.ckpt stays
+        # the last good state and output_dir keeps whatever good model it held.
+        raise TrainingStopped(f"{message}; stopped without exporting. The diverged state is {path / CHECKPOINT_NAME}; "
+                              "resume from the last good checkpoint (--ckpt_path last) with a larger kl_coef or a lower "
+                              "learning_rate (new values apply on resume).")
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "count": self.count}

@@ -10,7 +10,7 @@ forwarded exactly once per step, whatever K is.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from numbers import Integral
 from typing import Literal, Optional
@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.algorithms.ranking import comparison_pairs
 from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
@@ -52,6 +53,7 @@ class ComparisonGroup:
 
     sequences: list[list[int]]
     ranks: list[int]
+    response_lengths: list[int] = field(default_factory=list)
 
     @property
     def padded_size(self) -> int:
@@ -203,14 +205,14 @@ def encode_comparisons(
                 raise
             counter.add(e.reason)
             continue
-        sequences = [
-            fit_length(encode_prompt_response(tokenizer, comparison.prompt, response).input_ids, max_length, truncation, record, counter)
-            for response in comparison.responses
-        ]
+        examples = [encode_prompt_response(tokenizer, comparison.prompt, response) for response in comparison.responses]
+        sequences = [fit_length(example.input_ids, max_length, truncation, record, counter) for example in examples]
         if any(s is None for s in sequences):
             counter.add("over max_length")  # a group loses no single response: that could leave only ties
             continue
-        groups.append(ComparisonGroup(sequences, comparison.ranks))
+        # Response tokens (EOS included) at the end of each sequence: what DPO's sequence log-probs sum over.
+        response_lengths = [min(len(s), sum(label != IGNORE_INDEX for label in e.labels)) for s, e in zip(sequences, examples)]
+        groups.append(ComparisonGroup(sequences, comparison.ranks, response_lengths))
     return groups
 
 
@@ -257,13 +259,18 @@ def collate_groups(groups: list[ComparisonGroup], pad_id: int) -> dict:
 
     Returns:
         ``input_ids`` and ``attention_mask`` ``[N, T]`` (N = total responses), ``pairs``
-        (:class:`ComparisonPairs`), and ``group`` ``[N]``: the group of each response.
+        (:class:`ComparisonPairs`), ``group`` ``[N]``: the group of each response, and ``response_mask``
+        ``[N, T]``: the response tokens (EOS included) of each sequence.
     """
     sequences = [s for g in groups for s in g.sequences]
     input_ids, attention_mask = pad_sequences(sequences, pad_id)
     group = torch.cat([torch.full((len(g.sequences),), i, dtype=torch.long) for i, g in enumerate(groups)])
     pairs = comparison_pairs([g.ranks for g in groups])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pairs": pairs, "group": group}
+    lengths = torch.tensor([n for g in groups for n in (g.response_lengths or [0] * len(g.sequences))])
+    ends = attention_mask.sum(dim=1, keepdim=True)
+    positions = torch.arange(input_ids.shape[1])
+    response_mask = (positions >= ends - lengths[:, None]) & (positions < ends)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "pairs": pairs, "group": group, "response_mask": response_mask}
 
 
 def collate_sequences(items: list[tuple[list[int], float]], pad_id: int) -> dict[str, Tensor]:

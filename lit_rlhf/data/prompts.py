@@ -87,15 +87,16 @@ class RolloutSampler(ResumableSampler):
                 yield self._stream(position)
 
 
-def collate_prompts(prompts: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask``, so every prompt ends in the last column."""
-    input_ids, attention_mask = pad_sequences(prompts, pad_id, side="left")
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+def collate_prompts(prompts: list[tuple[list[int], dict]], pad_id: int) -> dict:
+    """Left-padded ``input_ids`` and ``attention_mask``, so every prompt ends in the last column, and ``records``:
+    each prompt's record fields (for rewards that read them, e.g. an ``answer``)."""
+    input_ids, attention_mask = pad_sequences([ids for ids, _ in prompts], pad_id, side="left")
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "records": [fields for _, fields in prompts]}
 
 
 def encode_prompts(records: list[Record], tokenizer, fields: FieldMap, max_length: int, truncation: str,
-                   counter: DropCounter) -> list[list[int]]:
-    """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`."""
+                   counter: DropCounter) -> list[tuple[list[int], dict]]:
+    """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`, and its record's fields."""
     prompts = []
     for record in records:
         ids = tokenizer(render_prompt(tokenizer, record, fields), add_special_tokens=True)["input_ids"]
@@ -107,7 +108,7 @@ def encode_prompts(records: list[Record], tokenizer, fields: FieldMap, max_lengt
                 continue
             counter.add("truncated on the left (kept)")
             ids = ids[-max_length:]
-        prompts.append(ids)
+        prompts.append((ids, dict(record.data)))
     return prompts
 
 
@@ -169,9 +170,9 @@ class PromptDataModule(StageDataModule):
         format: DataFormat = "auto",
     ):
         super().__init__(tokenizer, fields, seed)
-        self.train_prompts: list[list[int]] = []
+        self.train_prompts: list[tuple[list[int], dict]] = []
         self.ptx_examples: list[Example] = []
-        self.val_prompts: list[list[int]] = []
+        self.val_prompts: list[tuple[list[int], dict]] = []
         self.val_texts: list[Example] = []
 
     def setup(self, stage: str) -> None:

@@ -1,91 +1,99 @@
-"""Stage 3 — PPO-ptx (InstructGPT section 3.5 eq. 2, appendix C.4).
+"""Stage 3 — PPO-ptx (InstructGPT section 3.5 eq. 2, appendix C.4), and its critic-free relatives.
 
 One ``training_step`` is one PPO iteration on one rollout batch (batch vocabulary:
 :mod:`lit_rlhf.modules.rollout`):
 
 1. **generate**: sample ``samples_per_prompt`` responses per prompt with the policy (KV cache,
-   eval mode, temperature / top-p, stop at EOS);
-2. **score**: log-probs under the policy and the frozen SFT reference, per-token values, and the
-   reward model's centred score at the last response token;
-3. **rewards**: ``-beta * KL_t`` on every response token plus the score on the last; GAE
-   advantages (gamma, lambda), whitened;
-4. **update**: ``ppo_epochs`` x minibatches, each ONE optimizer step whose gradients are the
-   clipped policy surrogate plus ``value_loss_coef`` x the clipped value loss (accumulated over
-   micro-batches), plus ``gamma_ptx`` x the next-token loss on that step's pretraining batch.
+   eval mode, temperature / top-p, stop at EOS), recording log-probs and entropy while sampling;
+2. **score**: reference log-probs, per-token values (with a critic), and the sequence score: the
+   weighted sum of the reward components (default: the reward model's centred score);
+3. **rewards**: ``-beta * KL_t`` on every response token plus the score on the last (or the KL as a
+   loss term, ``kl_placement: loss``); advantages from GAE, or from the other samples of the same
+   prompt (``rloo`` / ``grpo``, no critic);
+4. **update**: ``ppo_epochs`` x minibatches, each ONE optimizer step whose gradient is the policy
+   loss plus ``value_loss_coef`` x the value loss, normalised over the whole minibatch (all
+   micro-batches, all ranks: :mod:`lit_rlhf.algorithms.aggregation`), plus ``gamma_ptx`` x the
+   next-token loss of that step's pretraining batch, normalised the same way.
 
-Subclass hooks, each small and documented below: :meth:`generate_rollout`,
-:meth:`reference_logprobs`, :meth:`score_responses`, :meth:`compute_rewards`,
-:meth:`estimate_advantages`, :meth:`policy_loss`, :meth:`value_loss`.
+Subclass hooks: :meth:`generate_rollout`, :meth:`reference_logprobs`, :meth:`score_responses`,
+:meth:`compute_rewards`, :meth:`estimate_advantages`, :meth:`policy_loss`, :meth:`value_loss`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-import warnings
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_rlhf.algorithms import (
-    AdaptiveKLController, FixedKLController, PolicyLossOutput, ValueLossOutput, clipped_policy_loss, clipped_value_loss,
-    ema_update, gae_advantages, kl_penalty, logprobs_from_logits, masked_sum, per_token_rewards, whiten,
+    AdaptiveKLController, FixedKLController, LossAggregation, TokenLoss, aggregate_loss, clipped_policy_loss, clipped_value_loss,
+    entropy_from_logits, gae_advantages, grpo_advantages, kl_penalty, logprobs_from_logits, masked_sum, per_token_rewards,
+    rloo_advantages, step_normalizer, whiten,
 )
-from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
-from lit_rlhf.distributed import all_reduce_mean, export_hf, generate_rollout, local_backward, shard_models, sync_gradients
 from lit_rlhf.data.common import resolve_seed
+from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
+from lit_rlhf.engines import SamplingSettings, hf_generate
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
-from lit_rlhf.models import (
-    default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer, reward_bias, scalar_head_name, sequence_rewards,
-)
-from lit_rlhf.modules.optim import adamw, warmup_constant_schedule
+from lit_rlhf.lora import LoraOptions
+from lit_rlhf.models import check_same_tokenizer, require_stage_output
+from lit_rlhf.modules.base import FrozenDtype, StageModule
+from lit_rlhf.modules.guards import check_finite
+from lit_rlhf.modules.optim import warmup_constant_schedule
+from lit_rlhf.modules.ppo_checks import check_ppo_options
+from lit_rlhf.modules.ptx import lm_loss, ptx_backward
 from lit_rlhf.modules.rollout import (
-    Rollout, SampledTokenLogprobs, accumulate, check_finite, check_same_tokenizer, concat_responses, eval_mode, grad_norm, in_chunks,
-    logprobs_and_entropy, pad_columns, require_stage_output, response_logits, response_logprobs, response_values,
-    rng_states, rollout_metrics, seeded, select_rows, set_rng_states,
+    Rollout, accumulate, eval_mode, in_chunks, logprobs_and_entropy, response_logits, response_logprobs,
+    response_values, rollout_metrics, select_rows,
 )
+from lit_rlhf.random_state import rng_states, seeded, set_rng_states
+from lit_rlhf.rewards import Reward, RewardBatch, RewardModelScore
 
-#: Frozen models: never trained, never in a checkpoint (rebuilt from their directories on resume).
-FROZEN_MODELS = ("reference_model", "reward_model")
 
-
-class PPOModule(LightningModule):
-    """Optimise an SFT policy against a reward model with PPO, plus pretraining gradients (PPO-ptx).
+class PPOModule(StageModule):
+    """Optimise an SFT policy against rewards with PPO, plus pretraining gradients (PPO-ptx); GRPO and RLOO by setting.
 
     Args:
-        policy: The SFT model directory (``lit-rlhf fit --config configs/sft.yaml`` writes it); trained, and
-            its frozen copy is the KL reference.
-        reward_model: The reward model directory (``configs/rm.yaml``); frozen, scores include its centering bias.
-        value_model: Initialisation of the value model (a separate, trained scalar model). Default: ``reward_model``
-            (paper).
+        policy: The SFT model directory (``configs/sft.yaml`` writes it); trained, and the KL reference.
+        reward_model: The reward model directory (``configs/rm.yaml``): read by the default reward and as the value
+            model's initialisation. Needed only when one of them uses it.
+        rewards: Reward components, summed with their weights (``lit_rlhf.rewards``: ``RewardModelScore``,
+            ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
+        value_model: Initialisation of the value model (critic). Default: ``reward_model`` (paper).
         tokenizer: Tokenizer directory. Default: the policy's own.
-        rollout_batch_size: Episodes per rollout per device (paper 512). Must be divisible by ``minibatch_size``
-            and ``samples_per_prompt``.
-        samples_per_prompt: Responses sampled per prompt (1 for PPO; >= 2 for group baselines).
-        minibatch_size: Episodes per optimizer step (paper 64).
-        micro_batch_size: Episodes per forward pass; micro-batches accumulate into their minibatch's step.
+        rollout_batch_size: Episodes per rollout per device (paper 512); a multiple of ``minibatch_size`` and
+            ``samples_per_prompt``.
+        samples_per_prompt: Responses sampled per prompt (1 for PPO; >= 2 for ``rloo``/``grpo``).
+        minibatch_size: Episodes per optimizer step per device (paper 64).
+        micro_batch_size: Episodes per forward pass: memory only, the step's gradient does not depend on it.
         ppo_epochs: Passes of updates over each rollout batch (paper 1).
         max_new_tokens: Longest response.
         temperature: Sampling temperature (paper 1); log-probs are taken at the same temperature; 0 = greedy.
         top_p: Nucleus sampling threshold (1 = the full distribution).
-        generation_batch_size: Prompts per ``generate`` call. Default: the whole rollout at once.
-        missing_eos_penalty: Subtracted from the score of responses that never reach EOS. Unset: no penalty.
+        generation_batch_size: Episodes per ``generate`` call. Default: the whole rollout at once.
+        missing_eos_penalty: Subtracted from the score of responses that never reach EOS. Unset: none.
+        advantage_estimator: ``gae`` (paper; a value model is trained), or critic-free ``rloo`` (leave-one-out
+            baseline, Ahmadian et al. 2024) / ``grpo`` (group-standardised, Shao et al. 2024) from the other samples
+            of the same prompt.
         kl_coef: KL coefficient beta (paper 0.02), or the starting beta when ``target_kl`` is set.
-        kl_estimator: Per-token KL estimator in the reward: ``k1`` (paper, log-ratio), ``k2`` or ``k3``.
+        kl_estimator: Per-token KL estimator: ``k1`` (paper, log-ratio), ``k2`` or ``k3``.
+        kl_placement: ``reward``: ``-beta * KL_t`` in every token's reward (paper eq. 2); ``loss``: ``beta * KL_t``
+            added to the policy loss with its gradient (as GRPO does; ``k3`` is the usual estimator there).
         target_kl: Per-sequence KL that an adaptive controller steers beta towards. Unset: beta stays fixed.
         kl_horizon: Episodes over which the adaptive controller makes a full correction.
         gamma: GAE discount (paper 1: none).
         lam: GAE lambda.
-        whiten_advantages: Normalise advantages to zero mean, unit variance over each rollout batch.
+        whiten_advantages: Normalise advantages over each rollout batch. Default: on for ``gae``, off otherwise.
         clip_range: PPO ratio clip epsilon (paper 0.2).
         value_clip_range: How far one update may move a value prediction from its rollout value.
-        value_loss_coef: Weight of the value loss in the summed loss.
+        value_loss_coef: Weight of the value loss.
+        entropy_coef: Weight of an entropy bonus (subtracted from the policy loss); 0 = none.
+        loss_aggregation: How a step's per-token losses are averaged: ``token_mean`` (every token of the step
+            weighs the same), ``sequence_mean`` (each response's mean, then the responses'), or ``constant``
+            (Dr. GRPO: token sum over ``responses x max_new_tokens``).
         learning_rate: Policy learning rate (constant after warm-up).
         value_learning_rate: Value-model learning rate. Default: ``learning_rate``.
         betas: Adam betas.
@@ -93,7 +101,8 @@ class PPOModule(LightningModule):
         warmup_rollouts: Rollouts (PPO iterations) of linear LR warm-up (paper 10).
         warmup_start: Warm-up starts at this fraction of the LR (paper 0.1).
         max_grad_norm: Global gradient-norm clip over policy and value parameters. Unset: no clipping.
-        ema_decay: Decay of the EMA of policy weights used for validation and export (paper 0.992). Unset: no EMA.
+        ema_decay: Decay of the EMA of the policy's trained weights, used for validation and export (paper 0.992).
+            Unset: no EMA.
         gamma_ptx: Weight of the pretraining next-token loss (paper 27.8); 0 is plain PPO.
         ptx_micro_batch_size: Pretraining sequences per forward pass. Default: ``micro_batch_size``.
         frozen_dtype: Load the reference and reward models in this dtype (e.g. ``bfloat16``) to save memory.
@@ -105,121 +114,92 @@ class PPOModule(LightningModule):
         output_dir: Where the final policy (its EMA if enabled) is written as a Hugging Face directory.
     """
 
-    #: Subclasses without a critic (group baselines) set this to False: no value model is built.
-    uses_value_model: bool = True
+    export_attribute = "policy"
+    frozen_models = ("reference_model", "rewards")
 
     def __init__(
-        self, policy: str, reward_model: str, value_model: Optional[str] = None, tokenizer: Optional[str] = None,
+        self, policy: str, reward_model: Optional[str] = None, rewards: Optional[list[Reward]] = None,
+        value_model: Optional[str] = None, tokenizer: Optional[str] = None,
         rollout_batch_size: int = 512, samples_per_prompt: int = 1, minibatch_size: int = 64, micro_batch_size: int = 8,
         ppo_epochs: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
         generation_batch_size: Optional[int] = None, missing_eos_penalty: Optional[float] = None,
-        kl_coef: float = 0.02, kl_estimator: Literal["k1", "k2", "k3"] = "k1", target_kl: Optional[float] = None,
-        kl_horizon: int = 10000, gamma: float = 1.0, lam: float = 0.95, whiten_advantages: bool = True,
-        clip_range: float = 0.2, value_clip_range: float = 0.2, value_loss_coef: float = 0.1,
+        advantage_estimator: Literal["gae", "rloo", "grpo"] = "gae",
+        kl_coef: float = 0.02, kl_estimator: Literal["k1", "k2", "k3"] = "k1", kl_placement: Literal["reward", "loss"] = "reward",
+        target_kl: Optional[float] = None, kl_horizon: int = 10000, gamma: float = 1.0, lam: float = 0.95,
+        whiten_advantages: Optional[bool] = None, clip_range: float = 0.2, value_clip_range: float = 0.2,
+        value_loss_coef: float = 0.1, entropy_coef: float = 0.0, loss_aggregation: LossAggregation = "token_mean",
         learning_rate: float = 1e-5, value_learning_rate: Optional[float] = None, betas: tuple[float, float] = (0.9, 0.95),
         weight_decay: float = 0.0, warmup_rollouts: int = 10, warmup_start: float = 0.1, max_grad_norm: Optional[float] = 1.0,
         ema_decay: Optional[float] = 0.992, gamma_ptx: float = 27.8, ptx_micro_batch_size: Optional[int] = None,
-        frozen_dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None, gradient_checkpointing: bool = False,
+        frozen_dtype: FrozenDtype = None, gradient_checkpointing: bool = False,
         lora: Optional[LoraOptions] = None, seed: Optional[int] = None, output_dir: Optional[str] = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        self.hparams.seed = resolve_seed(seed)
-        for name, divisor in (("minibatch_size", minibatch_size), ("samples_per_prompt", samples_per_prompt)):
-            if divisor < 1 or rollout_batch_size % divisor:
-                raise ConfigError(f"rollout_batch_size={rollout_batch_size} must be a positive multiple of {name}={divisor}")
-        if self.uses_value_model:
-            require_stage_output(value_model or reward_model, "value_model", "configs/rm.yaml")
+        self.save_hyperparameters(ignore=["rewards"])
+        check_ppo_options(self.hparams)
+        self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
+        self.uses_critic = advantage_estimator == "gae"
+        needs_reward_model = (self.uses_critic and value_model is None) or any(r.uses_reward_model() for r in self.rewards)
+        if needs_reward_model and reward_model is None:
+            raise ConfigError("reward_model is not set, but the default reward (RewardModelScore) or the value model's "
+                              "initialisation needs it: set model.init_args.reward_model, or rewards / value_model")
         require_stage_output(policy, "policy", "configs/sft.yaml")
-        require_stage_output(reward_model, "reward_model", "configs/rm.yaml")
-        self.tokenizer = load_tokenizer(default_tokenizer_source(policy, tokenizer))
-        for argument, source in (("reward_model", reward_model), ("value_model", value_model)):
+        scalar_sources = {"reward_model": reward_model if needs_reward_model else None, "value_model": value_model}
+        for argument, source in scalar_sources.items():
+            if source:
+                require_stage_output(source, argument, "configs/rm.yaml")
+        self.init_stage(policy, tokenizer, lora, output_dir)
+        for argument, source in scalar_sources.items():  # they read the policy's token ids as they are
             if source:
                 check_same_tokenizer(self.tokenizer, source, argument)
+        self.seed = resolve_seed(seed)  # not in hparams: the data module's seed stays as configured
         self.automatic_optimization = False  # a rollout makes several optimizer steps
         self.prompts_per_rollout = rollout_batch_size // samples_per_prompt  # read by PromptDataModule
         self.kl_controller = AdaptiveKLController(kl_coef, target_kl, kl_horizon) if target_kl else FixedKLController(kl_coef)
-        self.policy = self.reference_model = self.reward_model = self.value_model = self.ema_policy = None
+        self.policy = self.reference_model = self.value_model = None
         self.rollouts_done = 0
         self.data_position: Optional[tuple[int, int]] = None  # (epoch, rollouts consumed in it); see PromptDataModule
         self.measure_ptx_grad_norm = False  # PretrainMixLogger switches it on; it costs a copy of the gradients
         self.last_rollout: Optional[Rollout] = None
         self.last_stats: dict[str, Tensor] = {}
-        self.phase = "idle"  # shown in the progress bar: generating / scoring / updating
-        self._generation_time = 0.0
-
-    # ------------------------------------------------------------------------------------------
-    # Models
 
     def configure_model(self) -> None:
         if self.policy is not None:
             return
         hp = self.hparams
-        frozen_dtype = getattr(torch, hp.frozen_dtype) if hp.frozen_dtype else None
-        self.policy = apply_lora(load_causal_lm(hp.policy, gradient_checkpointing=hp.gradient_checkpointing).train(), hp.lora)
-        self.reference_model = self.build_reference_model(frozen_dtype)
-        self.reward_model = load_scalar_model(hp.reward_model, dtype=frozen_dtype, trainable=False)
-        if self.uses_value_model:
-            source = hp.value_model or hp.reward_model
-            value_model = load_scalar_model(source, gradient_checkpointing=hp.gradient_checkpointing).train()
-            self.value_model = apply_lora(value_model, hp.lora, head=scalar_head_name(value_model))
-        if hp.ema_decay is not None:
-            self.ema_policy = copy.deepcopy(self.policy).eval().requires_grad_(False)
-        # FSDP2 under ModelParallelStrategy (each model its own unit, the EMA sharded like the policy); else a no-op.
-        shard_models(self, [self.policy, self.reference_model, self.reward_model, self.value_model, self.ema_policy])
-        # Lightning warnings that do not apply: frozen models and the EMA are in eval mode on purpose, and a
-        # checkpoint after the rollout's optimizer steps is exactly the state a resume needs.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
-        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
-
-    def build_reference_model(self, dtype: Optional[torch.dtype]):
-        """Hook: the frozen KL reference, a second copy of the SFT model; None with LoRA (the policy with its
-        adapters disabled is the reference, see :meth:`reference_logprobs`)."""
-        if self.hparams.lora is not None:
-            return None
-        return load_causal_lm(self.hparams.policy, dtype=dtype, trainable=False)
-
-    def eval_policy(self):
-        """The policy used for validation and export: its EMA when enabled (paper), else the policy."""
-        return self.ema_policy if self.ema_policy is not None else self.policy
-
-    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Only trained state (policy, value model, EMA): frozen models are rebuilt from their directories."""
-        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
-        for key in [k for k in state if k.startswith(tuple(f"{prefix}{name}." for name in FROZEN_MODELS))]:
-            del state[key]
-        return state
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Loads checkpoints without the frozen models; anything else missing or unexpected still fails when strict."""
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [k for k in result.missing_keys if not k.startswith(tuple(f"{name}." for name in FROZEN_MODELS))]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(f"checkpoint does not match PPOModule: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
-        return result
+        self.policy = self.load_trained(hp.policy, gradient_checkpointing=hp.gradient_checkpointing)
+        self.reference_model = self.load_reference(hp.policy, hp.frozen_dtype)
+        reward_models = [model for reward in self.rewards for model in reward.build(self)]
+        if self.uses_critic:
+            self.value_model = self.load_trained(hp.value_model or hp.reward_model, "scalar",
+                                                 gradient_checkpointing=hp.gradient_checkpointing)
+        self.shard([self.policy, self.reference_model, *reward_models, self.value_model])
+        self.enable_ema(self.policy, hp.ema_decay)  # after sharding: the averages are sharded like the weights
 
     def configure_optimizers(self):
         """One AdamW with a parameter group per trained model, so ``global_step`` counts updates."""
         hp = self.hparams
-        groups = [{"params": list(self.policy.parameters()), "lr": hp.learning_rate}]
+        lrs = self.configured_learning_rates()
+        groups = [{"params": list(self.policy.parameters()), "lr": lrs[0]}]
         if self.value_model is not None:
-            groups.append({"params": list(self.value_model.parameters()), "lr": hp.value_learning_rate or hp.learning_rate})
-        optimizer = adamw(groups, hp.learning_rate, hp.betas, hp.weight_decay)
+            groups.append({"params": list(self.value_model.parameters()), "lr": lrs[1]})
+        optimizer = self.make_optimizer(groups, hp.learning_rate, hp.betas, hp.weight_decay)
         scheduler = warmup_constant_schedule(optimizer, hp.warmup_rollouts, hp.warmup_start)  # stepped once per rollout
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
-    # ------------------------------------------------------------------------------------------
-    # One PPO iteration
+    def configured_learning_rates(self) -> list[Optional[float]]:
+        hp = self.hparams
+        return [hp.learning_rate] + ([hp.value_learning_rate or hp.learning_rate] if self.uses_critic else [])
 
-    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
-        if self.hparams.gamma_ptx > 0 and "ptx" not in batch:
-            raise ConfigError(f"gamma_ptx={self.hparams.gamma_ptx} needs pretraining data: set data.init_args.ptx (and ptx_ratio > 0), or gamma_ptx: 0 for plain PPO")
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        hp = self.hparams
+        if hp.gamma_ptx > 0 and "ptx" not in batch:
+            raise ConfigError(f"gamma_ptx={hp.gamma_ptx} needs pretraining data: set data.init_args.ptx (and ptx_ratio > 0), or gamma_ptx: 0 for plain PPO")
         where = f"rollout {self.rollouts_done} (global step {self.global_step})"
         rollout = self.make_rollout(batch["prompts"], where)
         generation_time, started = self._generation_time, time.perf_counter()
-        self._show_phase("updating")
         with local_backward(self):  # DDP: gradients averaged once per optimizer step (sync_gradients)
-            stats = self.ppo_update(rollout, batch.get("ptx") if self.hparams.gamma_ptx > 0 else None, where)
+            stats = self.ppo_update(rollout, batch.get("ptx") if hp.gamma_ptx > 0 else None, where)
         stats["perf/generation_tokens_per_sec"] = rollout.response_lengths.sum() / max(generation_time, 1e-9)
         stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
         self.lr_schedulers().step()
@@ -231,20 +211,18 @@ class PPOModule(LightningModule):
         metrics = {**rollout_metrics(rollout), "rollout/beta": torch.tensor(self.kl_controller.beta)}
         metrics.update({k: v for k, v in stats.items() if not k.startswith("ptx/")})  # ptx/*: PretrainMixLogger
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
-        self.log_dict({"reward": metrics["rollout/score"], "kl": metrics["rollout/kl"]}, prog_bar=True, logger=False,
+        self.log_dict({"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]}, prog_bar=True, logger=False,
                       on_step=True, on_epoch=False, batch_size=len(rollout))
-        self._show_phase("idle")
 
     @torch.no_grad()
-    def make_rollout(self, prompts: dict[str, Tensor], where: str = "rollout") -> Rollout:
+    def make_rollout(self, prompts: dict[str, Any], where: str = "rollout") -> Rollout:
         """The experience phase: generate, score, and compute rewards and advantages."""
         hp = self.hparams
-        self._show_phase("generating")
         started = time.perf_counter()
         with eval_mode(self.policy), seeded(self._rollout_seed(), self.device):
             rollout = self.generate_rollout(prompts, model=self.policy, num_samples=hp.samples_per_prompt)
+        rollout.records = [record for record in prompts.get("records", []) for _ in range(hp.samples_per_prompt)]
         self._generation_time = time.perf_counter() - started
-        self._show_phase("scoring")
         with eval_mode(self.policy, self.value_model):
             if rollout.logprobs is None:  # not recorded during generation (see generate_rollout)
                 rollout.logprobs, rollout.entropy = in_chunks(
@@ -260,7 +238,12 @@ class PPOModule(LightningModule):
         return rollout
 
     def ppo_update(self, rollout: Rollout, ptx: Optional[dict[str, Tensor]], where: str = "update") -> dict[str, Tensor]:
-        """The optimisation phase: ``ppo_epochs`` x minibatches, one optimizer step each, with its ptx batch."""
+        """The optimisation phase: ``ppo_epochs`` x minibatches, one optimizer step each, with its ptx batch.
+
+        Each minibatch's losses are normalised by one number for the whole step, summed over its
+        micro-batches and all-reduced over ranks before the first backward, so the step's gradient
+        does not depend on ``micro_batch_size`` or on how episodes fall on ranks.
+        """
         hp = self.hparams
         optimizer = self.optimizers()
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -269,153 +252,142 @@ class PPOModule(LightningModule):
         generator = torch.Generator().manual_seed(self._rollout_seed())
         totals: dict[str, Tensor] = {}
         tokens = torch.zeros((), device=self.device)
+        step_weight = 1 / (steps_per_epoch * hp.ppo_epochs)
         for _ in range(hp.ppo_epochs):
             order = torch.randperm(len(rollout), generator=generator).to(self.device)
             for step, minibatch in enumerate(order.split(hp.minibatch_size)):
                 optimizer.zero_grad()
-                for rows in minibatch.split(hp.micro_batch_size):
+                micro_rows = minibatch.split(hp.micro_batch_size)
+                local = sum(step_normalizer(rollout.response_mask[rows], hp.loss_aggregation, hp.max_new_tokens) for rows in micro_rows)
+                normalizer = all_reduce_mean(local, self)  # gradients are averaged over ranks: the mean count per rank
+                for rows in micro_rows:
                     micro = rollout.select(rows)
-                    loss, stats = self.ppo_loss(micro)
+                    loss, stats = self.ppo_loss(micro, normalizer)
                     check_finite("the PPO loss", loss, where)
-                    self.manual_backward(loss * (len(rows) / len(minibatch)))
-                    accumulate(totals, stats, len(rows) / len(rollout) / hp.ppo_epochs)
+                    self.manual_backward(loss)
+                    accumulate(totals, stats, step_weight)
                     tokens += micro.attention_mask.sum()
                 if ptx_steps and len(ptx_steps[step]["input_ids"]):
-                    ptx_stats = self.ptx_backward(ptx_steps[step], params, where)
+                    ptx_stats = ptx_backward(self, ptx_steps[step], params, where, measure_grad_norms=self.measure_ptx_grad_norm)
                     tokens += ptx_stats.pop("tokens")
-                    accumulate(totals, ptx_stats, 1 / (steps_per_epoch * hp.ppo_epochs))
+                    accumulate(totals, ptx_stats, step_weight)
                 sync_gradients(self, params)
                 norm = torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm or math.inf)
                 check_finite("the gradient norm", norm, where)
-                accumulate(totals, {"train/grad_norm": norm}, 1 / (steps_per_epoch * hp.ppo_epochs))
+                accumulate(totals, {"train/grad_norm": norm}, step_weight)
                 optimizer.step()
-                if self.ema_policy is not None:
-                    ema_update(self.ema_policy.parameters(), self.policy.parameters(), hp.ema_decay)
+                if self.ema is not None:
+                    self.ema.update(self.policy)
         totals["train/lr"] = torch.tensor(optimizer.param_groups[0]["lr"])
         totals["tokens"] = tokens
         return totals
 
-    def ppo_loss(self, micro: Rollout) -> tuple[Tensor, dict[str, Tensor]]:
-        """Policy loss plus ``value_loss_coef`` x value loss on one micro-batch, and its detached parts."""
-        logprobs = logprobs_from_logits(response_logits(self.policy, micro, self.hparams.temperature), micro.responses)
-        policy = self.policy_loss(micro, logprobs)
-        loss = policy.loss
-        stats = {"train/policy_loss": policy.loss.detach(), "train/clip_fraction": policy.clip_fraction,
-                 "train/approx_kl": policy.approx_kl}
-        if self.value_model is not None:
-            value = self.value_loss(micro, response_values(self.value_model, micro))
-            loss = loss + self.hparams.value_loss_coef * value.loss
-            stats.update({"train/value_loss": value.loss.detach(), "train/value_clip_fraction": value.clip_fraction})
-        return loss, stats
-
-    def ptx_backward(self, ptx: dict[str, Tensor], params: list[Tensor], where: str) -> dict[str, Tensor]:
-        """``gamma_ptx`` x next-token loss on one step's pretraining batch, backpropagated into the gradients
-        the PPO loss left (one optimizer step for both, as in the paper). With ``measure_ptx_grad_norm`` the
-        PPO gradients are set aside meanwhile, so both norms are measured separately."""
+    def ppo_loss(self, micro: Rollout, normalizer: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """This micro-batch's share of the step loss: policy loss plus ``value_loss_coef`` x value loss, each summed
+        over the micro-batch and divided by the step's ``normalizer``; and its detached parts."""
         hp = self.hparams
-        set_aside = [p.grad for p in params] if self.measure_ptx_grad_norm else None
-        stats = {}
-        if set_aside is not None:
-            stats["ptx/ppo_grad_norm"] = grad_norm(params)
-            for p in params:
-                p.grad = None
-        total = (ptx["labels"][:, 1:] != IGNORE_INDEX).sum().clamp(min=1)
-        loss_sum = torch.zeros((), device=self.device)
-        for rows in torch.arange(len(ptx["input_ids"])).split(hp.ptx_micro_batch_size or hp.micro_batch_size):
-            loss, n_tokens = self.lm_loss(self.policy, select_rows(ptx, rows))
-            check_finite("the ptx loss", loss, where)
-            self.manual_backward(hp.gamma_ptx * loss * (n_tokens / total))
-            loss_sum += loss.detach() * n_tokens
-        if set_aside is not None:
-            stats["ptx/grad_norm"] = grad_norm(params)
-            for p, grad in zip(params, set_aside):
-                p.grad = grad if p.grad is None else (p.grad if grad is None else p.grad.add_(grad))
-        stats.update({"ptx/loss": loss_sum / total, "tokens": ptx["attention_mask"].sum()})
-        return stats
-
-    @staticmethod
-    def lm_loss(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Next-token loss of ``model`` on a right-padded text batch: (mean over tokens, token count)."""
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        return next_token_loss(logits, batch["labels"])
+        logits = response_logits(self.policy, micro, hp.temperature)
+        logprobs = logprobs_from_logits(logits, micro.responses)
+        entropy = entropy_from_logits(logits) if hp.entropy_coef else None  # from the same forward, with grad
+        parts = {"policy": self.policy_loss(micro, logprobs, entropy)}
+        if self.value_model is not None:
+            parts["value"] = self.value_loss(micro, response_values(self.value_model, micro))
+        mask, mode = micro.response_mask, hp.loss_aggregation
+        loss, stats = 0.0, {}
+        for name, part in parts.items():
+            part_loss = aggregate_loss(part.per_token, mask, mode, normalizer)
+            loss = loss + (hp.value_loss_coef * part_loss if name == "value" else part_loss)
+            stats[f"train/{name}_loss"] = part_loss.detach()
+            stats.update({f"train/{key}": aggregate_loss(value, mask, mode, normalizer) for key, value in part.metrics.items()})
+        return loss, stats
 
     # ------------------------------------------------------------------------------------------
     # Hooks for custom objectives
 
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Rollout:
-        """Hook: sample ``num_samples`` responses per prompt (adjacent rows) with ``model`` and lay them out, with
-        the policy's log-probs and entropy recorded while sampling (an override may leave them None: then
-        :meth:`make_rollout` scores the responses with a forward pass)."""
+        """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
+        recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
         hp = self.hparams
-        ids = prompts["input_ids"].repeat_interleave(num_samples, dim=0)
-        mask = prompts["attention_mask"].repeat_interleave(num_samples, dim=0)
-        chunk = hp.generation_batch_size or len(ids)
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        recorders = [SampledTokenLogprobs(hp.temperature) for _ in range(math.ceil(len(ids) / chunk))]  # saves a forward
-        responses = [
-            generate_rollout(model, i, m, max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                             eos_token_id=eos, pad_token_id=pad, logits_processor=[recorder])
-            for i, m, recorder in zip(ids.split(chunk), mask.split(chunk), recorders)
-        ]
-        rollout = concat_responses(ids, mask, pad_columns(responses, pad), eos)
-        recorded = [recorder.finish(out) for recorder, out in zip(recorders, responses)]
-        rollout.logprobs, rollout.entropy = (pad_columns(list(parts), 0.0) for parts in zip(*recorded))
-        return rollout
+        settings = SamplingSettings(hp.max_new_tokens, hp.temperature, hp.top_p, self.tokenizer.eos_token_id,
+                                    self.tokenizer.pad_token_id, hp.generation_batch_size)
+        return hf_generate(model, prompts, num_samples, settings)
 
     def reference_logprobs(self, rollout: Rollout) -> Tensor:
         """Hook: ``[B, R]`` log-probs of the responses under the KL reference (the frozen SFT model)."""
         hp = self.hparams
-        if self.reference_model is None:  # LoRA: the SFT model is the policy without its adapters
-            with adapters_disabled(self.policy):
-                return in_chunks(rollout, hp.micro_batch_size, lambda c: response_logprobs(self.policy, c, hp.temperature))
-        return in_chunks(rollout, hp.micro_batch_size, lambda c: response_logprobs(self.reference_model, c, hp.temperature))
+        with self.reference_view(self.reference_model, self.policy) as reference:
+            return in_chunks(rollout, hp.micro_batch_size, lambda c: response_logprobs(reference, c, hp.temperature))
 
     def score_responses(self, rollout: Rollout) -> Tensor:
-        """Hook: ``[B]`` sequence rewards. Default: the reward model's centred score at the last response token
-        (also kept raw on ``rollout.rm_scores``), minus ``missing_eos_penalty`` for responses without EOS."""
-        rollout.rm_scores = in_chunks(rollout, self.hparams.micro_batch_size, lambda c: sequence_rewards(
-            self.reward_model, c.input_ids, c.attention_mask, centered=False))
-        rollout.rm_bias = reward_bias(self.reward_model)
-        scores = rollout.rm_scores + rollout.rm_bias
+        """Hook: ``[B]`` sequence scores: the weighted sum of the reward components (each kept on
+        ``rollout.component_scores``), minus ``missing_eos_penalty`` for responses without EOS."""
+        batch = RewardBatch(rollout.input_ids, rollout.attention_mask, rollout.prompt_length, rollout.response_mask,
+                            rollout.ended, rollout.records, self.tokenizer)
+        rollout.component_scores = {reward.name: reward.score(batch) for reward in self.rewards}
+        scores = sum(reward.weight * rollout.component_scores[reward.name] for reward in self.rewards)
         if self.hparams.missing_eos_penalty is not None:
             scores = scores - self.hparams.missing_eos_penalty * (~rollout.ended).to(scores.dtype)
         return scores
 
     def compute_rewards(self, rollout: Rollout) -> Tensor:
-        """Hook: ``[B, R]`` per-token rewards: ``-beta * KL_t`` everywhere plus the score on the last token (eq. 2)."""
-        return per_token_rewards(rollout.scores, rollout.kl, rollout.response_mask, self.kl_controller.beta)
+        """Hook: ``[B, R]`` per-token rewards: the score on the last token, and ``-beta * KL_t`` on every token when
+        the KL is part of the reward (eq. 2)."""
+        beta = self.kl_controller.beta if self.hparams.kl_placement == "reward" else 0.0
+        return per_token_rewards(rollout.scores, rollout.kl, rollout.response_mask, beta)
 
     def estimate_advantages(self, rollout: Rollout) -> tuple[Tensor, Optional[Tensor]]:
-        """Hook: ``(advantages [B, R], returns [B, R] or None)``. Default: GAE, then whitening."""
+        """Hook: ``(advantages [B, R], returns [B, R] or None)``: GAE with the critic, or each response's summed
+        reward against the other samples of its prompt (``rloo``/``grpo``) on every token; whitened if set."""
+        hp, mask = self.hparams, rollout.response_mask
+        if self.uses_critic:
+            advantages, returns = gae_advantages(rollout.rewards, rollout.values, mask, hp.gamma, hp.lam)
+        else:
+            group_baseline = rloo_advantages if hp.advantage_estimator == "rloo" else grpo_advantages
+            per_response = group_baseline(masked_sum(rollout.rewards, mask, dim=1), hp.samples_per_prompt)
+            advantages = torch.where(mask, per_response[:, None].expand_as(rollout.rewards), 0.0)
+            returns = None
+        if self.uses_critic if hp.whiten_advantages is None else hp.whiten_advantages:
+            # Over the whole rollout batch, all ranks: the same advantages however episodes fall on ranks.
+            advantages = whiten(advantages, mask, moments=global_masked_moments(advantages, mask, self))
+        return advantages, returns
+
+    def policy_loss(self, micro: Rollout, logprobs: Tensor, entropy: Optional[Tensor]) -> TokenLoss:
+        """Hook: the per-token policy loss of a micro-batch from the current ``logprobs`` and ``entropy`` (both from
+        one forward, with grad; ``entropy`` is None when ``entropy_coef`` is 0). ``micro`` holds the rollout's
+        old and reference log-probs, advantages and mask. Default: the clipped surrogate, plus ``beta * KL_t``
+        with ``kl_placement: loss``, minus ``entropy_coef * entropy``."""
         hp = self.hparams
-        advantages, returns = gae_advantages(rollout.rewards, rollout.values, rollout.response_mask, hp.gamma, hp.lam)
-        return (whiten(advantages, rollout.response_mask) if hp.whiten_advantages else advantages), returns
+        loss = clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, hp.clip_range)
+        per_token, metrics = loss.per_token, dict(loss.metrics)
+        if hp.kl_placement == "loss":
+            kl = kl_penalty(logprobs, micro.ref_logprobs, hp.kl_estimator)
+            per_token = per_token + self.kl_controller.beta * kl
+            metrics["kl_loss"] = kl.detach()
+        if entropy is not None:
+            per_token = per_token - hp.entropy_coef * entropy
+            metrics["entropy"] = entropy.detach()
+        return TokenLoss(per_token, metrics)
 
-    def policy_loss(self, micro: Rollout, logprobs: Tensor) -> PolicyLossOutput:
-        """Hook: the policy loss of a micro-batch from the current ``logprobs`` (with grad). Default: clipped surrogate."""
-        return clipped_policy_loss(logprobs, micro.logprobs, micro.advantages, micro.response_mask, self.hparams.clip_range)
+    def value_loss(self, micro: Rollout, values: Tensor) -> TokenLoss:
+        """Hook: the per-token value loss of a micro-batch from the current ``values`` (with grad). Default: clipped."""
+        return clipped_value_loss(values, micro.values, micro.returns, self.hparams.value_clip_range)
 
-    def value_loss(self, micro: Rollout, values: Tensor) -> ValueLossOutput:
-        """Hook: the value loss of a micro-batch from the current ``values`` (with grad). Default: clipped."""
-        return clipped_value_loss(values, micro.values, micro.returns, micro.response_mask, self.hparams.value_clip_range)
-
-    # ------------------------------------------------------------------------------------------
-    # Metrics, validation, checkpoints, export
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Held-out pretraining loss on text batches; reward and KL of the EMA policy's samples on prompt batches."""
-        model, size = self.eval_policy(), len(batch["input_ids"])
-        if "labels" in batch:
-            loss, n_tokens = self.lm_loss(model, batch)
-            self.log("val/pretrain_loss", loss, batch_size=int(n_tokens), add_dataloader_idx=False, sync_dist=True)
-            return
-        with seeded(self.hparams.seed + batch_idx, self.device):
-            rollout = self.generate_rollout(batch, model=model, num_samples=1)
-        if rollout.logprobs is None:
-            rollout.logprobs = in_chunks(rollout, self.hparams.micro_batch_size, lambda c: response_logprobs(model, c, self.hparams.temperature))
-        rollout.ref_logprobs = self.reference_logprobs(rollout)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Held-out pretraining loss on text batches; score and KL of the evaluated (EMA) policy's samples on prompt batches."""
+        hp, size = self.hparams, len(batch["input_ids"])
+        with self.evaluation_weights() as model:
+            if "labels" in batch:
+                loss, n_tokens = lm_loss(model, batch)
+                self.log("val/pretrain_loss", loss, batch_size=int(n_tokens), add_dataloader_idx=False, sync_dist=True)
+                return
+            with seeded(self.seed + batch_idx, self.device):
+                rollout = self.generate_rollout(batch, model=model, num_samples=1)
+            rollout.records = list(batch.get("records", []))
+            if rollout.logprobs is None:
+                rollout.logprobs = in_chunks(rollout, hp.micro_batch_size, lambda c: response_logprobs(model, c, hp.temperature))
+            rollout.ref_logprobs = self.reference_logprobs(rollout)
         rollout.scores = self.score_responses(rollout)
-        rollout.kl = kl_penalty(rollout.logprobs, rollout.ref_logprobs, self.hparams.kl_estimator)
+        rollout.kl = kl_penalty(rollout.logprobs, rollout.ref_logprobs, hp.kl_estimator)
         metrics = {k.replace("rollout/", "val/"): v for k, v in rollout_metrics(rollout).items() if k.startswith("rollout/")}
         self.log_dict(metrics, batch_size=size, add_dataloader_idx=False, sync_dist=True)
 
@@ -424,30 +396,16 @@ class PPOModule(LightningModule):
                              "data_position": self.data_position, "rng": rng_states()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("ppo")
         if state:
-            self.kl_controller.load_state_dict(state["kl_controller"])
+            saved_coef = checkpoint.get("hyper_parameters", {}).get("kl_coef", self.hparams.kl_coef)
+            if saved_coef == self.hparams.kl_coef:
+                self.kl_controller.load_state_dict(state["kl_controller"])
+            else:  # the config changed beta on purpose (e.g. to pull a diverging run back): it applies
+                rank_zero_info(f"resumed with kl_coef {self.hparams.kl_coef:g} (the checkpoint's was {saved_coef:g}); the new value applies")
             self.rollouts_done, self.data_position = state["rollouts_done"], state["data_position"]
             set_rng_states(state["rng"])
 
-    def on_fit_end(self) -> None:
-        if self.hparams.output_dir:
-            lora_export = self.hparams.lora.export if self.hparams.lora else "merged"
-            export_hf(self, "ema_policy" if self.ema_policy is not None else "policy", self.tokenizer, self.hparams.output_dir,
-                      lora_export=lora_export)
-
     def _rollout_seed(self) -> int:
-        return ((self.hparams.seed * 1_000_003 + self.rollouts_done) * 1_009 + self.global_rank) % (2**63)
-
-    def _show_phase(self, phase: str) -> None:
-        """Name the running phase (generating / scoring / updating) in the progress bar's description."""
-        self.phase = phase
-        bar = self._trainer.progress_bar_callback if self._trainer is not None else None
-        text = f"Epoch {self.current_epoch}" + ("" if phase == "idle" else f" [{phase}]")
-        try:
-            if isinstance(bar, TQDMProgressBar):
-                bar.train_progress_bar.set_description(text)
-            elif isinstance(bar, RichProgressBar) and bar.progress is not None and bar.train_progress_bar_id is not None:
-                bar.progress.update(bar.train_progress_bar_id, description=text)
-        except (AttributeError, TypeError):  # no bar drawn yet
-            pass
+        return ((self.seed * 1_000_003 + self.rollouts_done) * 1_009 + self.global_rank) % (2**63)

@@ -15,24 +15,15 @@ import time
 from typing import Optional
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.ranking import ComparisonPairs, kwise_ranking_loss
-from lit_rlhf.distributed import all_reduce_mean, export_hf, shard_models
-from lit_rlhf.lora import LoraOptions, apply_lora
-from lit_rlhf.models import (
-    default_tokenizer_source,
-    load_scalar_model,
-    load_tokenizer,
-    reward_bias,
-    scalar_head_name,
-    sequence_rewards,
-    set_reward_bias,
-)
-from lit_rlhf.modules.optim import adamw, cosine_schedule
+from lit_rlhf.distributed import all_reduce_mean
+from lit_rlhf.lora import LoraOptions
+from lit_rlhf.models import reward_bias, sequence_rewards, set_reward_bias
+from lit_rlhf.modules.base import StageModule, check_optimizer_options, cosine_optimizer
 
 
 def pair_margins(rewards: Tensor, pairs: ComparisonPairs) -> Tensor:
@@ -48,7 +39,7 @@ def bias_from_sums(reward_sum: Tensor, count: Tensor) -> float:
     return -(reward_sum / count).item()
 
 
-class RewardModule(LightningModule):
+class RewardModule(StageModule):
     """Train a reward model on ranked comparisons with InstructGPT's K-wise loss, then center it.
 
     Validation reports pairwise accuracy (also on best-vs-worst and adjacent-rank pairs), mean margin and
@@ -87,7 +78,8 @@ class RewardModule(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(default_tokenizer_source(model, tokenizer))
+        check_optimizer_options(self.hparams)
+        self.init_stage(model, tokenizer, lora, output_dir)
         self.model = None  # built in configure_model, so strategies can shard it as it is created
         self.val_loss = MeanMetric()
         self.val_accuracy = MeanMetric()
@@ -102,9 +94,8 @@ class RewardModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        model = load_scalar_model(hp.model, gradient_checkpointing=hp.gradient_checkpointing)
-        self.model = apply_lora(model, hp.lora, head=scalar_head_name(model))
-        shard_models(self, [self.model])  # FSDP2 under ModelParallelStrategy; a no-op otherwise
+        self.model = self.load_trained(hp.model, "scalar", gradient_checkpointing=hp.gradient_checkpointing)
+        self.shard([self.model])
 
     def forward(self, batch: dict, centered: bool = True) -> Tensor:
         """One reward per response of the batch, ``[N]``: every response forwarded once."""
@@ -131,17 +122,15 @@ class RewardModule(LightningModule):
         self.log("train/accuracy", (margins > 0).float().mean(), batch_size=groups)
         self.log("train/margin", margins.mean(), batch_size=groups)
         self._pairs_in_step = pairs.num_pairs
-        return loss
+        # Mean over the prompts of the whole optimizer step (all accumulated batches, all ranks).
+        return self.sum_loss_for_step(loss * groups, torch.tensor(groups, device=loss.device))
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_started
         self.log("train/pairs_per_sec", self._pairs_in_step / max(elapsed, 1e-9))
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = adamw(self.model.parameters(), hp.learning_rate, hp.betas, hp.weight_decay)
-        schedule = cosine_schedule(optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return cosine_optimizer(self, self.model)
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -219,8 +208,3 @@ class RewardModule(LightningModule):
         if not math.isfinite(bias):
             raise RuntimeError(f"RM centering produced a non-finite bias ({bias}); the rewards overflowed")
         return bias
-
-    def on_fit_end(self) -> None:
-        if self.hparams.output_dir:
-            lora_export = self.hparams.lora.export if self.hparams.lora else "merged"
-            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, lora_export=lora_export)

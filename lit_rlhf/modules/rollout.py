@@ -1,5 +1,5 @@
-"""What one PPO rollout holds, the functions that fill it from the models, and the bookkeeping and
-guards (update sums, missing inputs, NaN, random state) that :class:`~lit_rlhf.modules.ppo.PPOModule` uses.
+"""What one PPO rollout holds, the functions that score it with the models, and the update bookkeeping
+that :class:`~lit_rlhf.modules.ppo.PPOModule` uses.
 
 Batch vocabulary, used by :class:`~lit_rlhf.modules.ppo.PPOModule`, its configs and its logs (all
 sizes are per device; with N devices the global sizes are N times larger):
@@ -13,7 +13,8 @@ sizes are per device; with N devices the global sizes are N times larger):
   rollout makes ``ppo_epochs * rollout_batch_size / minibatch_size`` optimizer steps
   (``trainer.global_step`` counts these).
 - **micro-batch** (``micro_batch_size``): the episodes forwarded at once. A minibatch's
-  micro-batches accumulate their gradients into its one step; the size changes memory, not math.
+  micro-batches accumulate their gradients into its one step, every loss normalised by the whole
+  minibatch's count (all micro-batches and ranks): the size changes memory, not math.
 - **ptx batch** (``ptx_ratio`` x ``minibatch_size`` sequences, paper 8 x 64): the pretraining
   sequences whose gradients join each optimizer step (PPO-ptx), forwarded in micro-batches of
   ``ptx_micro_batch_size``. Each PPO epoch revisits the rollout's episodes and its ptx batches alike.
@@ -26,11 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -38,8 +36,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lit_rlhf.algorithms import entropy_from_logits, explained_variance, logprobs_from_logits, masked_mean, masked_sum
-from lit_rlhf.errors import ConfigError
-from lit_rlhf.models import ModelSourceError, load_tokenizer, position_ids_from_mask, reward_bias, token_scores
+from lit_rlhf.models import position_ids_from_mask, reward_bias, token_scores
 
 
 @dataclass
@@ -56,9 +53,9 @@ class Rollout:
         ref_logprobs: ``[B, R]`` reference (SFT) log-probs of the same tokens.
         entropy: ``[B, R]`` policy entropy at each response position.
         values: ``[B, R]`` value estimates of the state before each token, or None without a critic.
-        rm_scores: ``[B]`` reward-model output without its centering bias.
-        rm_bias: The reward model's centering bias (``rm_scores + rm_bias`` is the centred score).
-        scores: ``[B]`` the sequence reward the objective uses (centred RM score plus any extra terms).
+        records: The prompt record (its fields) of each episode, for rewards that read them.
+        component_scores: ``{name: [B]}`` each reward component's score (unweighted).
+        scores: ``[B]`` the sequence score the objective uses (weighted sum of the components, minus penalties).
         kl: ``[B, R]`` per-token KL estimate to the reference.
         rewards: ``[B, R]`` per-token rewards.
         advantages: ``[B, R]`` advantages (whitened if configured).
@@ -74,8 +71,8 @@ class Rollout:
     ref_logprobs: Optional[Tensor] = None
     entropy: Optional[Tensor] = None
     values: Optional[Tensor] = None
-    rm_scores: Optional[Tensor] = None
-    rm_bias: float = 0.0
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    component_scores: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     scores: Optional[Tensor] = None
     kl: Optional[Tensor] = None
     rewards: Optional[Tensor] = None
@@ -105,7 +102,13 @@ class Rollout:
         picked = {}
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            picked[spec.name] = value[rows] if isinstance(value, Tensor) else value
+            if isinstance(value, Tensor):
+                value = value[rows]
+            elif isinstance(value, list) and value:
+                value = [value[i] for i in rows.tolist()]
+            elif isinstance(value, dict):
+                value = {key: scores[rows] for key, scores in value.items()}
+            picked[spec.name] = value
         return Rollout(**picked)
 
 
@@ -135,44 +138,6 @@ def pad_columns(tensors: list[Tensor], value: Any) -> Tensor:
     """Right-pad ``[b_i, R_i]`` blocks to the widest and stack their rows (generation chunks)."""
     width = max(t.shape[1] for t in tensors)
     return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
-
-
-class SampledTokenLogprobs:
-    """A ``generate`` logits processor that records each sampled token's log-prob and the entropy of the
-    policy's distribution at ``temperature``, so the rollout needs no second policy forward pass for them.
-
-    ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and the
-    sampling config of :func:`lit_rlhf.distributed.generate_rollout` neutralises every other
-    processor, so the scores seen here are the raw logits: the log-probs are those of the full
-    distribution at ``temperature``, exactly what :func:`response_logits` gives (tested). Step ``t``
-    sees the token of step ``t - 1`` at the end of ``input_ids``; :meth:`finish` takes the last one.
-    """
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.logprobs: list[Tensor] = []
-        self.entropy: list[Tensor] = []
-        self._pending: Optional[Tensor] = None  # the last step's logits at temperature; its token not yet drawn
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        if self._pending is not None:
-            self._take(input_ids[:, -1])
-        self._pending = scores.float() / (self.temperature if self.temperature > 0 else 1.0)  # a copy: warpers follow
-        return scores
-
-    def _take(self, tokens: Tensor) -> None:
-        logits, self._pending = self._pending, None
-        self.logprobs.append(logprobs_from_logits(logits, tokens))
-        self.entropy.append(entropy_from_logits(logits))
-
-    def finish(self, responses: Tensor) -> tuple[Tensor, Tensor]:
-        """``([B, R] log-probs, [B, R] entropy)`` of ``responses`` (what ``generate`` returned after the prompt)."""
-        if self._pending is not None and len(self.logprobs) < responses.shape[1]:
-            self._take(responses[:, len(self.logprobs)])
-        width = responses.shape[1]
-        if len(self.logprobs) < width:
-            raise RuntimeError(f"recorded {len(self.logprobs)} generation steps for {width} response tokens")
-        return torch.stack(self.logprobs[:width], dim=1), torch.stack(self.entropy[:width], dim=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,8 +221,8 @@ def rollout_metrics(rollout: Rollout) -> dict[str, Tensor]:
     }
     if rollout.entropy is not None:
         metrics["rollout/entropy"] = masked_mean(rollout.entropy, mask)
-    if rollout.rm_scores is not None:
-        metrics.update({"rollout/reward_raw": rollout.rm_scores.mean(), "rollout/reward": (rollout.rm_scores + rollout.rm_bias).mean()})
+    for name, scores in rollout.component_scores.items():
+        metrics[f"rollout/reward/{name}"] = scores.mean()
     if rollout.values is not None:
         metrics["train/explained_variance"] = explained_variance(rollout.values, rollout.returns, mask)
     return metrics
@@ -282,73 +247,3 @@ def grad_norm(params: list[Tensor]) -> Tensor:
     """Global L2 norm of the gradients currently held by ``params``."""
     norms = [p.grad.detach().norm() for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
-
-
-# ----------------------------------------------------------------------------------------------
-# Guards and reproducibility
-
-
-def require_stage_output(source: str, argument: str, config: str) -> None:
-    """Fail early, naming the command that produces ``source``, when a local model directory is missing."""
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
-    looks_local = source.startswith((".", "/", "~")) or source.count("/") > 1 or offline  # else a hub id
-    if looks_local and not Path(source).expanduser().exists():
-        raise ModelSourceError(
-            f"{argument} '{source}' does not exist. It is written by the previous stage: run "
-            f"`lit-rlhf fit --config {config}` (its model.output_dir), or set {argument} to another model directory."
-        )
-
-
-def check_same_tokenizer(tokenizer, source: str, argument: str) -> None:
-    """The reward and value models read the policy's token ids as they are, so they must share its
-    vocabulary: refuse (no re-tokenisation) when ``source`` ships a different tokenizer."""
-    path = Path(source).expanduser()
-    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
-        return  # a hub id or a directory without tokenizer files: nothing to compare
-    other = load_tokenizer(str(path))
-    if other.get_vocab() != tokenizer.get_vocab() or other.eos_token_id != tokenizer.eos_token_id:
-        raise ConfigError(
-            f"{argument} '{source}' uses a different tokenizer than the policy (vocabulary or eos differ). PPO feeds "
-            "the policy's token ids to the reward and value models unchanged; train the reward model from the same "
-            "SFT model (lit-rlhf fit --config configs/rm.yaml) or pick a matching policy."
-        )
-
-
-def check_finite(name: str, value: Tensor, where: str) -> None:
-    """Stop with a clear message before a NaN/inf reaches the weights (and so any checkpoint)."""
-    if not torch.isfinite(value).all():
-        raise FloatingPointError(
-            f"{name} is NaN or inf at {where}. Training stops before the optimizer step, so no checkpoint holds "
-            "corrupted weights; resume from the last checkpoint with a lower learning_rate, a smaller kl_coef or "
-            "max_grad_norm, or a reward model that gives finite scores."
-        )
-
-
-def rng_states() -> dict[str, Any]:
-    """The global random states (torch CPU and CUDA, Python), for a checkpoint."""
-    states: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    """Restore what :func:`rng_states` saved (CUDA states only when the device count matches)."""
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    cuda = states.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """The block draws from a generator seeded with ``seed``; the global RNG is untouched afterwards.
-
-    Sampling a rollout this way makes it a function of (seed, rollout index, rank) alone, so a
-    resumed run samples exactly what the uninterrupted run would have.
-    """
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

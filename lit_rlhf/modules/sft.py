@@ -11,17 +11,15 @@ import time
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch import LightningModule
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.lm import next_token_loss
-from lit_rlhf.distributed import export_hf, shard_models
-from lit_rlhf.lora import LoraOptions, apply_lora
-from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_tokenizer
-from lit_rlhf.modules.optim import adamw, cosine_schedule
+from lit_rlhf.errors import check_option
+from lit_rlhf.lora import LoraOptions
+from lit_rlhf.modules.base import StageModule, check_optimizer_options, cosine_optimizer
 
 
-class SFTModule(LightningModule):
+class SFTModule(StageModule):
     """Fine-tune a causal LM on demonstrations.
 
     Args:
@@ -61,7 +59,9 @@ class SFTModule(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(default_tokenizer_source(model, tokenizer))
+        check_optimizer_options(self.hparams)
+        check_option("dropout", dropout, min=0, max=1, max_open=True)
+        self.init_stage(model, tokenizer, lora, output_dir)
         self.model = None  # built in configure_model, so strategies can shard it as it is created
         self.val_loss = MeanMetric()
         self._step_started = 0.0
@@ -70,9 +70,8 @@ class SFTModule(LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
-        model = load_causal_lm(hp.model, dropout=hp.dropout, gradient_checkpointing=hp.gradient_checkpointing)
-        self.model = apply_lora(model, hp.lora)
-        shard_models(self, [self.model])  # FSDP2 under ModelParallelStrategy; a no-op otherwise
+        self.model = self.load_trained(hp.model, dropout=hp.dropout, gradient_checkpointing=hp.gradient_checkpointing)
+        self.shard([self.model])
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}  # packed batches carry position_ids, no mask
@@ -87,7 +86,8 @@ class SFTModule(LightningModule):
         self.log("train/loss_tokens", n_tokens.float(), reduce_fx="sum")
         mask = batch.get("attention_mask")
         self._tokens_in_step = int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-        return loss
+        # Token mean over the whole optimizer step (all accumulated batches, all ranks), not per batch.
+        return self.sum_loss_for_step(loss * n_tokens, n_tokens)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         elapsed = time.perf_counter() - self._step_started
@@ -104,17 +104,9 @@ class SFTModule(LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=50.0)))
 
     def configure_optimizers(self):
-        hp = self.hparams
-        optimizer = adamw(self.model.parameters(), hp.learning_rate, hp.betas, hp.weight_decay)
-        schedule = cosine_schedule(optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
+        return cosine_optimizer(self, self.model)
 
-    def on_fit_end(self) -> None:
-        if self.hparams.output_dir:
-            lora_export = self.hparams.lora.export if self.hparams.lora else "merged"
-            export_hf(self, "model", self.tokenizer, self.hparams.output_dir, state=self._export_state(), lora_export=lora_export)
-
-    def _export_state(self) -> Optional[dict[str, torch.Tensor]]:
+    def export_state(self) -> Optional[dict[str, torch.Tensor]]:
         """The best checkpoint's weights when ``export_checkpoint: best``; None means the current ones."""
         if self.hparams.export_checkpoint == "last":
             return None

@@ -1,0 +1,267 @@
+"""What every stage shares, once: model loading with LoRA, the frozen reference, the EMA of trained
+weights, sharding, frozen models kept out of checkpoints, exact loss normalisation, optimizer and
+schedule, and the Hugging Face export.
+
+A stage (SFT, RM, PPO, DPO) subclasses :class:`StageModule`, builds its models in
+``configure_model`` with :meth:`~StageModule.load_trained` / :meth:`~StageModule.load_reference`,
+names the model it exports (``export_attribute``) and the frozen ones (``frozen_models``), and
+writes its loss and loop; nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterable, Iterator
+from typing import Literal, Optional
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from torch import Tensor
+
+from lit_rlhf.algorithms import ema_update
+from lit_rlhf.distributed import all_reduce_mean, export_hf, shard_models
+from lit_rlhf.errors import check_option
+from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
+from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer, scalar_head_name
+from lit_rlhf.modules.optim import adamw, cosine_schedule
+
+FrozenDtype = Optional[Literal["float32", "bfloat16", "float16"]]
+
+
+class EMAWeights(torch.nn.Module):
+    """An exponential moving average of a model's *trained* parameters (frozen base weights are not copied).
+
+    The averages are buffers, so they move with the module, are sharded like their parameters
+    (clones of DTensors are DTensors) and go into checkpoints. :meth:`applied` swaps them into the
+    model for evaluation or export and restores the trained weights afterwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        for i, (_, p) in enumerate(self._trained(model)):
+            self.register_buffer(f"w{i}", p.detach().clone())
+
+    def _trained(self, model: torch.nn.Module) -> list[tuple[str, Tensor]]:
+        params = dict(model.named_parameters())
+        return [(name, params[name]) for name in self.names]
+
+    def averages(self) -> list[Tensor]:
+        return [getattr(self, f"w{i}") for i in range(len(self.names))]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        ema_update(self.averages(), [p for _, p in self._trained(model)], self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """``model`` holding the averaged weights inside the block, its trained weights restored after."""
+        trained = self._trained(model)
+        saved = [p.detach().clone() for _, p in trained]
+        with torch.no_grad():
+            for (_, p), average in zip(trained, self.averages()):
+                p.copy_(average)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for (_, p), original in zip(trained, saved):
+                    p.copy_(original)
+
+    def state_for_export(self, model_prefix: str, ema_prefix: str, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state`` (a module's full state dict) with the model's trained entries replaced by their averages."""
+        out = dict(state)
+        for i, name in enumerate(self.names):
+            out[f"{model_prefix}.{name}"] = state[f"{ema_prefix}.w{i}"]
+        return out
+
+
+class StageModule(LightningModule):
+    """Base of the stage modules. Subclasses set ``export_attribute`` (the model written at the end of ``fit``)
+    and ``frozen_models`` (attributes rebuilt from their directories, never checkpointed), and call
+    :meth:`init_stage` from their constructor."""
+
+    #: The attribute holding the model that ``output_dir`` receives.
+    export_attribute: str = "model"
+    #: Attributes (and prefixes of state-dict keys) of models that are never trained nor checkpointed.
+    frozen_models: tuple[str, ...] = ()
+
+    def init_stage(self, model_source: str, tokenizer: Optional[str], lora: Optional[LoraOptions], output_dir: Optional[str]) -> None:
+        """Common construction: the tokenizer, and the state every stage keeps."""
+        self.tokenizer = load_tokenizer(default_tokenizer_source(model_source, tokenizer))
+        self.ema: Optional[EMAWeights] = None
+        self.lora_options, self.output_dir = lora, output_dir
+        self.export_blocked: Optional[str] = None  # set by a guard that stopped training: no export over a good model
+        self._step_normalizer = torch.zeros((), dtype=torch.float64)
+
+    # ------------------------------------------------------------------------------------------
+    # Models
+
+    def load_trained(self, source: str, kind: Literal["causal", "scalar"] = "causal", **kwargs) -> torch.nn.Module:
+        """A trained model (train mode), with LoRA adapters when ``lora`` is set (a scalar model's new head trains in full)."""
+        if kind == "causal":
+            model = load_causal_lm(source, **kwargs).train()
+            return apply_lora(model, self.lora_options)
+        model = load_scalar_model(source, **kwargs).train()
+        return apply_lora(model, self.lora_options, head=scalar_head_name(model))
+
+    def load_reference(self, source: str, dtype: FrozenDtype = None) -> Optional[torch.nn.Module]:
+        """The frozen reference: a second copy of ``source``; None with LoRA, where the reference is the trained
+        model with its adapters off (see :meth:`reference_view`), so the base weights are held once."""
+        if self.lora_options is not None:
+            return None
+        return load_causal_lm(source, dtype=getattr(torch, dtype) if dtype else None, trainable=False)
+
+    @contextlib.contextmanager
+    def reference_view(self, reference: Optional[torch.nn.Module], trained: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """The reference model to run: ``reference``, or ``trained`` with its adapters disabled (LoRA)."""
+        if reference is not None:
+            yield reference
+            return
+        with adapters_disabled(trained) as base:
+            yield base
+
+    def enable_ema(self, model: torch.nn.Module, decay: Optional[float]) -> None:
+        """Keep an EMA of ``model``'s trained parameters (None: no EMA)."""
+        if decay is not None:
+            self.ema = EMAWeights(model, decay)
+
+    @contextlib.contextmanager
+    def evaluation_weights(self) -> Iterator[torch.nn.Module]:
+        """The exported model as it is evaluated and written: with the EMA weights applied when an EMA is kept."""
+        model = getattr(self, self.export_attribute)
+        if self.ema is None:
+            yield model
+            return
+        with self.ema.applied(model):
+            yield model
+
+    def shard(self, models: Iterable[Optional[torch.nn.Module]]) -> None:
+        """FSDP2 under ``ModelParallelStrategy`` (each model its own unit); a no-op otherwise."""
+        shard_models(self, list(models))
+        # Frozen models are in eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+
+    # ------------------------------------------------------------------------------------------
+    # Checkpoints: trained state only
+
+    def _is_frozen_key(self, key: str, prefix: str = "") -> bool:
+        return key.startswith(tuple(f"{prefix}{name}." for name in self.frozen_models))
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Only trained state: frozen models are rebuilt from their directories."""
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [k for k in state if self._is_frozen_key(k, prefix)]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Loads checkpoints without the frozen models; anything else missing or unexpected still fails when strict."""
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return result
+
+    # ------------------------------------------------------------------------------------------
+    # Optimizer
+
+    def make_optimizer(self, groups: list[dict], learning_rate: float, betas: tuple[float, float], weight_decay: float):
+        """AdamW over the trainable parameters of ``groups`` (one param group per trained model)."""
+        return adamw(groups, learning_rate, betas, weight_decay)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_optimizer_lrs = [
+            [group.get("initial_lr", group["lr"]) for group in opt["param_groups"]] for opt in checkpoint.get("optimizer_states", [])]
+
+    def on_train_start(self) -> None:
+        """A resumed run whose config changed a learning rate applies the new one (and says so)."""
+        saved = getattr(self, "_resumed_optimizer_lrs", None)
+        if not saved:
+            return
+        for optimizer, saved_lrs in zip(self.trainer.optimizers, saved):
+            for group, old, new in zip(optimizer.param_groups, saved_lrs, self.configured_learning_rates()):
+                if new is None or abs(old - new) <= 1e-12 * max(abs(old), 1e-30):
+                    continue
+                group["initial_lr"] = new
+                group["lr"] *= new / old
+                rank_zero_info(f"resumed with learning rate {new:g} (the checkpoint's was {old:g}); the new value applies")
+            for config in self.trainer.lr_scheduler_configs:
+                scheduler = config.scheduler
+                if hasattr(scheduler, "base_lrs") and scheduler.optimizer is optimizer:
+                    scheduler.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self._resumed_optimizer_lrs = None
+
+    def configured_learning_rates(self) -> list[Optional[float]]:
+        """The peak learning rate of each param group as configured now (for the resume check)."""
+        return [self.hparams.learning_rate]
+
+    # ------------------------------------------------------------------------------------------
+    # Exact loss normalisation under automatic optimization (SFT, RM, DPO)
+
+    def sum_loss_for_step(self, loss_sum: Tensor, count: Tensor) -> Tensor:
+        """The value to return from ``training_step`` for a loss that is a *sum* over ``count`` items (tokens,
+        prompts or pairs): the gradients of the step's micro-batches and ranks add up, and
+        :meth:`on_before_optimizer_step` divides them by the step's item count over all of them. The
+        step's gradient is then the exact mean over the whole step, however it was split."""
+        self._step_normalizer = self._step_normalizer.to(count.device) + count.detach().to(torch.float64)
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return loss_sum * accumulate  # Lightning divides the returned loss by it
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if not self.automatic_optimization or not bool(self._step_normalizer):
+            return
+        # Gradients are already averaged over ranks, so divide by the mean count per rank.
+        per_rank = all_reduce_mean(self._step_normalizer.to(self.device), self).item()
+        self._step_normalizer = torch.zeros((), dtype=torch.float64)
+        scale = 1.0 / max(per_rank, 1e-12)
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+
+    # ------------------------------------------------------------------------------------------
+    # Export
+
+    def export_state(self) -> Optional[dict[str, Tensor]]:
+        """Override: the weights to export as a module state dict; None = the current (or EMA) weights."""
+        return None
+
+    def on_fit_end(self) -> None:
+        if not self.output_dir:
+            return
+        if self.export_blocked:
+            rank_zero_info(f"not exporting to {self.output_dir}: {self.export_blocked}")
+            return
+        from lit_rlhf.distributed import full_state_dict
+
+        state = self.export_state()
+        if state is None and self.ema is not None:
+            state = full_state_dict(self.trainer)  # a collective; complete on rank 0, which writes
+            if self.trainer.is_global_zero:
+                state = self.ema.state_for_export(self.export_attribute, "ema", state)
+        lora_export = self.lora_options.export if self.lora_options else "merged"
+        export_hf(self, self.export_attribute, self.tokenizer, self.output_dir, state=state, lora_export=lora_export)
+
+
+def check_optimizer_options(hp) -> None:
+    """The optimizer and schedule settings SFT, RM and DPO share, checked at construction."""
+    check_option("learning_rate", hp.learning_rate, min=0, min_open=True)
+    check_option("weight_decay", hp.weight_decay, min=0)
+    check_option("warmup_steps", hp.warmup_steps, min=0, integer=True)
+    check_option("min_lr_ratio", hp.min_lr_ratio, min=0, max=1)
+    for i, beta in enumerate(hp.betas):
+        check_option(f"betas[{i}]", beta, min=0, max=1, max_open=True)
+
+
+def cosine_optimizer(module: StageModule, model: torch.nn.Module) -> dict:
+    """AdamW over ``model``'s trainable parameters with the paper's SFT/RM schedule (cosine to ``min_lr_ratio``)."""
+    hp = module.hparams
+    optimizer = module.make_optimizer([{"params": list(model.parameters())}], hp.learning_rate, hp.betas, hp.weight_decay)
+    schedule = cosine_schedule(optimizer, module.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": schedule}

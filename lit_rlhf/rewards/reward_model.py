@@ -1,0 +1,54 @@
+"""The paper's reward: a trained reward model's centred score at the last response token."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import torch
+from torch import Tensor
+
+from lit_rlhf.models import load_scalar_model, reward_bias, sequence_rewards
+from lit_rlhf.rewards.base import Reward, RewardBatch
+
+
+class RewardModelScore(Reward):
+    """``r(x, y)`` of a reward model plus its centering bias (InstructGPT 3.5), read at the last response token.
+
+    The reward model reads the policy's token ids as they are, so it must share the policy's tokenizer
+    (checked when the model is built).
+
+    Args:
+        model: Reward model directory. Default: the policy module's ``reward_model``.
+        dtype: Load it in this dtype (e.g. ``bfloat16``) to save memory. Default: the module's ``frozen_dtype``.
+        chunk_size: Episodes per forward pass. Default: the module's ``micro_batch_size``.
+        weight: Multiplies the score in the sum of reward components.
+        name: Name in the logs.
+    """
+
+    def __init__(self, model: Optional[str] = None, dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+                 chunk_size: Optional[int] = None, weight: float = 1.0, name: Optional[str] = "reward_model"):
+        super().__init__(weight=weight, name=name)
+        self.source, self.dtype, self.chunk_size = model, dtype, chunk_size
+        self.reward_model = None
+
+    def uses_reward_model(self) -> bool:
+        return self.source is None
+
+    def build(self, module) -> list[torch.nn.Module]:
+        from lit_rlhf.models import check_same_tokenizer, require_stage_output
+
+        hp = module.hparams
+        source = self.source or hp.reward_model
+        require_stage_output(source, "reward_model", "configs/rm.yaml")
+        check_same_tokenizer(module.tokenizer, source, "reward_model")
+        dtype = self.dtype or hp.frozen_dtype
+        self.reward_model = load_scalar_model(source, dtype=getattr(torch, dtype) if dtype else None, trainable=False)
+        self.chunk_size = self.chunk_size or hp.micro_batch_size
+        return [self.reward_model]
+
+    def forward(self, batch: RewardBatch) -> Tensor:
+        scores = [
+            sequence_rewards(self.reward_model, ids, mask, centered=False)
+            for ids, mask in zip(batch.input_ids.split(self.chunk_size), batch.attention_mask.split(self.chunk_size))
+        ]
+        return torch.cat(scores).float() + reward_bias(self.reward_model)

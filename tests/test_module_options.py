@@ -1,0 +1,54 @@
+"""Every numeric setting of the stage modules is checked when the module is built — before any model loads or
+any step runs — with one line that names the option and its allowed range."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_rlhf.errors import ConfigError
+from lit_rlhf.modules import DPOModule, RewardModule, SFTModule
+from ppo_support import ppo_world, tiny_module  # noqa: F401
+
+PPO_CASES = [
+    ({"micro_batch_size": 0}, "micro_batch_size must be >= 1, got 0"),
+    ({"minibatch_size": -2}, "minibatch_size must be >= 1, got -2"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
+    ({"ppo_epochs": 0}, "ppo_epochs must be >= 1, got 0"),
+    ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\), got 1.5"),
+    ({"clip_range": -0.2}, r"clip_range must be > 0, got -0.2"),
+    ({"temperature": -1.0}, "temperature must be >= 0, got -1"),
+    ({"kl_coef": -1.0}, "kl_coef must be >= 0, got -1"),
+    ({"learning_rate": -1.0}, "learning_rate must be > 0, got -1"),
+    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0"),
+    ({"lam": 1.5}, r"lam must be in \[0, 1\], got 1.5"),
+    ({"gamma_ptx": -1.0}, "gamma_ptx must be >= 0, got -1"),
+    ({"warmup_start": 0.0}, r"warmup_start must be in \(0, 1\], got 0"),
+    ({"rollout_batch_size": 6, "minibatch_size": 4}, "rollout_batch_size must be a multiple of minibatch_size"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", PPO_CASES, ids=[next(iter(c[0])) for c in PPO_CASES])
+def test_ppo_options_are_checked_at_construction(ppo_world, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_module(ppo_world, **overrides)
+
+
+@pytest.mark.parametrize("cls, argument", [(SFTModule, "model"), (RewardModule, "model"), (DPOModule, "policy")])
+@pytest.mark.parametrize("overrides, message", [
+    ({"learning_rate": 0.0}, "learning_rate must be > 0, got 0"),
+    ({"min_lr_ratio": 1.5}, r"min_lr_ratio must be in \[0, 1\], got 1.5"),
+    ({"warmup_steps": -1}, "warmup_steps must be >= 0, got -1"),
+    ({"betas": (0.9, 1.0)}, r"betas\[1\] must be in \[0, 1\), got 1"),
+])
+def test_sft_rm_dpo_optimizer_options_are_checked(ppo_world, cls, argument, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cls(**{argument: ppo_world["sft"]}, **overrides)
+
+
+def test_dpo_beta_and_sft_dropout_ranges(ppo_world):
+    with pytest.raises(ConfigError, match="beta must be > 0, got 0"):
+        DPOModule(policy=ppo_world["sft"], beta=0.0)
+    with pytest.raises(ConfigError, match=r"label_smoothing must be in \[0, 0.5\), got 0.5"):
+        DPOModule(policy=ppo_world["sft"], label_smoothing=0.5)
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), got 1"):
+        SFTModule(model=ppo_world["sft"], dropout=1.0)
