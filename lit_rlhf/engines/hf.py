@@ -3,27 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from lit_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from lit_rlhf.distributed import sample_continuations
+from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.modules.rollout import Rollout, concat_responses, pad_columns
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How responses are sampled (the same for every engine)."""
-
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    eos_token_id: int
-    pad_token_id: int
-    batch_size: Optional[int] = None  # prompts x samples per ``generate`` call; None: all at once
 
 
 class SampledTokenLogprobs:
@@ -82,3 +68,11 @@ def hf_generate(model, prompts: dict[str, Tensor], num_samples: int, settings: S
     recorded = [recorder.finish(out) for recorder, out in zip(recorders, responses)]
     rollout.logprobs, rollout.entropy = (pad_columns(list(parts), 0.0) for parts in zip(*recorded))
     return rollout
+
+
+class HFEngine(RolloutEngine):
+    """Hugging Face ``generate`` on the training model itself (the default): no weight sync needed, and the
+    log-probs recorded while sampling are the trainer's own."""
+
+    def generate(self, module, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings) -> Rollout:
+        return hf_generate(model, prompts, num_samples, settings)

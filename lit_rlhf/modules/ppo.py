@@ -36,7 +36,7 @@ from lit_rlhf.algorithms import (
 )
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
-from lit_rlhf.engines import SamplingSettings, hf_generate
+from lit_rlhf.engines import HFEngine, RolloutEngine, SamplingSettings
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models import check_same_tokenizer, require_stage_output
@@ -63,6 +63,7 @@ class PPOModule(StageModule):
         rewards: Reward components, summed with their weights (``lit_rlhf.rewards``: ``RewardModelScore``,
             ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
         value_model: Initialisation of the value model (critic). Default: ``reward_model`` (paper).
+        engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy).
         tokenizer: Tokenizer directory. Default: the policy's own.
         rollout_batch_size: Episodes per rollout per device (paper 512); a multiple of ``minibatch_size`` and
             ``samples_per_prompt``.
@@ -119,7 +120,7 @@ class PPOModule(StageModule):
 
     def __init__(
         self, policy: str, reward_model: Optional[str] = None, rewards: Optional[list[Reward]] = None,
-        value_model: Optional[str] = None, tokenizer: Optional[str] = None,
+        value_model: Optional[str] = None, engine: Optional[RolloutEngine] = None, tokenizer: Optional[str] = None,
         rollout_batch_size: int = 512, samples_per_prompt: int = 1, minibatch_size: int = 64, micro_batch_size: int = 8,
         ppo_epochs: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
         generation_batch_size: Optional[int] = None, missing_eos_penalty: Optional[float] = None,
@@ -135,9 +136,10 @@ class PPOModule(StageModule):
         lora: Optional[LoraOptions] = None, seed: Optional[int] = None, output_dir: Optional[str] = None,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["rewards"])
+        self.save_hyperparameters(ignore=["rewards", "engine"])
         check_ppo_options(self.hparams)
         self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
+        self.engine = engine or HFEngine()
         self.uses_critic = advantage_estimator == "gae"
         needs_reward_model = (self.uses_critic and value_model is None) or any(r.uses_reward_model() for r in self.rewards)
         if needs_reward_model and reward_model is None:
@@ -175,6 +177,7 @@ class PPOModule(StageModule):
                                                  gradient_checkpointing=hp.gradient_checkpointing)
         self.shard([self.policy, self.reference_model, *reward_models, self.value_model])
         self.enable_ema(self.policy, hp.ema_decay)  # after sharding: the averages are sharded like the weights
+        self.engine.setup(self)
 
     def configure_optimizers(self):
         """One AdamW with a parameter group per trained model, so ``global_step`` counts updates."""
@@ -203,6 +206,7 @@ class PPOModule(StageModule):
         stats["perf/generation_tokens_per_sec"] = rollout.response_lengths.sum() / max(generation_time, 1e-9)
         stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
         self.lr_schedulers().step()
+        self.engine.sync_weights(self)  # the next rollout samples from the updated policy
         sequence_kl = masked_sum(rollout.kl, rollout.response_mask, dim=1)
         self.kl_controller.update(float(all_reduce_mean(sequence_kl.mean(), self)), n_steps=len(rollout))
         self.rollouts_done += 1
@@ -310,7 +314,7 @@ class PPOModule(StageModule):
         hp = self.hparams
         settings = SamplingSettings(hp.max_new_tokens, hp.temperature, hp.top_p, self.tokenizer.eos_token_id,
                                     self.tokenizer.pad_token_id, hp.generation_batch_size)
-        return hf_generate(model, prompts, num_samples, settings)
+        return self.engine.generate(self, model, prompts, num_samples, settings)
 
     def reference_logprobs(self, rollout: Rollout) -> Tensor:
         """Hook: ``[B, R]`` log-probs of the responses under the KL reference (the frozen SFT model)."""
