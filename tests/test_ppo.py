@@ -129,6 +129,16 @@ def test_reward_model_with_another_tokenizer_is_refused(ppo_world, tmp_path):
         PPOModule(policy=ppo_world["sft"], reward_model=str(tmp_path / "rm"))
 
 
+def test_reward_model_with_a_smaller_vocabulary_and_no_tokenizer_is_refused(ppo_world, tmp_path):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(ppo_world["rm"])
+    config.vocab_size = 10  # the policy's token ids would index past its embeddings (an IndexError mid-rollout)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "small_rm")  # no tokenizer files
+    with pytest.raises(ConfigError, match="has 10 token embeddings but the policy's tokenizer has"):
+        PPOModule(policy=ppo_world["sft"], reward_model=str(tmp_path / "small_rm"))
+
+
 def test_bad_batch_sizes_are_config_errors(ppo_world):
     with pytest.raises(ConfigError, match="minibatch_size"):
         tiny_module(ppo_world, rollout_batch_size=6, minibatch_size=4)
