@@ -24,6 +24,10 @@ CONVERSATIONAL = [
      "rejected": [{"role": "user", "content": "Sky color?"}, {"role": "assistant", "content": "Green"}]},
     {"prompt": [{"role": "user", "content": "Grass color?"}],
      "chosen": [{"role": "assistant", "content": "Green"}], "rejected": [{"role": "assistant", "content": "Red"}]},
+    # ultrafeedback_binarized: a text prompt beside the whole conversations
+    {"prompt": "Sea color?", "chosen": [{"role": "user", "content": "Sea color?"}, {"role": "assistant", "content": "Blue"}],
+     "rejected": [{"role": "user", "content": "Sea color?"}, {"role": "assistant", "content": "Pink"}], "score_chosen": 8.0},
+    {"prompt": "Snow color?", "chosen": [{"role": "assistant", "content": "White"}], "rejected": [{"role": "assistant", "content": "Red"}]},
 ]
 
 
@@ -99,9 +103,11 @@ def test_hh_rlhf_without_chat_template_keeps_the_transcript_text(tmp_path, plain
 
 
 def test_conversational_with_implicit_and_explicit_prompt(tmp_path, tiny_tokenizer):
-    implicit, explicit = _convert(tmp_path, CONVERSATIONAL, "comparisons", tiny_tokenizer)
+    implicit, explicit, binarized, text_prompt = _convert(tmp_path, CONVERSATIONAL, "comparisons", tiny_tokenizer)
     assert implicit == {"prompt": [{"role": "user", "content": "Sky color?"}], "responses": ["Blue", "Green"], "ranks": [0, 1]}
     assert explicit == {"prompt": [{"role": "user", "content": "Grass color?"}], "responses": ["Green", "Red"], "ranks": [0, 1]}
+    assert binarized == {"prompt": [{"role": "user", "content": "Sea color?"}], "responses": ["Blue", "Pink"], "ranks": [0, 1]}
+    assert text_prompt == {"prompt": [{"role": "user", "content": "Snow color?"}], "responses": ["White", "Red"], "ranks": [0, 1]}
 
 
 def test_ultrafeedback_ranks_from_a_chosen_score_field_with_ties(tmp_path, tiny_tokenizer):
@@ -162,8 +168,10 @@ def test_sft_data_module_reads_alpaca_and_sharegpt(tmp_path, tiny_dir):
 
 
 def test_prompt_data_module_reads_nectar_prompts(tmp_path, tiny_dir):
-    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "n.jsonl", NECTAR)), tokenizer=str(tiny_dir / "tokenizer"))
-    data.setup("fit")
+    repeated = dict(NECTAR[0], answers=[{"answer": "same", "rank": 1}, {"answer": "same", "rank": 2}])
+    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "n.jsonl", NECTAR + [repeated])), tokenizer=str(tiny_dir / "tokenizer"))
+    data.setup("fit")  # prompts only: the answers are not read (a repeated answer would stop the RM stage)
+    assert len(data.train_prompts) == 2
     ids = data.train_prompts[0]
     ids = ids[0] if isinstance(ids, tuple) else ids
     assert data.tokenizer.decode(ids) == "<|user|>Count to 3\n<|assistant|>"

@@ -182,25 +182,27 @@ def _transcript_prompt(record: Record, name: str, turns: list[tuple[str, str]], 
     return [{"role": _HH_ROLES[speaker], "content": content.strip()} for speaker, content in turns]
 
 
-def parse_hh_rlhf(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_hh_rlhf(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """HH-RLHF: two transcripts that differ only in their last Assistant turn (the prompt is their shared
     prefix). A record with only a ``prompt`` transcript ending in ``Assistant:`` is a prompt."""
     chosen_name, rejected_name = fields("chosen"), fields("rejected")
     if record.data.get(chosen_name) is None and record.data.get(rejected_name) is None:
         return Parsed(_transcript_only_prompt(record, fields("prompt"), chat), chosen_name)
     texts, finals = {}, {}
-    for name in (chosen_name, rejected_name):
+    for name in (chosen_name,) if prompt_only else (chosen_name, rejected_name):
         text = _text(record, name, _value(record, name), reason="bad transcript")
         turns = _transcript_turns(record, name, text)
         if turns[-1][0] != "Assistant":
             raise FormatError(record, name, "the last turn must be from the Assistant (the response)", "bad transcript")
         texts[name], finals[name] = (text, turns), turns[-1][1]
-    (chosen_text, chosen_turns), (rejected_text, rejected_turns) = texts[chosen_name], texts[rejected_name]
-    if chosen_turns[:-1] != rejected_turns[:-1]:
-        problem = f"does not share the conversation of '{chosen_name}' up to its last Assistant turn"
-        raise FormatError(record, rejected_name, problem, "bad transcript")
+    chosen_text, chosen_turns = texts[chosen_name]
     cut = chosen_text.rindex("\n\nAssistant:") + len("\n\nAssistant:")
     prompt = _transcript_prompt(record, chosen_name, chosen_turns[:-1], chosen_text[:cut], chat)
+    if prompt_only:
+        return Parsed(prompt, chosen_name)
+    if chosen_turns[:-1] != texts[rejected_name][1][:-1]:
+        problem = f"does not share the conversation of '{chosen_name}' up to its last Assistant turn"
+        raise FormatError(record, rejected_name, problem, "bad transcript")
     responses = [_text(record, name, finals[name].strip() if chat else finals[name], reason="bad responses")
                  for name in (chosen_name, rejected_name)]
     if responses[0] == responses[1]:
@@ -221,14 +223,18 @@ def _transcript_only_prompt(record: Record, name: str, chat: bool) -> Prompt:
 # The other layouts
 
 
-def parse_conversational(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_conversational(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """TRL's conversational preference layout: ``chosen``/``rejected`` message lists, the prompt either a
-    separate ``prompt`` message list or the messages both share before their final assistant message."""
+    separate ``prompt`` message list or the messages both share before their final assistant message.
+    A string ``prompt`` beside full conversations (``ultrafeedback_binarized``) is their first user turn."""
     prompt_name, chosen_name, rejected_name = fields("prompt"), fields("chosen"), fields("rejected")
     chosen = _items(record, chosen_name, _value(record, chosen_name), 1, "bad messages")
     rejected = _items(record, rejected_name, _value(record, rejected_name), 1, "bad messages")
-    if record.data.get(prompt_name) is not None:
-        prompt = _messages(record, prompt_name, record.data[prompt_name], must_end_with="user")
+    prompt_value = record.data.get(prompt_name)
+    if isinstance(prompt_value, str) and len(chosen) == 1:  # a single-turn prompt given as text
+        prompt_value = [{"role": "user", "content": _text(record, prompt_name, prompt_value, reason="bad prompt")}]
+    if isinstance(prompt_value, (list, tuple)):
+        prompt = _messages(record, prompt_name, prompt_value, must_end_with="user")
         lists = {chosen_name: chosen, rejected_name: rejected}
     else:
         shared = 0
@@ -268,14 +274,14 @@ def _scored_responses(record: Record, name: str, value: list, text_name: str, sc
     return responses, scores
 
 
-def parse_ultrafeedback(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_ultrafeedback(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """UltraFeedback: an ``instruction`` and K ``completions``, ranked by a score field (equal scores tie)."""
     prompt_name = fields("instruction") if record.data.get(fields("instruction")) is not None else fields("prompt")
     prompt = _text(record, prompt_name, _value(record, prompt_name), reason="bad prompt")
     completions_name = fields("completions")
     completions = _items(record, completions_name, _value(record, completions_name), 0, "bad responses")
-    if not completions:
-        return Parsed(_single_turn_prompt(prompt, chat), completions_name)  # a prompt-only record (PPO prompts)
+    if not completions or prompt_only:  # PPO prompts: the completions are not read
+        return Parsed(_single_turn_prompt(prompt, chat), completions_name)
     score_path = fields.names.get("score", DEFAULT_SCORE_FIELD)
     responses, scores = _scored_responses(record, completions_name, completions, fields("response"), score_path)
     ranks = _dense_ranks(scores)
@@ -283,12 +289,12 @@ def parse_ultrafeedback(record: Record, fields: FieldMap, chat: bool) -> Parsed:
     return Parsed(_single_turn_prompt(prompt, chat), completions_name, responses, ranks)
 
 
-def parse_nectar(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_nectar(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """Nectar: a transcript ``prompt`` ending in ``Assistant:`` and K ``answers`` with a ``rank`` each (1 = best)."""
     prompt = _transcript_only_prompt(record, fields("prompt"), chat)
     answers_name = fields("answers")
     answers = _items(record, answers_name, _value(record, answers_name), 0, "bad responses")
-    if not answers:
+    if not answers or prompt_only:
         return Parsed(prompt, answers_name)
     responses, scores = _scored_responses(record, answers_name, answers, fields("answer"), fields("rank"))
     for i, rank in enumerate(scores):
@@ -299,7 +305,7 @@ def parse_nectar(record: Record, fields: FieldMap, chat: bool) -> Parsed:
     return Parsed(prompt, answers_name, responses, ranks)
 
 
-def parse_alpaca(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_alpaca(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """Alpaca: ``instruction``, optional ``input`` (context), ``output`` (the demonstration; optional for prompts)."""
     instruction = _text(record, fields("instruction"), _value(record, fields("instruction")), reason="bad prompt")
     context = record.data.get(fields("input")) or ""
@@ -314,7 +320,7 @@ def parse_alpaca(record: Record, fields: FieldMap, chat: bool) -> Parsed:
     return Parsed(prompt, fields("output"), [_text(record, fields("output"), output, reason="bad responses")], [0])
 
 
-def parse_sharegpt(record: Record, fields: FieldMap, chat: bool) -> Parsed:
+def parse_sharegpt(record: Record, fields: FieldMap, chat: bool, prompt_only: bool = False) -> Parsed:
     """ShareGPT: ``conversations`` of ``{"from", "value"}`` turns (human/gpt/system), a chat."""
     name, from_name, value_name = fields("conversations"), fields("from"), fields("value")
     turns = _items(record, name, _value(record, name), 1, "bad messages")
@@ -342,6 +348,8 @@ def parse_sharegpt(record: Record, fields: FieldMap, chat: bool) -> Parsed:
     return Parsed(messages[: last_user + 1], name, conversation=messages if ends_with_answer else None)
 
 
+#: format -> parser ``(record, fields, chat, prompt_only) -> Parsed``; ``prompt_only`` (PPO prompts) leaves the
+#: responses unread, so a problem there (a repeated Nectar answer) does not stop a prompt set.
 PARSERS = {
     "hh_rlhf": parse_hh_rlhf, "conversational": parse_conversational, "ultrafeedback": parse_ultrafeedback,
     "nectar": parse_nectar, "alpaca": parse_alpaca, "sharegpt": parse_sharegpt,
@@ -445,7 +453,8 @@ def convert_records(
     converted = []
     for record in records:
         try:
-            converted.append(Record(layout(parse(record, fields, chat), record, fmt), record.source, record.index))
+            parsed = parse(record, fields, chat, prompt_only=stage == "prompts")
+            converted.append(Record(layout(parsed, record, fmt), record.source, record.index))
         except FormatError as e:
             if on_invalid != "drop" or counter is None:
                 raise
