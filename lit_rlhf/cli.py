@@ -12,6 +12,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from lit_rlhf.cli_errors import OneLineErrorParser
+from lit_rlhf.resume import PendingValidation
 
 DESCRIPTION = """\
 lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a config:
@@ -36,8 +37,7 @@ EXTRA_COMMANDS = {
 }
 
 #: Errors a user fixes in their data or config: printed as one clear line instead of a traceback.
-USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError",
-               "lit_rlhf.rewards.base:RewardError")
+USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError")
 
 
 class LitRLHFCLI(LightningCLI):
@@ -57,6 +57,8 @@ class LitRLHFCLI(LightningCLI):
             auto_configure_optimizers=False,
             parser_kwargs={"description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter},
             parser_class=OneLineErrorParser,  # configuration errors as one line, not the usage text
+            # Added to the config's callbacks: a resumed run first runs a validation the interrupted one still owed.
+            trainer_defaults={"callbacks": [PendingValidation()]},
             args=args,
             run=run,
         )
@@ -91,11 +93,6 @@ def main(args: Optional[list[str]] = None) -> None:
             return
         LitRLHFCLI(args=cli_args)
     except Exception as e:
-        from lit_rlhf.modules.guards import TrainingStopped
-
-        if isinstance(e, TrainingStopped):  # a guard (NaN/inf, KL bound) stopped a run that started well
-            print(f"lit-rlhf: stopped: {e}", file=sys.stderr)
-            sys.exit(3)
         user_error = _user_error_in(e)
         if user_error is None:
             raise
