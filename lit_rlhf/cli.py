@@ -37,7 +37,8 @@ EXTRA_COMMANDS = {
 }
 
 #: Errors a user fixes in their data or config: printed as one clear line instead of a traceback.
-USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError")
+USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError",
+               "lit_rlhf.rewards.base:RewardError")
 
 
 class LitRLHFCLI(LightningCLI):
@@ -93,6 +94,11 @@ def main(args: Optional[list[str]] = None) -> None:
             return
         LitRLHFCLI(args=cli_args)
     except Exception as e:
+        from lit_rlhf.modules.guards import TrainingStopped
+
+        if isinstance(e, TrainingStopped):  # a guard (NaN/inf, KL bound) stopped a run that started well
+            print(f"lit-rlhf: stopped: {e}", file=sys.stderr)
+            sys.exit(3)
         user_error = _user_error_in(e)
         if user_error is None:
             raise
