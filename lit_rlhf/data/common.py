@@ -9,7 +9,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
@@ -20,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_rlhf.data.batching import LengthGroupedSampler, ResumableDataLoader, ResumableSampler, ShuffledSampler
 from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
 from lit_rlhf.errors import ConfigError, check_option
+from lit_rlhf.random_state import rng_states, set_rng_states
 from lit_rlhf.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -139,28 +139,6 @@ class StageDataModule(LightningDataModule):
                 self._positions_to_load[name] = position
         if "rng" in state_dict:
             set_rng_states(state_dict["rng"])
-
-
-def rng_states() -> dict[str, Any]:
-    """The global RNG states ``seed_everything`` seeds (torch, CUDA, Python, NumPy), as checkpoint-safe values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict[str, Any]) -> None:
-    torch.set_rng_state(states["torch"])
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def split_records(
