@@ -114,3 +114,19 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     assert [p["rollout"] for p in ppo] == [0, 1, 2] and ppo[0]["kl"] == 0.0
     assert "| best-of-n | gold |" in (root / "overopt.md").read_text()
     assert (root / "overopt.png").stat().st_size > 0
+
+
+def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):
+    """The regular report's gold_vs_kl.png: every point is one probe measurement (one policy, one set of
+    samples), never the trained policy's rollout KL paired with another policy's gold score."""
+    from lit_rlhf.sandbox.report import plot_gold_vs_kl, probe_points
+
+    rows = [
+        {"step": 0, "probe/kl": 0.0, "probe/gold": 0.45, "probe/proxy": 0.1},
+        {"step": 4, "rollout/kl": 9.0, "rollout/reward": 3.0},  # the trained policy's rollout: not a plot point
+        {"step": 24, "probe/kl": 0.7, "probe/gold": 0.6, "probe/proxy": 0.4},
+        {"step": 24, "gold/score": 0.1},  # a validation-time gold score of another policy: not a plot point
+    ]
+    assert probe_points(rows) == [(0.0, 0.45, 0.1), (0.7, 0.6, 0.4)]
+    assert plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png").stat().st_size > 0
+    assert plot_gold_vs_kl({"PPO": rows[1:2]}, tmp_path / "none.png") is None

@@ -195,7 +195,8 @@ class GoldProxyKLProbe(Callback):
         temperature: Sampling temperature; KL log-probs are taken at the same temperature (as PPO's).
         policy: ``eval`` measures ``eval_policy()`` (EMA when enabled); ``trained`` the policy being optimised.
         reference: KL reference directory. Default: the module's ``hparams.policy`` (the SFT model).
-        reward_model: Proxy reward-model directory. Default: the module's ``hparams.reward_model``.
+        reward_model: Proxy reward-model directory. Default: the module's ``hparams.reward_model``; with neither,
+            only gold and KL are logged.
         seed: Seed of the sampler: every measurement draws the same random numbers, and the run's own
             random state is left untouched.
         batch_size: Sequences per generate call.
@@ -246,14 +247,23 @@ class GoldProxyKLProbe(Callback):
                 reference=self._reference, samples_per_prompt=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature, batch_size=self.batch_size,
             )
-        sums = {"gold": sum(scored.gold), "proxy": sum(scored.proxy), "kl": sum(scored.kl), "count": len(scored.gold)}
+        sums = {"gold": sum(scored.gold), "kl": sum(scored.kl), "count": len(scored.gold)}
+        if scored.proxy is not None:
+            sums["proxy"] = sum(scored.proxy)
         return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in sums.items()}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         hparams = pl_module.hparams
         device = pl_module.device
-        self._reference = load_causal_lm(self.reference_source or hparams.policy, trainable=False).to(device)
-        self._reward_model = load_scalar_model(self.reward_source or hparams.reward_model, trainable=False).to(device)
+        reference_source = self.reference_source or getattr(hparams, "policy", None)
+        if reference_source is None:
+            raise ValueError(f"GoldProxyKLProbe: {type(pl_module).__name__} has no `policy` hyperparameter; set the probe's `reference` (the SFT model directory)")
+        self._reference = load_causal_lm(reference_source, trainable=False).to(device)
+        reward_source = self.reward_source or getattr(hparams, "reward_model", None)
+        if reward_source is None:
+            rank_zero_warn("GoldProxyKLProbe: the module has no reward_model and none was given; logging gold and KL only.")
+        else:
+            self._reward_model = load_scalar_model(reward_source, trainable=False).to(device)
         self.rollouts = int(getattr(pl_module, "rollouts_done", 0) or 0)  # a resumed run continues its count
         self._record(trainer, pl_module)
 

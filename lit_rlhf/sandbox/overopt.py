@@ -21,6 +21,7 @@ rising while the gold score peaks and falls. The sandbox's gold labeler plays th
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -30,7 +31,8 @@ import numpy as np
 from lit_rlhf.sandbox.paths import DATA_DIR
 from lit_rlhf.sandbox.scaling_fits import Fit, best_of_n_weights, bon_kl, bon_kl_plugin, fit_gain, observed_peak
 
-#: --fast: the plumbing only, for the test suite (seconds; numbers meaningless).
+#: --fast: the plumbing only, for the test suite (seconds; numbers meaningless). Validation is off because
+#: the probe measures the policy; steps_per_rollout follows the smaller rollout batch.
 FAST = {
     "rm": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
     "ppo": ["--trainer.limit_val_batches", "0", "--data.init_args.val_text", "null",
@@ -94,7 +96,8 @@ def fit_curve(form: str, points: list[dict[str, float]], kl_key: str = "kl") -> 
         except ValueError as error:
             fits[key] = {"alpha": None, "beta": None, "r2": None, "num_points": len(values), "fitted_peak_kl": None, "error": str(error), **summary}
             continue
-        fits[key] = {"alpha": fit.alpha, "beta": fit.beta, "r2": fit.r2, "num_points": fit.num_points, "fitted_peak_kl": fit.peak_kl, **summary}
+        peak_kl = fit.peak_kl if fit.peak_kl is not None and math.isfinite(fit.peak_kl) else None  # JSON has no inf
+        fits[key] = {"alpha": fit.alpha, "beta": fit.beta, "r2": fit.r2, "num_points": fit.num_points, "fitted_peak_kl": peak_kl, **summary}
     return fits
 
 
@@ -146,6 +149,14 @@ def plot_curves(curves: dict[str, tuple[str, list[dict[str, float]], dict]], out
     return out
 
 
+def _peak(kl: Optional[float], points: list[dict[str, float]]) -> str:
+    """The fitted peak's KL, or where it lies when it is not inside the measured range."""
+    measured = max(p["kl"] for p in points)
+    if kl is None:
+        return "none"  # rising everywhere, or so flat that the turn is astronomically far
+    return f"{kl:.2f}" if kl <= measured else f"beyond {measured:.1f}"
+
+
 def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -163,7 +174,7 @@ def write_overopt_report(root: Path, curves: dict[str, tuple[str, list[dict[str,
             f = fits[key]
             lines.append(
                 f"| {title} | {key} | {'d(α−βd)' if form == 'bon' else 'd(α−β·log d)'} | {_fmt(f['alpha'])} | {_fmt(f['beta'])} | {_fmt(f['r2'], 2)} "
-                f"| {f['start']:.3f} | {f['observed_peak']:.3f} at {f['observed_peak_kl']:.2f} | {f['last']:.3f} | {_fmt(f['fitted_peak_kl'], 2)} "
+                f"| {f['start']:.3f} | {f['observed_peak']:.3f} at {f['observed_peak_kl']:.2f} | {f['last']:.3f} | {_peak(f['fitted_peak_kl'], points)} "
                 f"| {flag if key == 'gold' else ''} |"
             )
     lines += ["", "Best-of-n (chosen by the proxy RM from SFT samples at T = 1):", "",
@@ -192,11 +203,11 @@ def overopt(
     rm_k: int = 4,
     kl_coef: float = 0.0,
     learning_rate: float = 1.0e-4,
-    rollouts: int = 96,
-    probe_every: int = 8,
+    rollouts: int = 64,
+    probe_every: int = 4,
     probe_prompts: int = 100,
     probe_samples: int = 4,
-    bon_prompts: int = 200,
+    bon_prompts: int = 100,
     bon_samples: int = 32,
     ptx: bool = True,
     fast: bool = False,
@@ -227,7 +238,8 @@ def overopt(
         bon_prompts: Held-out prompts of the best-of-n sweep.
         bon_samples: SFT samples per prompt for best-of-n (n = 1, 2, 4, ... up to this).
         ptx: Also run PPO-ptx (``gamma_ptx`` of configs/ppo.yaml).
-        fast: Tiny sizes everywhere, for tests: the numbers are then meaningless.
+        fast: For tests: 2 RM steps, rollouts of 8 episodes, no PPO validation (pair it with small ``rollouts``,
+            ``probe_*`` and ``bon_*``); the numbers are then meaningless.
         wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
         configs: Directory holding sft.yaml, rm.yaml and ppo.yaml.
     """
@@ -235,7 +247,7 @@ def overopt(
     from lit_rlhf.sampling import sample_responses
     from lit_rlhf.sandbox.labeling import label_samples
     from lit_rlhf.sandbox.pipeline import fit, probe_callback
-    from lit_rlhf.sandbox.report import MAX_NEW_TOKENS
+    from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, last_value, read_csv_metrics
 
     for name, value, low in (("rm_prompts", rm_prompts, 2), ("rm_k", rm_k, 2), ("rollouts", rollouts, 1), ("probe_every", probe_every, 1),
                              ("probe_prompts", probe_prompts, 1), ("probe_samples", probe_samples, 1), ("bon_prompts", bon_prompts, 1),
@@ -283,7 +295,8 @@ def overopt(
         curves[title] = ("rl", points, fit_curve("rl", points))
         print(f"[overopt] {title}: {time.perf_counter() - started:.0f} s", flush=True)
 
-    settings = {"rm_prompts": rm_prompts, "rm_k": rm_k, "kl_coef": kl_coef, "learning_rate": learning_rate, "rollouts": rollouts,
+    rm_accuracy = last_value(read_csv_metrics(root / "rm/csv/metrics.csv"), "val/accuracy") if rm is None else None
+    settings = {"rm_prompts": rm_prompts, "rm_k": rm_k, "rm_val_accuracy": None if rm_accuracy is None else round(rm_accuracy, 3), "kl_coef": kl_coef, "learning_rate": learning_rate, "rollouts": rollouts,
                 "probe_every": probe_every, "probe_prompts": probe_prompts, "probe_samples": probe_samples, "bon_prompts": bon_prompts,
                 "bon_samples": bon_samples, "seed": seed, "sft": sft_dir, "rm": rm_dir}
     report = write_overopt_report(root, curves, bon, settings)

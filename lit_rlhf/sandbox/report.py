@@ -75,7 +75,7 @@ def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
 def probe_points(rows: list[dict[str, float]]) -> list[tuple[float, float, float]]:
     """``(KL, gold, proxy)`` of every probe measurement in a PPO run's metrics: all three from the same
     policy's samples (:class:`~lit_rlhf.callbacks.gold_score.GoldProxyKLProbe`), in training order."""
-    return [(r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r[f"{PROBE}/proxy"]) for r in rows if f"{PROBE}/kl" in r]
+    return [(r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r.get(f"{PROBE}/proxy", math.nan)) for r in rows if f"{PROBE}/kl" in r]
 
 
 def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -> Optional[Path]:
@@ -149,7 +149,7 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
     rm = results["rm"]
     lines += ["", f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)"]
     if plot:
-        lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples): {plot}")
+        lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}")
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     (root / "report.md").write_text(text + "\n")

@@ -110,7 +110,8 @@ class Fit:
             return None
         if self.form == "bon":
             return self.alpha / (2 * self.beta)  # d/dd [a d - b d^2] = 0
-        return math.exp(self.alpha / self.beta - 1)  # d/dd [a d - b d log d] = a - b log d - b = 0
+        exponent = self.alpha / self.beta - 1  # d/dd [a d - b d log d] = a - b log d - b = 0
+        return math.exp(exponent) if exponent < 700 else math.inf  # a nearly flat beta: no turn in any range
 
     @property
     def peak_kl(self) -> Optional[float]:
