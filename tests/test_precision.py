@@ -140,7 +140,7 @@ def test_bf16_true_sft_run_moves_its_weights_like_the_float32_run(sft_start):
 # PPO's EMA of the policy weights under bf16-true
 
 
-def _ppo_export(root, precision: str, ema_decay):
+def _ppo_export(root, precision: str, ema_decay, keep: dict | None = None):
     from lit_rlhf.data import PromptDataModule
     from lit_rlhf.models import load_causal_lm
     from lit_rlhf.modules import PPOModule
@@ -155,6 +155,8 @@ def _ppo_export(root, precision: str, ema_decay):
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                         default_root_dir=str(root))
     trainer.fit(module, data)
+    if keep is not None:
+        keep["module"] = module
     return dict(load_causal_lm(str(out), trainable=False).named_parameters())
 
 
@@ -179,13 +181,18 @@ def test_bf16_true_ppo_policy_moves_like_the_float32_one(sft_start):
     assert 0.8 < bf16.norm() / fp32.norm() < 1.25
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug in PPO's EMA (lit_rlhf/modules): the EMA averages are cloned from the policy's parameters, so under bf16-true "
-    "they are bf16 and ema.lerp_(param, 1 - 0.992) rounds the increments away: the exported EMA policy barely leaves "
-    "the SFT model (measured: cosine 0.03 to the 32-true run's EMA). Fix: keep the averages in "
-    "float32 (re-cast them after Lightning's precision plugin converts the module, e.g. in on_fit_start)."))
-def test_bf16_true_ppo_ema_policy_moves_like_the_float32_one(sft_start):
+def test_bf16_true_ppo_ema_averages_move_like_the_float32_ones(sft_start):
+    """The EMA's averages stay float32 under bf16-true: 0.8% of a bf16 weight's change is below half an ulp and
+    would round away if they were bf16 (measured before the fix: cosine 0.03 to the 32-true run's EMA)."""
     start = _ppo_world(sft_start)
-    fp32, bf16 = (_moved(_ppo_export(sft_start, precision, 0.992), start) for precision in ("32-true", "bf16-true"))
+    moved = {}
+    for precision in ("32-true", "bf16-true"):
+        keep = {}
+        _ppo_export(sft_start, precision, 0.992, keep)
+        ema = keep["module"].ema
+        assert all(average.dtype == torch.float32 for average in ema.averages())
+        moved[precision] = torch.cat([(average.float() - start[name].detach().float()).flatten()
+                                      for name, average in zip(ema.names, ema.averages()) if name in start])
+    fp32, bf16 = moved["32-true"], moved["bf16-true"]
     assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.9
     assert bf16.norm() > 0.5 * fp32.norm()

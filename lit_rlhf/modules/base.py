@@ -35,8 +35,10 @@ class EMAWeights(torch.nn.Module):
     """An exponential moving average of a model's *trained* parameters (frozen base weights are not copied).
 
     The averages are buffers, so they move with the module, are sharded like their parameters
-    (clones of DTensors are DTensors) and go into checkpoints. :meth:`applied` swaps them into the
-    model for evaluation or export and restores the trained weights afterwards.
+    (clones of DTensors are DTensors) and go into checkpoints. They stay float32 whatever the
+    training precision: in bf16 an update of ``(1 - decay) x (param - average)`` is below half an
+    ulp and would round away. :meth:`applied` swaps them into the model for evaluation or export
+    and restores the trained weights afterwards.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -44,7 +46,17 @@ class EMAWeights(torch.nn.Module):
         self.decay = decay
         self.names = [name for name, p in model.named_parameters() if p.requires_grad]
         for i, (_, p) in enumerate(self._trained(model)):
-            self.register_buffer(f"w{i}", p.detach().clone())
+            self.register_buffer(f"w{i}", p.detach().clone().float())
+
+    def _apply(self, fn, recurse: bool = True):
+        """Moves between devices like any module, but a precision plugin's cast leaves the averages float32."""
+        originals = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, before in originals.items():
+            after = self._buffers[name]
+            if before is not None and after is not None and before.dtype == torch.float32 and after.dtype != torch.float32:
+                self._buffers[name] = before.to(device=after.device)
+        return self
 
     def _trained(self, model: torch.nn.Module) -> list[tuple[str, Tensor]]:
         params = dict(model.named_parameters())
