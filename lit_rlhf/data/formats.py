@@ -3,16 +3,12 @@
 Every data module takes ``format`` (``auto`` detects it from the first record and prints what it
 found). The canonical ("native") records are those of DESIGN.md; the public layouts are:
 
-======================  ===================================================================  ============
-format                  a record                                                             stages
-======================  ===================================================================  ============
-``hh_rlhf``             ``{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": ...}``     sft rm ppo
-``conversational``      ``{"prompt"?: [msgs], "chosen": [msgs], "rejected": [msgs]}`` (TRL)   sft rm ppo
-``ultrafeedback``       ``{"instruction", "completions": [{"response", "fine-grained_score"}]}``  sft rm ppo
-``nectar``              ``{"prompt": "\\n\\nHuman: q\\n\\nAssistant:", "answers": [{"answer", "rank"}]}``  sft rm ppo
-``alpaca``              ``{"instruction", "input", "output"}``                               sft ppo
-``sharegpt``            ``{"conversations": [{"from": "human"|"gpt"|"system", "value"}]}``   sft ppo
-======================  ===================================================================  ============
+- ``hh_rlhf`` (sft, rm, ppo): ``{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": ...}``
+- ``conversational`` (sft, rm, ppo; TRL's layout): ``{"prompt"?: [msgs], "chosen": [msgs], "rejected": [msgs]}``
+- ``ultrafeedback`` (sft, rm, ppo): ``{"instruction", "completions": [{"response", "fine-grained_score"}, ...]}``
+- ``nectar`` (sft, rm, ppo): ``{"prompt": "\\n\\nHuman: q\\n\\nAssistant:", "answers": [{"answer", "rank"}, ...]}``
+- ``alpaca`` (sft, ppo): ``{"instruction", "input", "output"}``
+- ``sharegpt`` (sft, ppo): ``{"conversations": [{"from": "human" | "gpt" | "system", "value"}, ...]}``
 
 Comparison layouts give SFT their best response and PPO their prompt. Transcripts (HH, Nectar's
 prompts) become chat messages when the tokenizer has a chat template, so a chat model sees its own
