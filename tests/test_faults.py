@@ -112,6 +112,7 @@ def assert_same_run(root: Path, reference: Path, stage: str) -> None:
     a, b = exported_weights(root, stage), exported_weights(reference, stage)
     assert a.keys() == b.keys()
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+    print(f"{stage}: {len(got)} steps compared, largest exported-weight difference {worst}")  # shown with -s
     assert worst == 0.0, f"{stage}: exported weights differ by up to {worst}"
     if stage == "rm":
         config = json.loads((root / "runs/rm/model/config.json").read_text())
