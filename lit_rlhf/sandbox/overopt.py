@@ -296,7 +296,8 @@ def overopt(
         print(f"[overopt] {title}: {time.perf_counter() - started:.0f} s", flush=True)
 
     rm_accuracy = last_value(read_csv_metrics(root / "rm/csv/metrics.csv"), "val/accuracy") if rm is None else None
-    settings = {"rm_prompts": rm_prompts, "rm_k": rm_k, "rm_val_accuracy": None if rm_accuracy is None else round(rm_accuracy, 3), "kl_coef": kl_coef, "learning_rate": learning_rate, "rollouts": rollouts,
+    trained_rm = rm is None  # the RM knobs say nothing about a given --rm
+    settings = {"rm_prompts": rm_prompts if trained_rm else None, "rm_k": rm_k if trained_rm else None, "rm_val_accuracy": None if rm_accuracy is None else round(rm_accuracy, 3), "kl_coef": kl_coef, "learning_rate": learning_rate, "rollouts": rollouts,
                 "probe_every": probe_every, "probe_prompts": probe_prompts, "probe_samples": probe_samples, "bon_prompts": bon_prompts,
                 "bon_samples": bon_samples, "seed": seed, "sft": sft_dir, "rm": rm_dir}
     report = write_overopt_report(root, curves, bon, settings)
