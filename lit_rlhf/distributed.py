@@ -210,6 +210,36 @@ def gathered_weights(model: torch.nn.Module) -> Iterator[None]:
 # Full weights and export
 
 
+def full_tensors_by_layer(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """``model``'s state dict as full (unsharded) tensors, one decoder layer at a time (then what is outside the layers).
+
+    A sharded (FSDP2 DTensor) entry is all-gathered only when its layer is reached, so at most one layer's full
+    tensors are held at once, never the whole model. A collective under FSDP2: every rank must iterate it to the
+    end. Unsharded models (one device, DDP) yield their own tensors, detached. Keys are ``model.state_dict()``'s.
+    """
+    from torch.distributed.tensor import DTensor
+
+    def full(tensor: torch.Tensor) -> torch.Tensor:
+        return (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).detach()
+
+    state = model.state_dict()  # sharded tensors stay sharded here: nothing is gathered yet
+    layers: dict[str, list[str]] = {}
+    for key in state:
+        layers.setdefault(_layer_prefix(key), []).append(key)
+    rest = layers.pop("", [])
+    for keys in [*layers.values(), rest]:
+        yield {key: full(state[key]) for key in keys}
+
+
+def _layer_prefix(key: str) -> str:
+    """``...layers.3.`` for a key inside a numbered layer list (``h.3.`` in GPT-2), else ``""``."""
+    parts = key.split(".")
+    for i in range(1, len(parts) - 1):
+        if parts[i].isdigit() and parts[i - 1] in ("layers", "h", "layer", "blocks"):
+            return ".".join(parts[: i + 1]) + "."
+    return ""
+
+
 def full_state_dict(trainer: Trainer) -> dict[str, torch.Tensor]:
     """The LightningModule's full (unsharded) state dict, on CPU, complete on global rank 0.
 

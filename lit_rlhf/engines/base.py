@@ -32,6 +32,9 @@ class RolloutEngine:
 
     #: Whether the log-probs an engine records are the training model's own (no scoring forward needed).
     trainer_logprobs: bool = True
+    #: An engine with ``trainer_logprobs=False`` leaves its own ``[B, R]`` log-probs of the last rollout's tokens
+    #: here (0 on padding); PPO takes them once to log the engine-trainer mismatch and for truncated IS.
+    sampled_logprobs: Optional[Tensor] = None
 
     def setup(self, module) -> None:
         """Called once from the module's ``configure_model`` after its models are built (and sharded)."""

@@ -36,7 +36,8 @@ from lit_rlhf.algorithms import (
 )
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
-from lit_rlhf.engines import HFEngine, RolloutEngine, SamplingSettings
+from lit_rlhf.engines.base import RolloutEngine, SamplingSettings  # not the package: it imports modules.rollout
+from lit_rlhf.engines.correction import check_truncated_is_cap, engine_logprob_correction
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models import check_same_tokenizer, require_stage_output
@@ -64,6 +65,8 @@ class PPOModule(StageModule):
             ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
         value_model: Initialisation of the value model (critic). Default: ``reward_model`` (paper).
         engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy).
+        truncated_is_cap: Truncated importance sampling (Yao et al. 2025) for an engine whose log-probs are not the
+            trainer's (``VLLMEngine``): each token's advantage x ``min(p_trainer / p_engine, cap)``. Unset: off.
         tokenizer: Tokenizer directory. Default: the policy's own.
         rollout_batch_size: Episodes per rollout per device (paper 512); a multiple of ``minibatch_size`` and
             ``samples_per_prompt``.
@@ -120,7 +123,8 @@ class PPOModule(StageModule):
 
     def __init__(
         self, policy: str, reward_model: Optional[str] = None, rewards: Optional[list[Reward]] = None,
-        value_model: Optional[str] = None, engine: Optional[RolloutEngine] = None, tokenizer: Optional[str] = None,
+        value_model: Optional[str] = None, engine: Optional[RolloutEngine] = None, truncated_is_cap: Optional[float] = None,
+        tokenizer: Optional[str] = None,
         rollout_batch_size: int = 512, samples_per_prompt: int = 1, minibatch_size: int = 64, micro_batch_size: int = 8,
         ppo_epochs: int = 1, max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0,
         generation_batch_size: Optional[int] = None, missing_eos_penalty: Optional[float] = None,
@@ -138,7 +142,9 @@ class PPOModule(StageModule):
         super().__init__()
         self.save_hyperparameters(ignore=["rewards", "engine"])
         check_ppo_options(self.hparams)
+        check_truncated_is_cap(truncated_is_cap)
         self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
+        from lit_rlhf.engines.hf import HFEngine  # here: engines.hf imports modules.rollout, which imports this module
         self.engine = engine or HFEngine()
         self.uses_critic = advantage_estimator == "gae"
         needs_reward_model = (self.uses_critic and value_model is None) or any(r.uses_reward_model() for r in self.rewards)
@@ -164,6 +170,7 @@ class PPOModule(StageModule):
         self.measure_ptx_grad_norm = False  # PretrainMixLogger switches it on; it costs a copy of the gradients
         self.last_rollout: Optional[Rollout] = None
         self.last_stats: dict[str, Tensor] = {}
+        self.engine_metrics: dict[str, Tensor] = {}  # engine/*: engine-vs-trainer log-prob mismatch of the last rollout
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -212,7 +219,7 @@ class PPOModule(StageModule):
         self.rollouts_done += 1
         self.data_position = (self.current_epoch, batch_idx + 1)
         self.last_rollout, self.last_stats = rollout, stats
-        metrics = {**rollout_metrics(rollout), "rollout/beta": torch.tensor(self.kl_controller.beta)}
+        metrics = {**rollout_metrics(rollout), **self.engine_metrics, "rollout/beta": torch.tensor(self.kl_controller.beta)}
         metrics.update({k: v for k, v in stats.items() if not k.startswith("ptx/")})  # ptx/*: PretrainMixLogger
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
         self.log_dict({"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]}, prog_bar=True, logger=False,
@@ -239,6 +246,7 @@ class PPOModule(StageModule):
         rollout.kl = kl_penalty(rollout.logprobs, rollout.ref_logprobs, hp.kl_estimator)
         rollout.rewards = self.compute_rewards(rollout)
         rollout.advantages, rollout.returns = self.estimate_advantages(rollout)
+        self.engine_metrics = engine_logprob_correction(self.engine, rollout, hp.truncated_is_cap)
         return rollout
 
     def ppo_update(self, rollout: Rollout, ptx: Optional[dict[str, Tensor]], where: str = "update") -> dict[str, Tensor]:

@@ -1,0 +1,145 @@
+"""What of the vLLM engine is testable without vLLM (default suite): the engine-vs-trainer mismatch and truncated
+importance sampling math, the PPO glue, the weight stream, and clear errors. The engine itself: tests/test_engine_vllm.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
+from lit_rlhf.distributed import full_tensors_by_layer
+from lit_rlhf.engines.base import RolloutEngine
+from lit_rlhf.engines.correction import engine_logprob_correction
+from lit_rlhf.errors import ConfigError
+from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
+
+MASK = torch.tensor([[True, True, False], [True, False, False]])
+
+
+def test_mismatch_figures_over_response_tokens_only():
+    engine = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, 0.0, 0.0]])
+    trainer = torch.tensor([[-1.5, -2.0, 0.0], [-0.3, -7.0, 0.0]])
+    figures = logprob_mismatch(engine, trainer, MASK)
+    assert figures["abs_diff"].item() == pytest.approx((0.5 + 0.0 + 0.2) / 3)
+    assert figures["max_abs_diff"].item() == pytest.approx(0.5)
+    # k3 of log(p_engine / p_trainer), averaged: KL(engine || trainer) on the engine's samples
+    k3 = [math.expm1(-d) + d for d in (0.5, 0.0, -0.2)]
+    assert figures["kl"].item() == pytest.approx(sum(k3) / 3, rel=1e-5)
+    same = logprob_mismatch(trainer, trainer, MASK)
+    assert same["abs_diff"].item() == 0 and same["kl"].item() == 0
+
+
+def test_truncated_importance_weights_are_the_capped_ratio():
+    trainer = torch.tensor([math.log(0.5), math.log(0.2), math.log(0.9)])
+    engine = torch.tensor([math.log(0.25), math.log(0.4), math.log(1e-30)])  # the last: a token the engine barely drew
+    weights = truncated_importance_weights(trainer, engine, cap=2.0)
+    assert weights.tolist() == pytest.approx([2.0, 0.5, 2.0])
+    assert torch.isfinite(weights).all()
+    with pytest.raises(ValueError, match="positive"):
+        truncated_importance_weights(trainer, engine, cap=0.0)
+
+
+class RecordingEngine(RolloutEngine):
+    trainer_logprobs = False
+
+
+def rollout_with(advantages: torch.Tensor, trainer_logprobs: torch.Tensor) -> SimpleNamespace:
+    return SimpleNamespace(logprobs=trainer_logprobs, advantages=advantages.clone(), response_mask=MASK)
+
+
+def test_correction_logs_the_mismatch_and_scales_advantages_by_the_tis_weights():
+    trainer = torch.log(torch.tensor([[0.5, 0.2, 1.0], [0.9, 1.0, 1.0]]))
+    engine_logprobs = torch.log(torch.tensor([[0.25, 0.4, 1.0], [0.9, 1.0, 1.0]]))
+    advantages = torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, 0.0]])
+    engine = RecordingEngine()
+
+    engine.sampled_logprobs = engine_logprobs
+    rollout = rollout_with(advantages, trainer)
+    metrics = engine_logprob_correction(engine, rollout, truncated_is_cap=None)
+    assert engine.sampled_logprobs is None  # taken once: a later rollout never sees stale engine log-probs
+    assert torch.equal(rollout.advantages, advantages)  # TIS off: advantages untouched
+    assert metrics["engine/logprob_abs_diff"].item() == pytest.approx((math.log(2) + math.log(2) + 0) / 3, rel=1e-5)
+    assert set(metrics) == {"engine/logprob_abs_diff", "engine/logprob_max_abs_diff", "engine/kl"}
+
+    engine.sampled_logprobs = engine_logprobs
+    rollout = rollout_with(advantages, trainer)
+    metrics = engine_logprob_correction(engine, rollout, truncated_is_cap=1.5)
+    # weights: min(0.5/0.25, 1.5) = 1.5, 0.2/0.4 = 0.5, 1 -> advantages 1.5, -1.0, 3.0
+    assert rollout.advantages[MASK].tolist() == pytest.approx([1.5, -1.0, 3.0])
+    assert metrics["engine/tis_weight"].item() == pytest.approx((1.5 + 0.5 + 1.0) / 3)
+    assert metrics["engine/tis_capped"].item() == pytest.approx(1 / 3)
+
+    assert engine_logprob_correction(engine, rollout_with(advantages, trainer), 2.0) == {}  # nothing recorded: nothing logged
+
+
+def test_correction_refuses_log_probs_of_another_rollout():
+    engine = RecordingEngine()
+    engine.sampled_logprobs = torch.zeros(2, 5)
+    with pytest.raises(RuntimeError, match="shape"):
+        engine_logprob_correction(engine, rollout_with(torch.zeros(2, 3), torch.zeros(2, 3)), None)
+
+
+def test_ppo_module_checks_the_tis_cap(ppo_world):
+    from ppo_support import tiny_module
+
+    with pytest.raises(ConfigError, match="truncated_is_cap must be >= 1, got 0.5"):
+        tiny_module(ppo_world, truncated_is_cap=0.5)
+    assert tiny_module(ppo_world, truncated_is_cap=2.0).hparams.truncated_is_cap == 2.0
+
+
+def test_full_tensors_by_layer_streams_every_weight_once_layer_by_layer(tiny_dir):
+    from lit_rlhf.models import load_causal_lm
+
+    model = load_causal_lm(str(tiny_dir / "config.json"))
+    chunks = list(full_tensors_by_layer(model))
+    assert len(chunks) == model.config.num_hidden_layers + 1  # one per decoder layer, then embeddings / norm / head
+    for i, chunk in enumerate(chunks[:-1]):
+        assert all(key.startswith(f"model.layers.{i}.") for key in chunk)
+    streamed = {key: value for chunk in chunks for key, value in chunk.items()}
+    state = model.state_dict()
+    assert streamed.keys() == state.keys() and all(torch.equal(streamed[k], state[k]) for k in state)
+
+
+def test_tensor_encoding_round_trips_every_dtype():
+    from lit_rlhf.engines.vllm import decode_tensor, encode_tensor
+
+    for tensor in (torch.randn(3, 4), torch.randn(5).bfloat16(), torch.randn(2, 2).half(), torch.randn(7)[::2]):
+        name, restored = decode_tensor(*encode_tensor("w", tensor))
+        assert name == "w" and restored.dtype == tensor.dtype and torch.equal(restored, tensor)
+
+
+def test_kv_cache_that_cannot_hold_one_sequence_is_one_clear_error():
+    from lit_rlhf.engines.vllm import check_kv_cache_fits, kv_cache_bytes_per_token
+
+    config = SimpleNamespace(num_attention_heads=4, num_key_value_heads=2, hidden_size=128, num_hidden_layers=4)
+    assert kv_cache_bytes_per_token(config, "bfloat16") == 2 * 4 * 2 * 32 * 2
+    check_kv_cache_fits(config, "bfloat16", 1024 * 128, max_model_len=128)  # exactly one sequence: fits
+    with pytest.raises(ConfigError, match="kv_cache_memory_gb"):
+        check_kv_cache_fits(config, "float32", 1024 * 128, max_model_len=128)
+
+
+def test_engine_options_are_checked_when_configured():
+    from lit_rlhf.engines.vllm import VLLMEngine
+
+    with pytest.raises(ConfigError, match="gpu_memory_utilization must be in"):
+        VLLMEngine(gpu_memory_utilization=1.5)
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        VLLMEngine(dtype="int8")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_without_vllm_setup_names_the_install_and_nothing_imports_it():
+    from lit_rlhf.engines.vllm import VLLMEngine
+
+    module = SimpleNamespace(device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r'vllm package .*pip install -e "\.\[vllm\]"'):
+        VLLMEngine().setup(module)
+    # Importing the package, the engine module and the CLI never imports vllm (it is only needed once selected).
+    code = "import sys, lit_rlhf.cli, lit_rlhf.engines.vllm; print('vllm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
