@@ -3,6 +3,7 @@ generating responses for prompts, and the LM loss on held-out text (the "alignme
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional
@@ -150,13 +151,26 @@ def lm_loss_on_texts(
     return total / max(count, 1)
 
 
-def policy_for_evaluation(pl_module: LightningModule) -> Optional[PreTrainedModel]:
-    """The generative model a stage module evaluates: ``eval_policy()`` when the module defines it
-    (PPO: the EMA policy when enabled), else its ``policy`` or ``model`` if that can generate."""
-    if hasattr(pl_module, "eval_policy"):
-        return pl_module.eval_policy()
-    for name in ("policy", "model"):
-        model = getattr(pl_module, name, None)
-        if model is not None and hasattr(model, "generate") and model.get_output_embeddings() is not None:
-            return model
-    return None
+def _generative(model) -> Optional[PreTrainedModel]:
+    can_generate = model is not None and hasattr(model, "generate") and model.get_output_embeddings() is not None
+    return model if can_generate else None
+
+
+@contextlib.contextmanager
+def evaluated_policy(pl_module: LightningModule, weights: str = "exported") -> Iterator[Optional[PreTrainedModel]]:
+    """The generative model a stage module evaluates, or None when it has none (a reward model).
+
+    ``weights="exported"``: the model as it is exported, i.e. inside the module's ``evaluation_weights()``
+    (the EMA weights swapped in while the block runs, PPO's paper setting) or its ``eval_policy()`` where a
+    module has that instead. ``weights="trained"``: the weights being optimised (``policy`` or ``model``).
+    """
+    if weights not in ("exported", "trained"):
+        raise ValueError(f"weights must be 'exported' or 'trained', got {weights!r}")
+    if weights == "exported" and hasattr(pl_module, "evaluation_weights"):
+        with pl_module.evaluation_weights() as model:
+            yield _generative(model)
+        return
+    if weights == "exported" and hasattr(pl_module, "eval_policy"):
+        yield _generative(pl_module.eval_policy())
+        return
+    yield next((m for m in (_generative(getattr(pl_module, name, None)) for name in ("policy", "model")) if m is not None), None)

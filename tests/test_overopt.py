@@ -72,6 +72,28 @@ def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir)
         assert scored.proxy[0] == pytest.approx(float(expected), abs=1e-4)
 
 
+def test_evaluated_policy_is_the_exported_one_unless_asked_for_the_trained_one():
+    import contextlib
+
+    from lit_rlhf.evaluation import evaluated_policy
+
+    trained, averaged = load_causal_lm(str(BASE_MODEL_DIR), trainable=False), load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
+
+    class Stage:  # what a stage module offers: its trained policy and the exported weights in a block
+        policy = trained
+
+        @contextlib.contextmanager
+        def evaluation_weights(self):
+            yield averaged
+
+    with evaluated_policy(Stage()) as model:
+        assert model is averaged
+    with evaluated_policy(Stage(), "trained") as model:
+        assert model is trained
+    with evaluated_policy(type("RewardStage", (), {"model": load_scalar_model(str(BASE_MODEL_DIR))})()) as model:
+        assert model is None  # a scalar model cannot generate
+
+
 def test_probe_refuses_bad_options():
     from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe
 
@@ -114,6 +136,16 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     assert [p["rollout"] for p in ppo] == [0, 1, 2] and ppo[0]["kl"] == 0.0
     assert "| best-of-n | gold |" in (root / "overopt.md").read_text()
     assert (root / "overopt.png").stat().st_size > 0
+
+    # The probe measured the policy as exported (the EMA weights, not the trained ones): measuring the
+    # exported directory again with the same seed reproduces the last point exactly.
+    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe
+
+    probe = GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=4, samples_per_prompt=2)
+    probe._reference, probe._reward_model = load_causal_lm(str(BASE_MODEL_DIR), trainable=False), load_scalar_model(str(rm), trainable=False)
+    sums = probe.measure(load_causal_lm(str(root / "ppo/model"), trainable=False), load_tokenizer(str(BASE_MODEL_DIR)))
+    for key in ("gold", "kl", "proxy"):
+        assert float(sums[key] / sums["count"]) == pytest.approx(ppo[-1][key], abs=1e-5), key
 
 
 def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):

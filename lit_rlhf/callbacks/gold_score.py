@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
-from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, policy_for_evaluation, response_logprob_sums, sample_episodes
+from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, evaluated_policy, response_logprob_sums, sample_episodes
 from lit_rlhf.models import load_causal_lm, load_scalar_model, sequence_rewards
 
 
@@ -115,11 +115,11 @@ class GoldScoreEvaluation(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        model = policy_for_evaluation(pl_module)
-        if model is None:
-            rank_zero_warn(f"GoldScoreEvaluation: {type(pl_module).__name__} has no generative model; nothing to evaluate.")
-            return
-        sums = self.evaluate(model, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
+        with evaluated_policy(pl_module) as model:
+            if model is None:
+                rank_zero_warn(f"GoldScoreEvaluation: {type(pl_module).__name__} has no generative model; nothing to evaluate.")
+                return
+            sums = self.evaluate(model, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
         totals = {k: trainer.strategy.reduce(v.to(pl_module.device), reduce_op="sum") for k, v in sums.items()}
         metrics = {k: float(v / totals[k + "/count"]) for k, v in totals.items() if not k.endswith("/count") and totals[k + "/count"] > 0}
         pl_module.log_dict(metrics, rank_zero_only=True)
@@ -180,7 +180,8 @@ class GoldProxyKLProbe(Callback):
 
     The reference (SFT) and reward models are loaded by the probe itself from the module's ``policy`` and
     ``reward_model`` hyperparameters (or the paths given here); the policy measured is the module's
-    ``eval_policy()`` (PPO: the EMA when enabled, which is what gets exported) or its trained ``policy``.
+    exported one (PPO: its EMA weights when enabled, swapped in by ``evaluation_weights()``) or its trained
+    ``policy``.
     Logs ``<prefix>/gold``, ``<prefix>/proxy``, ``<prefix>/kl`` (nats per sequence), ``<prefix>/sqrt_kl`` and
     ``<prefix>/rollout`` to the trainer's loggers at the current ``global_step``; rollout 0 (before any
     update: the SFT policy) is measured when training starts.
@@ -193,7 +194,8 @@ class GoldProxyKLProbe(Callback):
         samples_per_prompt: Responses sampled per prompt; more lowers the noise of all three means.
         max_new_tokens: Longest response in tokens (as in the rollouts).
         temperature: Sampling temperature; KL log-probs are taken at the same temperature (as PPO's).
-        policy: ``eval`` measures ``eval_policy()`` (EMA when enabled); ``trained`` the policy being optimised.
+        policy: ``eval`` measures the policy as exported (EMA weights when enabled); ``trained`` the weights
+            being optimised.
         reference: KL reference directory. Default: the module's ``hparams.policy`` (the SFT model).
         reward_model: Proxy reward-model directory. Default: the module's ``hparams.reward_model``; with neither,
             only gold and KL are logged.
@@ -278,8 +280,10 @@ class GoldProxyKLProbe(Callback):
         self._reference = self._reward_model = None  # frozen copies: free them with the run
 
     def _record(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        policy = pl_module.eval_policy() if self.which == "eval" and hasattr(pl_module, "eval_policy") else pl_module.policy
-        sums = self.measure(policy, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
+        with evaluated_policy(pl_module, "exported" if self.which == "eval" else "trained") as policy:
+            if policy is None:
+                raise ValueError(f"GoldProxyKLProbe: {type(pl_module).__name__} has no generative policy to measure")
+            sums = self.measure(policy, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
         totals = {k: float(trainer.strategy.reduce(v.to(pl_module.device), reduce_op="sum")) for k, v in sums.items()}
         count = max(totals.pop("count"), 1.0)
         metrics = {f"{self.prefix}/{k}": v / count for k, v in totals.items()}
