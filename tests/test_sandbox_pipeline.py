@@ -10,15 +10,16 @@ from lit_rlhf.cli import main
 def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_dir):
     main(["sandbox", "run", "--out", "runs", "--fast", "true", "--wandb", "false"])
     runs = in_scratch_dir / "runs"
-    for stage in ("sft", "rm", "ppo", "ppo_ptx"):
+    for stage in ("sft", "rm", "ppo", "ppo_ptx", "dpo"):
         assert (runs / stage / "model" / "model.safetensors").exists(), stage
     assert (runs / "comparisons/train.jsonl").read_text().strip()
     report = json.loads((runs / "report.json").read_text())
-    assert set(report["policies"]) == {"base", "SFT", "PPO (no ptx)", "PPO-ptx"}
+    assert set(report["policies"]) == {"base", "SFT", "PPO (no ptx)", "PPO-ptx", "DPO"}
     for metrics in report["policies"].values():
         assert 0.0 <= metrics["gold/score"] <= 1.0
         assert metrics["heldout/lm_loss"] > 0
     assert 0.0 <= report["rm"]["val/accuracy"] <= 1.0
     assert all(kl is not None for kl in report["final_kl"].values())
-    assert "| PPO-ptx |" in (runs / "report.md").read_text()
+    assert set(report["final_kl"]) == {"PPO (no ptx)", "PPO-ptx", "DPO"}  # DPO's KL to SFT measured by the probe
+    assert "| PPO-ptx |" in (runs / "report.md").read_text() and "| DPO |" in (runs / "report.md").read_text()
     assert (runs / "gold_vs_kl.png").stat().st_size > 0

@@ -1,6 +1,7 @@
 """``lit-rlhf sandbox run``: the whole InstructGPT pipeline on the offline sandbox, then a report.
 
-base (shipped) -> SFT -> sample K responses + gold-label them -> RM -> PPO and PPO-ptx -> report.
+base (shipped) -> SFT -> sample K responses + gold-label them -> RM -> PPO and PPO-ptx -> report,
+and DPO on the same comparisons beside them.
 
 Every stage is the shipped config (``configs/*.yaml``) run through the same ``lit-rlhf fit`` a user
 runs, with only output locations (and, with ``--fast``, sizes) overridden. The report compares the
@@ -32,6 +33,7 @@ FAST = {
     "sample": {"limit": 24, "k": 4},
     "rm": ["--trainer.max_steps", "4", "--trainer.limit_val_batches", "1"],
     "ppo": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
+    "dpo": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
     "eval_prompts": 16,
     "eval_texts": 16,
     "probe_prompts": 4,
@@ -99,7 +101,7 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
         seed: Seed of every stage (the sandbox world itself is fixed by the shipped data).
         fast: A few steps of everything (for tests); the numbers are then meaningless.
         wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
-        configs: Directory holding sft.yaml, rm.yaml and ppo.yaml.
+        configs: Directory holding sft.yaml, rm.yaml, ppo.yaml and dpo.yaml.
     """
     from lit_rlhf.sampling import sample_responses
     from lit_rlhf.sandbox.labeling import label_samples
@@ -128,6 +130,12 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
     for name, extra in (("ppo_ptx", []), ("ppo", ["--model.init_args.gamma_ptx", "0"])):
         probe = probe_callback(size.get("probe_prompts", PROBE_PROMPTS), PROBE_EVERY)
         fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
+
+    # DPO learns from the same comparisons directly (no RM, no sampling); the probe measures its gold score and
+    # KL to SFT at the start and the end, on the same samples as PPO's.
+    probe = probe_callback(size.get("probe_prompts", PROBE_PROMPTS), every_n_rollouts=10**9)
+    fit(f"{configs}/dpo.yaml", root / "dpo", "dpo", seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data
+        + size.get("dpo", []), wandb=wandb, callbacks=[probe])
 
     report = write_report(root, base_model=str(BASE_MODEL_DIR), num_prompts=eval_prompts, num_texts=eval_texts)
     print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")

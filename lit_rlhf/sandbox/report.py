@@ -11,7 +11,7 @@ from typing import Optional
 from lit_rlhf.sandbox.paths import DATA_DIR
 
 #: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
-POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"))
+POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"), ("DPO", "dpo/model"))
 KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens, of the trained policy's rollouts
 #: Metric prefix of the GoldProxyKLProbe that the pipeline attaches to PPO: gold, proxy (centred RM) score
 #: and KL to SFT of the exported (EMA) policy, measured together on the same held-out samples.
@@ -127,7 +127,7 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
         if Path(model_dir).exists():
             results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts)
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
-    runs = {"PPO (no ptx)": read_csv_metrics(root / "ppo/csv/metrics.csv"), "PPO-ptx": read_csv_metrics(root / "ppo_ptx/csv/metrics.csv")}
+    runs = {label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv")) for label, subdir in POLICIES[2:]}
     # The exported policy's KL (the probe measures the EMA); the trained policy's rollout KL where no probe ran.
     results["final_kl"] = {run: _first_present(last_value(rows, f"{PROBE}/kl"), last_value(rows, KL_METRIC)) for run, rows in runs.items()}
     plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
