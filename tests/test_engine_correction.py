@@ -143,3 +143,55 @@ def test_without_vllm_setup_names_the_install_and_nothing_imports_it():
     # Importing the package, the engine module and the CLI never imports vllm (it is only needed once selected).
     code = "import sys, lit_rlhf.cli, lit_rlhf.engines.vllm; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def _gather_by_layer_on_rank(rank: int, world: int, config_path: str, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from lit_rlhf.models import load_causal_lm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = load_causal_lm(config_path)
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        from torch.distributed.tensor import DTensor
+
+        assert all(isinstance(v, DTensor) for v in model.state_dict().values())  # really sharded
+        chunks = [{k: v.clone() for k, v in chunk.items()} for chunk in full_tensors_by_layer(model)]
+        if rank == 0:
+            torch.save(chunks, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes: ~20 s idle, ~90 s on a busy 2-core machine
+def test_full_tensors_by_layer_gathers_fsdp2_shards(tiny_dir, tmp_path):
+    """Under FSDP2 (2 gloo processes) every rank streams the full, unsharded tensors, equal to the model's own."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from lit_rlhf.models import load_causal_lm
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "chunks.pt"
+    mp.spawn(_gather_by_layer_on_rank, args=(2, str(tiny_dir / "config.json"), port, str(out)), nprocs=2)
+    torch.manual_seed(0)
+    state = load_causal_lm(str(tiny_dir / "config.json")).state_dict()
+    chunks = torch.load(out)
+    assert len(chunks) == 3  # two decoder layers, then the rest
+    streamed = {key: value for chunk in chunks for key, value in chunk.items()}
+    assert streamed.keys() == state.keys()
+    for key, value in state.items():
+        assert type(streamed[key]) is torch.Tensor and torch.equal(streamed[key], value), key

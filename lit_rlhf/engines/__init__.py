@@ -3,6 +3,9 @@
 - :class:`~lit_rlhf.engines.hf.HFEngine` (default): Hugging Face ``generate`` on the training model itself
   (KV cache; sharded weights gathered once per call), recording each sampled token's log-prob and the
   entropy while sampling.
+- :class:`~lit_rlhf.engines.vllm.VLLMEngine`: vLLM in each training process, the policy's weights loaded into it
+  after every rollout's updates; PPO scores its tokens with the trainer and logs the mismatch
+  (:mod:`lit_rlhf.engines.correction`). Not imported here: vLLM is optional (``configs/engine/vllm.yaml``).
 """
 
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings

@@ -4,6 +4,7 @@ sampling (:mod:`lit_rlhf.algorithms.engine_mismatch`)."""
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 from torch import Tensor
@@ -44,5 +45,6 @@ def engine_logprob_correction(engine: RolloutEngine, rollout, truncated_is_cap: 
         weights = truncated_importance_weights(rollout.logprobs, engine_logprobs, truncated_is_cap)
         rollout.advantages = rollout.advantages * weights.to(rollout.advantages.dtype)
         metrics["engine/tis_weight"] = masked_mean(weights, mask)
-        metrics["engine/tis_capped"] = masked_mean((weights >= truncated_is_cap).float(), mask)
+        capped = (rollout.logprobs - engine_logprobs).float() >= math.log(truncated_is_cap)  # not weights == cap: rounding
+        metrics["engine/tis_capped"] = masked_mean(capped.float(), mask)
     return metrics

@@ -130,6 +130,7 @@ class VLLMEngine(RolloutEngine):
         self.max_model_len, self.sleep_between_rollouts, self.enforce_eager = max_model_len, sleep_between_rollouts, enforce_eager
         self.engine_args = dict(engine_args or {})
         self.llm = None
+        self.weights_dtype: Optional[torch.dtype] = None  # the engine's; weights are cast before they are sent
         self.stale = True  # the engine holds the directory's weights, not (yet) the policy's
         self.asleep = False
 
@@ -153,6 +154,7 @@ class VLLMEngine(RolloutEngine):
     def llm_arguments(self, model_dir: str, config, on_gpu: bool) -> dict[str, Any]:
         """The ``vllm.LLM`` keyword arguments for a policy directory whose Hugging Face config is ``config``."""
         dtype = self.dtype if self.dtype != "auto" else str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+        self.weights_dtype = getattr(torch, dtype, None)
         max_model_len = self.max_model_len or config.max_position_embeddings
         kv_gb = self.kv_cache_memory_gb if self.kv_cache_memory_gb is not None else (None if on_gpu else 1.0)
         arguments: dict[str, Any] = dict(
@@ -195,7 +197,8 @@ class VLLMEngine(RolloutEngine):
         self.llm.collective_rpc("lit_rlhf_begin_sync")
         for layer in full_tensors_by_layer(policy):  # every rank iterates (FSDP2 gathers are collective)
             weights = merged_state_dict(layer, config) if config is not None else layer
-            self.llm.collective_rpc("lit_rlhf_load", args=([encode_tensor(k, v) for k, v in weights.items()],))
+            encoded = [encode_tensor(k, self._cast(v)) for k, v in weights.items()]
+            self.llm.collective_rpc("lit_rlhf_load", args=(encoded,))
         self.llm.collective_rpc("lit_rlhf_end_sync")
         self.stale = False
 
@@ -227,6 +230,10 @@ class VLLMEngine(RolloutEngine):
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
+
+    def _cast(self, tensor: Tensor) -> Tensor:
+        floating = tensor.is_floating_point() and self.weights_dtype is not None
+        return tensor.to(self.weights_dtype) if floating else tensor
 
     def _wake(self) -> None:
         if self.asleep:
