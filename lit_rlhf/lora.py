@@ -13,7 +13,6 @@ for reward/value models, the scalar head) train. Two facts shape this module:
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Optional, Union
@@ -23,6 +22,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.models import drop_tied_copies, is_lora, unwrap  # noqa: F401  (is_lora, unwrap: part of this module's API)
 
 #: Adapter name peft gives the first adapter; lit-rlhf uses one adapter per model.
 ADAPTER = "default"
@@ -50,18 +50,6 @@ class LoraOptions:
     dropout: float = 0.0
     target_modules: Union[list[str], str] = field(default="all-linear")
     export: Literal["merged", "adapter"] = "merged"
-
-
-def is_lora(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft model with adapters. peft is optional (the ``lora`` extra): a model
-    can only be a peft model if peft was imported, so without it nothing is imported here."""
-    peft = sys.modules.get("peft")
-    return peft is not None and isinstance(model, peft.PeftModel)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model under a peft wrapper (its layers carry the adapters), else ``model``."""
-    return model.get_base_model() if is_lora(model) else model
 
 
 def apply_lora(model: PreTrainedModel, options: Optional[LoraOptions], *, head: Optional[str] = None) -> torch.nn.Module:
@@ -148,8 +136,6 @@ def save_lora_directory(
     out.mkdir(parents=True, exist_ok=True)
     config = model.peft_config[ADAPTER]
     if mode == "merged":
-        from lit_rlhf.models import drop_tied_copies
-
         base = unwrap(model)
         base.save_pretrained(out, state_dict=drop_tied_copies(base, merged_state_dict(state, config)))
     else:

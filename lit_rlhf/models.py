@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -32,7 +33,6 @@ from transformers import (
 )
 
 from lit_rlhf.atomic import atomic_directory, incomplete_files, read_marker
-from lit_rlhf.lora import unwrap
 
 #: Config attribute that carries the reward model's centering bias (DESIGN.md "RM centering").
 REWARD_BIAS_KEY = "reward_bias"
@@ -43,6 +43,18 @@ _RESIDUAL_DROPOUT_FIELDS = ("resid_pdrop", "hidden_dropout", "hidden_dropout_pro
 
 class ModelSourceError(FileNotFoundError):
     """A model or tokenizer source that cannot be loaded; the message says what to do."""
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether ``model`` is a peft model with LoRA adapters (:mod:`lit_rlhf.lora`). peft is optional (the ``lora`` extra): a model
+    can only be a peft model if peft was imported, so without it nothing is imported here."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model under a peft wrapper (its layers carry the adapters), else ``model``."""
+    return model.get_base_model() if is_lora(model) else model
 
 
 def _is_offline() -> bool:
@@ -379,8 +391,6 @@ def save_hf_directory(
 
 def current_command() -> Optional[str]:
     """This process's command line when it is the ``lit-rlhf`` command (recorded in the export's commit marker)."""
-    import sys
-
     if not sys.argv or Path(sys.argv[0]).name != "lit-rlhf":
         return None
     return " ".join(["lit-rlhf", *sys.argv[1:]])

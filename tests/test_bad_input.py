@@ -110,7 +110,7 @@ CASES = [
      "t.jsonl: record 1: field 'messages[0].role': roles out of order"),
     ("sft-messages-empty", sft_train("t.jsonl"), {"t.jsonl": jsonl({"messages": []})}, "t.jsonl: record 1: field 'messages'"),
     ("sft-too-long-error", [*sft_train("t.jsonl"), "--data.init_args.truncation", "error"], {"t.jsonl": jsonl(GOOD_SFT, LONG)},
-     "t.jsonl: record 2: is 8"),
+     "t.jsonl: record 2: example is 8"),
     ("sft-val-all-too-long", [*SFT, "--data.init_args.train", "t.jsonl", "--data.init_args.val", "v.jsonl", "--data.init_args.truncation", "drop"],
      {"t.jsonl": GOOD_SFT, "v.jsonl": LONG}, "no validation examples left in v.jsonl"),
     ("sft-val-missing", [*SFT, "--data.init_args.train", "t.jsonl", "--data.init_args.val", "v.jsonl"], {"t.jsonl": GOOD_SFT},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 from collections import Counter
@@ -22,7 +21,6 @@ from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.random_state import rng_states, set_rng_states
 from lit_rlhf.models import load_tokenizer
 
-log = logging.getLogger(__name__)
 
 
 def resolve_tokenizer(datamodule: Any, source: Optional[str], *, padding_side: str = "right") -> PreTrainedTokenizerBase:

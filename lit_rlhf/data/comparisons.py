@@ -20,13 +20,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.algorithms.ranking import comparison_pairs
 from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
-from lit_rlhf.data.tokenize import encode_prompt_response, render_prompt
+from lit_rlhf.data.tokenize import encode_prompt_response, fit_to_length, render_prompt
 from lit_rlhf.errors import ConfigError
 
 
@@ -168,23 +167,6 @@ def _pair_responses(record: Record, chosen_name: str, rejected_name: str) -> lis
 # Tokenisation
 
 
-def fit_length(ids: list[int], max_length: int, truncation: str, record: Record,
-               counter: Optional[DropCounter] = None) -> Optional[list[int]]:
-    """Apply the truncation policy: ``left`` keeps the last ``max_length`` tokens (the response end,
-    where the reward is read, counted in ``counter`` like SFT and PPO truncations), ``drop`` returns None,
-    ``error`` raises."""
-    if len(ids) <= max_length:
-        return ids
-    if truncation == "error":
-        problem = f"a sequence is {len(ids)} tokens long, over max_length={max_length}"
-        raise ComparisonError(record, None, problem, "over max_length")
-    if truncation == "drop":
-        return None
-    if counter is not None:
-        counter.add("sequences truncated on the left (kept)")
-    return ids[-max_length:]
-
-
 def encode_comparisons(
     records: list[Record],
     tokenizer: PreTrainedTokenizerBase,
@@ -205,14 +187,15 @@ def encode_comparisons(
                 raise
             counter.add(e.reason)
             continue
-        examples = [encode_prompt_response(tokenizer, comparison.prompt, response) for response in comparison.responses]
-        sequences = [fit_length(example.input_ids, max_length, truncation, record, counter) for example in examples]
-        if any(s is None for s in sequences):
-            counter.add("over max_length")  # a group loses no single response: that could leave only ties
+        # Drops are counted per record below: a group loses no single response (that could leave only ties).
+        fitted = [fit_to_length(encode_prompt_response(tokenizer, comparison.prompt, response), max_length, truncation, record,
+                                counter if truncation != "drop" else None) for response in comparison.responses]
+        if any(example is None for example in fitted):
+            counter.add("over max_length")
             continue
         # Response tokens (EOS included) at the end of each sequence: what DPO's sequence log-probs sum over.
-        response_lengths = [min(len(s), sum(label != IGNORE_INDEX for label in e.labels)) for s, e in zip(sequences, examples)]
-        groups.append(ComparisonGroup(sequences, comparison.ranks, response_lengths))
+        response_lengths = [example.num_loss_tokens for example in fitted]
+        groups.append(ComparisonGroup([example.input_ids for example in fitted], comparison.ranks, response_lengths))
     return groups
 
 
@@ -242,11 +225,9 @@ def encode_demonstrations(
                 f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or '{fields('messages')}' "
                 f"(record has: {', '.join(sorted(record.data)) or 'none'})",
             )
-        ids = fit_length(encode_prompt_response(tokenizer, prompt, response).input_ids, max_length, truncation, record, counter)
-        if ids is None:
-            counter.add("over max_length")
-            continue
-        sequences.append(ids)
+        example = fit_to_length(encode_prompt_response(tokenizer, prompt, response), max_length, truncation, record, counter)
+        if example is not None:
+            sequences.append(example.input_ids)
     return sequences
 
 

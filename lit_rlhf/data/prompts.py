@@ -25,7 +25,7 @@ from lit_rlhf.data.batching import ResumableSampler, collate_examples, pad_seque
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
-from lit_rlhf.data.tokenize import Example, encode_text, render_prompt
+from lit_rlhf.data.tokenize import Example, encode_text, fit_to_length, render_prompt
 from lit_rlhf.errors import ConfigError
 
 
@@ -100,15 +100,9 @@ def encode_prompts(records: list[Record], tokenizer, fields: FieldMap, max_lengt
     prompts = []
     for record in records:
         ids = tokenizer(render_prompt(tokenizer, record, fields), add_special_tokens=True)["input_ids"]
-        if len(ids) > max_length:
-            if truncation == "error":
-                raise record.error(None, f"prompt is {len(ids)} tokens long, over max_prompt_length={max_length}")
-            if truncation == "drop":
-                counter.add("over max_prompt_length")
-                continue
-            counter.add("truncated on the left (kept)")
-            ids = ids[-max_length:]
-        prompts.append((ids, dict(record.data)))
+        fitted = fit_to_length(Example(ids, ids), max_length, truncation, record, counter, option="max_prompt_length", what="prompt")
+        if fitted is not None:
+            prompts.append((fitted.input_ids, dict(record.data)))
     return prompts
 
 
@@ -116,11 +110,8 @@ def encode_texts(records: list[Record], tokenizer, fields: FieldMap, max_length:
     """Pretraining sequences (loss on every token), cut to their first ``max_length`` tokens."""
     examples = []
     for record in records:
-        example = encode_text(tokenizer, get_str(record, fields, "text"))
-        if len(example.input_ids) > max_length:
-            counter.add("truncated to max_ptx_length (kept)")
-            example = Example(example.input_ids[:max_length], example.labels[:max_length])
-        examples.append(example)
+        text = encode_text(tokenizer, get_str(record, fields, "text"))
+        examples.append(fit_to_length(text, max_length, "right", record, counter, option="max_ptx_length", what="text"))
     return examples
 
 

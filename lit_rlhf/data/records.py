@@ -8,13 +8,10 @@ input the same way: a :class:`RecordError` that names the source, the record and
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
-
-log = logging.getLogger(__name__)
 
 #: A data source: a file path, or keyword arguments for ``datasets.load_dataset`` (e.g.
 #: ``{"path": "json", "data_files": "x.jsonl"}`` or a hub dataset ``{"path": "org/name", "split": "train"}``).
@@ -181,24 +178,6 @@ def get_str(record: Record, fields: FieldMap, canonical: str, *, allow_empty: bo
     if not allow_empty and not value.strip():
         raise record.error(name, "is empty")
     return value
-
-
-def get_str_list(record: Record, fields: FieldMap, canonical: str, *, min_length: int = 1) -> list[str]:
-    """A required list of non-empty strings with at least ``min_length`` items."""
-    name = fields(canonical)
-    value = record.data.get(name)
-    if value is None:
-        raise record.error(name, "missing")
-    if not isinstance(value, Sequence) or isinstance(value, str):
-        raise record.error(name, f"expected a list of strings, got {type(value).__name__}")
-    if len(value) < min_length:
-        raise record.error(name, f"needs at least {min_length} items, got {len(value)}")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise record.error(f"{name}[{i}]", f"expected a string, got {type(item).__name__}")
-        if not item.strip():
-            raise record.error(f"{name}[{i}]", "is empty")
-    return list(value)
 
 
 CHAT_ROLES = ("system", "user", "assistant")

@@ -11,7 +11,7 @@ from lit_rlhf.data.batching import collate_examples, collate_packed, pack_exampl
 from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer, split_records
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record
-from lit_rlhf.data.tokenize import Example, encode_sft_record
+from lit_rlhf.data.tokenize import Example, encode_sft_record, fit_to_length
 from lit_rlhf.errors import ConfigError
 
 
@@ -26,15 +26,9 @@ def encode_sft_records(
     """Encode and apply the truncation policy; see :class:`SFTDataModule` ``truncation``."""
     examples = []
     for record in records:
-        example = encode_sft_record(tokenizer, record, fields)
-        if len(example.input_ids) > max_length:
-            if truncation == "error":
-                raise record.error(None, f"is {len(example.input_ids)} tokens long, over max_length={max_length}")
-            if truncation == "drop":
-                counter.add("over max_length")
-                continue
-            counter.add("truncated (kept)")
-            example = Example(example.input_ids[:max_length], example.labels[:max_length])
+        example = fit_to_length(encode_sft_record(tokenizer, record, fields), max_length, truncation, record, counter, what="example")
+        if example is None:
+            continue
         if example.num_loss_tokens == 0:
             counter.add("no loss tokens left after truncation")
             continue

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from typing import Optional
+
 from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.data.records import FieldMap, Record, get_messages, get_str
 
@@ -49,6 +51,30 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> Example:
     """Pretraining text: loss on every token."""
     ids = _ids(tokenizer, text, special=True) + _eos(tokenizer)
     return Example(ids, list(ids))
+
+
+def fit_to_length(example: Example, max_length: int, truncation: str, record: Record, counter=None, *,
+                  option: str = "max_length", what: str = "sequence") -> Optional[Example]:
+    """The one truncation policy of every stage, for a sequence longer than ``max_length`` tokens.
+
+    ``left`` keeps its last tokens (PPO prompts, RM sequences: the end is what is continued or scored),
+    ``right`` its first (SFT and pretraining text), each counted as kept in ``counter``; ``drop`` returns
+    None (counted as ``over <option>``, unless ``counter`` is None because the caller counts whole records);
+    ``error`` raises naming the record.
+    """
+    length = len(example.input_ids)
+    if length <= max_length:
+        return example
+    if truncation == "error":
+        raise record.error(None, f"{what} is {length} tokens long, over {option}={max_length}")
+    if truncation == "drop":
+        if counter is not None:
+            counter.add(f"over {option}")
+        return None
+    if counter is not None:
+        counter.add(f"{what}s truncated on the {truncation} (kept)")
+    kept = slice(length - max_length, length) if truncation == "left" else slice(0, max_length)
+    return Example(example.input_ids[kept], example.labels[kept])
 
 
 def require_chat_template(tokenizer: PreTrainedTokenizerBase, record: Record, fields: FieldMap) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import torch
 from torch import Tensor
 
