@@ -3,17 +3,14 @@
 One ``training_step`` is one PPO iteration on one rollout batch (batch vocabulary:
 :mod:`lit_rlhf.modules.rollout`):
 
-1. **generate**: sample ``samples_per_prompt`` responses per prompt with the policy (KV cache,
-   eval mode, temperature / top-p, stop at EOS), recording log-probs and entropy while sampling;
-2. **score**: reference log-probs, per-token values (with a critic), and the sequence score: the
-   weighted sum of the reward components (default: the reward model's centred score);
-3. **rewards**: ``-beta * KL_t`` on every response token plus the score on the last (or the KL as a
-   loss term, ``kl_placement: loss``); advantages from GAE, or from the other samples of the same
-   prompt (``rloo`` / ``grpo``, no critic);
-4. **update**: ``ppo_epochs`` x minibatches, each ONE optimizer step whose gradient is the policy
-   loss plus ``value_loss_coef`` x the value loss, normalised over the whole minibatch (all
-   micro-batches, all ranks: :mod:`lit_rlhf.algorithms.aggregation`), plus ``gamma_ptx`` x the
-   next-token loss of that step's pretraining batch, normalised the same way.
+1. **generate** ``samples_per_prompt`` responses per prompt with the rollout engine (eval mode);
+2. **score**: reference log-probs, values (with a critic), and the weighted sum of the reward
+   components (default: the reward model's centred score);
+3. **rewards**: ``-beta * KL_t`` per token plus the score on the last (or the KL as a loss term);
+   advantages from GAE, or from the other samples of the prompt (``rloo`` / ``grpo``, no critic);
+4. **update**: ``ppo_epochs`` x minibatches, each ONE optimizer step: policy loss plus
+   ``value_loss_coef`` x value loss plus ``gamma_ptx`` x the ptx next-token loss, each normalised
+   over the whole minibatch, all micro-batches and ranks (:mod:`lit_rlhf.algorithms.aggregation`).
 
 Subclass hooks: :meth:`generate_rollout`, :meth:`reference_logprobs`, :meth:`score_responses`,
 :meth:`compute_rewards`, :meth:`estimate_advantages`, :meth:`policy_loss`, :meth:`value_loss`.
@@ -37,14 +34,14 @@ from lit_rlhf.algorithms import (
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings  # not the package: it imports modules.rollout
-from lit_rlhf.engines.correction import check_truncated_is_cap, engine_logprob_correction
+from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models import check_same_tokenizer, require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule
 from lit_rlhf.modules.guards import check_finite
 from lit_rlhf.modules.optim import warmup_constant_schedule
-from lit_rlhf.modules.ppo_checks import check_ppo_options
+from lit_rlhf.modules.ppo_checks import check_ppo_options, scalar_model_sources
 from lit_rlhf.modules.ptx import lm_loss, ptx_backward
 from lit_rlhf.modules.rollout import (
     Rollout, accumulate, eval_mode, in_chunks, logprobs_and_entropy, response_logits, response_logprobs,
@@ -142,24 +139,15 @@ class PPOModule(StageModule):
         super().__init__()
         self.save_hyperparameters(ignore=["rewards", "engine"])
         check_ppo_options(self.hparams)
-        check_truncated_is_cap(truncated_is_cap)
         self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
         from lit_rlhf.engines.hf import HFEngine  # here: engines.hf imports modules.rollout, which imports this module
         self.engine = engine or HFEngine()
         self.uses_critic = advantage_estimator == "gae"
-        needs_reward_model = (self.uses_critic and value_model is None) or any(r.uses_reward_model() for r in self.rewards)
-        if needs_reward_model and reward_model is None:
-            raise ConfigError("reward_model is not set, but the default reward (RewardModelScore) or the value model's "
-                              "initialisation needs it: set model.init_args.reward_model, or rewards / value_model")
         require_stage_output(policy, "policy", "configs/sft.yaml")
-        scalar_sources = {"reward_model": reward_model if needs_reward_model else None, "value_model": value_model}
-        for argument, source in scalar_sources.items():
-            if source:
-                require_stage_output(source, argument, "configs/rm.yaml")
+        scalar_sources = scalar_model_sources(self.hparams, self.rewards, self.uses_critic)
         self.init_stage(policy, tokenizer, lora, output_dir)
         for argument, source in scalar_sources.items():  # they read the policy's token ids as they are
-            if source:
-                check_same_tokenizer(self.tokenizer, source, argument)
+            check_same_tokenizer(self.tokenizer, source, argument)
         self.seed = resolve_seed(seed)  # not in hparams: the data module's seed stays as configured
         self.automatic_optimization = False  # a rollout makes several optimizer steps
         self.prompts_per_rollout = rollout_batch_size // samples_per_prompt  # read by PromptDataModule

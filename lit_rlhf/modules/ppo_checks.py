@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lit_rlhf.engines.correction import check_truncated_is_cap
 from lit_rlhf.errors import ConfigError, check_option
+from lit_rlhf.models import require_stage_output
 
 #: Critic settings and their defaults: a critic-free run (rloo/grpo) refuses a changed value instead of ignoring it.
 CRITIC_DEFAULTS = {"value_model": None, "value_learning_rate": None, "value_loss_coef": 0.1, "value_clip_range": 0.2,
@@ -35,6 +37,7 @@ def check_ppo_options(hp: Any) -> None:
     for name in ("learning_rate", "value_learning_rate", "max_grad_norm"):
         check_option(name, hp[name], min=0, min_open=True)
     check_option("warmup_start", hp.warmup_start, min=0, max=1, min_open=True)
+    check_truncated_is_cap(hp.truncated_is_cap)
     check_option("ema_decay", hp.ema_decay, min=0, max=1, max_open=True)
     for i, beta in enumerate(hp.betas):
         check_option(f"betas[{i}]", beta, min=0, max=1, max_open=True)
@@ -46,3 +49,17 @@ def check_ppo_options(hp: Any) -> None:
         if changed:
             raise ConfigError(f"{', '.join(changed)} set, but advantage_estimator={hp.advantage_estimator} trains no value "
                               "model: remove them, or use advantage_estimator: gae")
+
+
+def scalar_model_sources(hp: Any, rewards, uses_critic: bool) -> dict[str, str]:
+    """The reward/value model directories the run will read (checked to exist), by argument name. ``reward_model``
+    is needed only when a reward component reads it or the critic starts from it."""
+    needs_reward_model = (uses_critic and hp.value_model is None) or any(r.uses_reward_model() for r in rewards)
+    if needs_reward_model and hp.reward_model is None:
+        raise ConfigError("reward_model is not set, but the default reward (RewardModelScore) or the value model's "
+                          "initialisation needs it: set model.init_args.reward_model, or rewards / value_model")
+    sources = {"reward_model": hp.reward_model if needs_reward_model else None, "value_model": hp.value_model}
+    sources = {argument: source for argument, source in sources.items() if source}
+    for argument, source in sources.items():
+        require_stage_output(source, argument, "configs/rm.yaml")
+    return sources
