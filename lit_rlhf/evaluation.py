@@ -15,11 +15,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_rlhf.algorithms.lm import next_token_loss
 from lit_rlhf.data.batching import collate_examples, pad_sequences
 from lit_rlhf.data.tokenize import encode_text
-try:
-    from lit_rlhf.distributed import sample_continuations
-except ImportError:  # the name before the rollout-engine refactor
-    from lit_rlhf.distributed import generate_rollout as sample_continuations
+from lit_rlhf.distributed import sample_continuations
 from lit_rlhf.models import position_ids_from_mask
+from lit_rlhf.modules.rollout import concat_responses
 
 
 @dataclass
@@ -39,13 +37,6 @@ class SampledEpisodes:
     prompt_length: int
     response_mask: torch.Tensor
     texts: list[str]
-
-
-def first_eos_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """``[B, R]`` bool: tokens up to and including each row's first EOS (all of them without one).
-    What follows the first EOS is padding whatever its id, since pad may equal eos."""
-    is_eos = (responses == eos_token_id).long()
-    return (is_eos.cumsum(-1) - is_eos) == 0
 
 
 @torch.no_grad()
@@ -76,12 +67,12 @@ def sample_episodes(
                 model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             )
-            response_mask = first_eos_mask(responses, tokenizer.eos_token_id)
+            layout = concat_responses(ids, mask, responses, tokenizer.eos_token_id)  # the PPO rollout layout
             yield SampledEpisodes(
-                input_ids=torch.cat([ids, responses], dim=1),
-                attention_mask=torch.cat([mask.long(), response_mask.long()], dim=1),
-                prompt_length=ids.shape[1],
-                response_mask=response_mask,
+                input_ids=layout.input_ids,
+                attention_mask=layout.attention_mask,
+                prompt_length=layout.prompt_length,
+                response_mask=layout.response_mask,
                 texts=tokenizer.batch_decode(responses, skip_special_tokens=True),
             )
     finally:
