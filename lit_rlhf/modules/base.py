@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
 from lit_rlhf.algorithms import ema_update
-from lit_rlhf.distributed import all_reduce_mean, export_hf, shard_models
+from lit_rlhf.distributed import all_reduce_mean, export_hf, full_state_dict, shard_models
 from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
 from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer, scalar_head_name
@@ -107,7 +107,6 @@ class StageModule(LightningModule):
         self.tokenizer = load_tokenizer(default_tokenizer_source(model_source, tokenizer))
         self.ema: Optional[EMAWeights] = None
         self.lora_options, self.output_dir = lora, output_dir
-        self.export_blocked: Optional[str] = None  # set by a guard that stopped training: no export over a good model
         self._step_normalizer = torch.zeros((), dtype=torch.float64)
 
     # ------------------------------------------------------------------------------------------
@@ -183,10 +182,6 @@ class StageModule(LightningModule):
     # ------------------------------------------------------------------------------------------
     # Optimizer
 
-    def make_optimizer(self, groups: list[dict], learning_rate: float, betas: tuple[float, float], weight_decay: float):
-        """AdamW over the trainable parameters of ``groups`` (one param group per trained model)."""
-        return adamw(groups, learning_rate, betas, weight_decay)
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_optimizer_lrs = [
             [group.get("initial_lr", group["lr"]) for group in opt["param_groups"]] for opt in checkpoint.get("optimizer_states", [])]
@@ -247,11 +242,6 @@ class StageModule(LightningModule):
     def on_fit_end(self) -> None:
         if not self.output_dir:
             return
-        if self.export_blocked:
-            rank_zero_info(f"not exporting to {self.output_dir}: {self.export_blocked}")
-            return
-        from lit_rlhf.distributed import full_state_dict
-
         state = self.export_state()
         if state is None and self.ema is not None:
             state = full_state_dict(self.trainer)  # a collective; complete on rank 0, which writes
@@ -274,6 +264,6 @@ def check_optimizer_options(hp) -> None:
 def cosine_optimizer(module: StageModule, model: torch.nn.Module) -> dict:
     """AdamW over ``model``'s trainable parameters with the paper's SFT/RM schedule (cosine to ``min_lr_ratio``)."""
     hp = module.hparams
-    optimizer = module.make_optimizer([{"params": list(model.parameters())}], hp.learning_rate, hp.betas, hp.weight_decay)
+    optimizer = adamw([{"params": list(model.parameters())}], hp.learning_rate, hp.betas, hp.weight_decay)
     schedule = cosine_schedule(optimizer, module.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
     return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -40,7 +40,7 @@ from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models import check_same_tokenizer, require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule
 from lit_rlhf.modules.guards import check_finite
-from lit_rlhf.modules.optim import warmup_constant_schedule
+from lit_rlhf.modules.optim import adamw, warmup_constant_schedule
 from lit_rlhf.modules.ppo_checks import check_ppo_options, scalar_model_sources
 from lit_rlhf.modules.ptx import lm_loss, ptx_backward
 from lit_rlhf.modules.rollout import (
@@ -181,7 +181,7 @@ class PPOModule(StageModule):
         groups = [{"params": list(self.policy.parameters()), "lr": lrs[0]}]
         if self.value_model is not None:
             groups.append({"params": list(self.value_model.parameters()), "lr": lrs[1]})
-        optimizer = self.make_optimizer(groups, hp.learning_rate, hp.betas, hp.weight_decay)
+        optimizer = adamw(groups, hp.learning_rate, hp.betas, hp.weight_decay)
         scheduler = warmup_constant_schedule(optimizer, hp.warmup_rollouts, hp.warmup_start)  # stepped once per rollout
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
