@@ -89,14 +89,9 @@ class Reward(torch.nn.Module):
         raise NotImplementedError
 
     def score(self, batch: RewardBatch) -> Tensor:
-        """:meth:`forward`, checked: ``[B]`` finite floats, or a :class:`RewardError` naming the component and record."""
-        try:
-            scores = self(batch)
-        except RewardError:
-            raise
-        except Exception as e:  # a user's reward failing: say which component, keep the cause
-            raise RewardError(f"reward '{self.name}' failed: {type(e).__name__}: {e}") from e
-        scores = torch.as_tensor(scores, dtype=torch.float32, device=batch.input_ids.device)
+        """:meth:`forward`, checked: ``[B]`` finite floats, or a :class:`RewardError` naming the component and record.
+        (An exception inside ``forward`` is a bug in the component and keeps its traceback.)"""
+        scores = torch.as_tensor(self(batch), dtype=torch.float32, device=batch.input_ids.device)
         if scores.shape != (len(batch),):
             raise RewardError(f"reward '{self.name}' returned shape {tuple(scores.shape)}; expected ({len(batch)},): one score per response")
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
