@@ -74,3 +74,32 @@ def test_bad_record_stops_before_training_with_file_line_and_field(in_scratch_di
     assert exit_info.value.code == 2
     assert f"lit-rlhf: error: {bad}: record 2: field 'response': is empty" in capsys.readouterr().err
     assert not (in_scratch_dir / "runs/sft/checkpoints").exists()
+
+
+def test_lm_head_at_labelled_positions_only_gives_the_full_loss_and_gradients():
+    """SFTModule.loss runs the LM head only where a label follows; loss and gradients equal the full-logits ones."""
+    from lit_rlhf.algorithms.lm import IGNORE_INDEX, labelled_positions, next_token_loss
+    from lit_rlhf.modules import SFTModule
+
+    torch.manual_seed(0)
+    module = SFTModule(model=f"{REPO_ROOT}/{SANDBOX}/base_config.json", tokenizer=f"{REPO_ROOT}/{SANDBOX}/tokenizer")
+    module.configure_model()
+    input_ids = torch.randint(5, 100, (3, 12))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0  # right padding
+    labels = input_ids.clone()
+    labels[0, :7] = labels[1, :4] = labels[2, :8] = IGNORE_INDEX  # prompts of different lengths
+    labels[1, 9:] = IGNORE_INDEX
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    positions = labelled_positions(labels)
+    assert positions.tolist() == list(range(3, 11))  # column 11 predicts nothing; columns 0-2 only prompts
+    sliced_loss, sliced_count = module.loss(batch)
+    sliced_grads = torch.autograd.grad(sliced_loss, list(module.model.parameters()))
+    full_loss, full_count = next_token_loss(module(batch), labels)
+    full_grads = torch.autograd.grad(full_loss, list(module.model.parameters()))
+    assert sliced_count == full_count == 5 + 5 + 4
+    torch.testing.assert_close(sliced_loss, full_loss)
+    for sliced, full in zip(sliced_grads, full_grads):
+        torch.testing.assert_close(sliced, full)
+    assert module(batch, positions).shape[1] == 8 < module(batch).shape[1]
