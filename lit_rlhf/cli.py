@@ -38,7 +38,7 @@ EXTRA_COMMANDS = {
 
 #: Errors a user fixes in their data or config: printed as one clear line instead of a traceback.
 USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError",
-               "lit_rlhf.rewards.base:RewardError")
+               "lit_rlhf.rewards.base:RewardError", "lit_rlhf.sandbox.pipeline:StageFailed")
 
 
 class LitRLHFCLI(LightningCLI):

@@ -23,3 +23,20 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
     assert set(report["final_kl"]) == {"PPO (no ptx)", "PPO-ptx", "DPO"}  # DPO's KL to SFT measured by the probe
     assert "| PPO-ptx |" in (runs / "report.md").read_text() and "| DPO |" in (runs / "report.md").read_text()
     assert (runs / "gold_vs_kl.png").stat().st_size > 0
+    # Each fit ran in its own process: its wall time and its own peak memory (a model, an optimizer: well over 10 MB).
+    costs = report["costs"]
+    assert set(costs) == {"SFT", "sample K + gold labels", "RM", "PPO-ptx", "PPO (no ptx)", "DPO", "evaluation (this report)"}
+    for stage in ("SFT", "RM", "PPO-ptx", "PPO (no ptx)", "DPO"):
+        assert costs[stage]["wall_s"] > 0 and 0.01 < costs[stage]["peak_rss_gib"] < 20, (stage, costs[stage])
+    assert "| SFT |" in (runs / "report.md").read_text().split("peak memory")[1]
+
+
+def test_sandbox_pipeline_stage_options_are_checked_before_any_work(in_scratch_dir, capsys):
+    import pytest
+
+    for bad, expected in ((["--stages", "[ppo, rlhf]"], "--stages"), (["--samples_per_prompt", "1"], "samples_per_prompt")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sandbox", "run", "--out", "runs", "--fast", "true", "--wandb", "false", *bad])
+        assert exit_info.value.code == 2
+        assert expected in capsys.readouterr().err
+    assert not (in_scratch_dir / "runs").exists()

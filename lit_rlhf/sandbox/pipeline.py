@@ -13,11 +13,21 @@ all three measured on the same (exported, EMA) policy's samples every few rollou
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
+import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
+from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, POLICY_LABELS, SAMPLES_PER_PROMPT as EVAL_SAMPLES_PER_PROMPT
+
+class StageFailed(RuntimeError):
+    """A stage's ``lit-rlhf fit`` exited with an error (printed by the stage itself)."""
+
 
 CSV = "lightning.pytorch.loggers.CSVLogger"
 WANDB = "lightning.pytorch.loggers.WandbLogger"
@@ -58,20 +68,39 @@ def _checkpointing(stage_dir: Path, extra: Optional[list] = None) -> str:
     return json.dumps(callbacks + (extra or []))
 
 
-def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None) -> None:
-    """One ``lit-rlhf fit`` in this process, its outputs under ``stage_dir``."""
-    from lit_rlhf.cli import main
+@dataclass
+class StageCost:
+    """What one stage cost: wall-clock seconds and the peak resident memory of its process."""
 
-    started = time.perf_counter()
-    main([
-        "fit", "--config", config,
+    wall_s: float
+    peak_rss_gib: Optional[float]
+
+
+def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None) -> StageCost:
+    """One ``lit-rlhf fit`` in a child process, its outputs under ``stage_dir``.
+
+    A process per stage measures each stage's own peak memory (not the earlier stages' leftovers), and
+    hands all of it back to the system before the next stage starts.
+    """
+    command = [
+        sys.executable, "-m", "lit_rlhf.cli", "fit", "--config", config,
         "--trainer.logger", _loggers(stage_dir, name, wandb),
         "--trainer.callbacks", _checkpointing(stage_dir, callbacks),
         "--trainer.enable_progress_bar", "false",
         "--model.init_args.output_dir", str(stage_dir / "model"),
         *overrides,
-    ])
-    print(f"[sandbox] {name}: {time.perf_counter() - started:.0f} s -> {stage_dir / 'model'}", flush=True)
+    ]
+    started = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise StageFailed(f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: {shlex.join(command)}")
+    # ru_maxrss is in KiB on Linux, in bytes on macOS.
+    peak_gib = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
+    cost = StageCost(wall_s=time.perf_counter() - started, peak_rss_gib=peak_gib)
+    print(f"[sandbox] {name}: {cost.wall_s:.0f} s, peak memory {peak_gib:.2f} GiB -> {stage_dir / 'model'}", flush=True)
+    return cost
 
 
 def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: int = PROBE_SAMPLES_PER_PROMPT, history_file: Optional[Path] = None) -> dict:
@@ -93,7 +122,27 @@ def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: 
     }
 
 
-def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True, configs: str = "configs") -> Path:
+#: The pipeline's stages after the reward model, in order; ``stages`` picks a subset.
+TRAINED_POLICIES = ("ppo_ptx", "ppo", "dpo")
+
+
+def run(
+    out: str = "runs",
+    seed: int = 0,
+    fast: bool = False,
+    wandb: bool = True,
+    configs: str = "configs",
+    base_model: str = str(BASE_MODEL_DIR),
+    stages: list[str] = list(TRAINED_POLICIES),
+    samples_per_prompt: int = SAMPLES_PER_PROMPT,
+    sample_prompts: Optional[int] = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    eval_prompts: int = 200,
+    eval_samples_per_prompt: int = EVAL_SAMPLES_PER_PROMPT,
+    eval_texts: int = 400,
+    probe_prompts: int = PROBE_PROMPTS,
+    probe_every: int = PROBE_EVERY,
+) -> Path:
     """Run the whole pipeline on the sandbox and print the report.
 
     Args:
@@ -101,42 +150,71 @@ def run(out: str = "runs", seed: int = 0, fast: bool = False, wandb: bool = True
         seed: Seed of every stage (the sandbox world itself is fixed by the shipped data).
         fast: A few steps of everything (for tests); the numbers are then meaningless.
         wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
-        configs: Directory holding sft.yaml, rm.yaml, ppo.yaml and dpo.yaml.
+        configs: Directory holding sft.yaml, rm.yaml and ppo.yaml (and dpo.yaml when ``stages`` has dpo);
+            ``configs/recipes/smollm2-135m`` runs the pipeline on a real pretrained model.
+        base_model: The model SFT starts from (any model source), also evaluated as the report's base row.
+        stages: Policies trained after the reward model: ppo_ptx (the config's gamma_ptx), ppo (gamma_ptx 0), dpo.
+        samples_per_prompt: Responses sampled from the SFT policy per prompt for the labeler to rank (K).
+        sample_prompts: Label only the first this many training prompts (unset: all 1000).
+        max_new_tokens: Longest sampled response, in tokens, when sampling comparisons and evaluating.
+        eval_prompts: Held-out prompts of the report's gold evaluation.
+        eval_samples_per_prompt: Samples per held-out prompt in the report's sampled (T=1) gold score.
+        eval_texts: Held-out pretraining lines of the report's language-modelling loss.
+        probe_prompts: Held-out prompts of the gold/proxy/KL probe during PPO.
+        probe_every: Rollouts between two probe measurements.
     """
+    from lit_rlhf.errors import ConfigError, check_option
     from lit_rlhf.sampling import sample_responses
     from lit_rlhf.sandbox.labeling import label_samples
     from lit_rlhf.sandbox.report import write_report
 
+    unknown = [stage for stage in stages if stage not in TRAINED_POLICIES]
+    if unknown or len(set(stages)) != len(stages):
+        raise ConfigError(f"--stages: each of {', '.join(TRAINED_POLICIES)} at most once, got {stages}")
+    for name, value in (("samples_per_prompt", samples_per_prompt), ("max_new_tokens", max_new_tokens), ("eval_prompts", eval_prompts),
+                        ("eval_samples_per_prompt", eval_samples_per_prompt), ("eval_texts", eval_texts),
+                        ("probe_prompts", probe_prompts), ("probe_every", probe_every), ("sample_prompts", sample_prompts)):
+        check_option(name, value, min=2 if name == "samples_per_prompt" else 1, integer=True)
     root = Path(out)
     size = FAST if fast else {}
     started = time.perf_counter()
+    costs: dict[str, StageCost] = {}
     # Data order and PPO sampling follow seed_everything (their own `seed` arguments default to it).
     seed_args = ["--seed_everything", str(seed)]
-    eval_prompts, eval_texts = size.get("eval_prompts", 200), size.get("eval_texts", 400)
+    probe_prompts = size.get("probe_prompts", probe_prompts)
 
-    fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args + size.get("sft", []), wandb=wandb)
+    costs["SFT"] = fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args + ["--model.init_args.model", base_model] + size.get("sft", []), wandb=wandb)
 
     sample = size.get("sample", {})
+    sampling_started = time.perf_counter()
     samples = sample_responses(
         model=str(root / "sft/model"), prompts=str(DATA_DIR / "prompts_train.jsonl"), out=str(root / "comparisons/samples.jsonl"),
-        k=sample.get("k", SAMPLES_PER_PROMPT), limit=sample.get("limit", None), max_new_tokens=24, temperature=1.0, seed=seed,
+        k=sample.get("k", samples_per_prompt), limit=sample.get("limit", sample_prompts), max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
     )
     label_samples(str(samples), str(root / "comparisons"), seed=seed)
+    costs["sample K + gold labels"] = StageCost(wall_s=time.perf_counter() - sampling_started, peak_rss_gib=None)
 
     rm_data = ["--data.init_args.train", str(root / "comparisons/train.jsonl"), "--data.init_args.val", str(root / "comparisons/val.jsonl")]
-    fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
+    costs["RM"] = fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
 
     ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
-    for name, extra in (("ppo_ptx", []), ("ppo", ["--model.init_args.gamma_ptx", "0"])):
-        probe = probe_callback(size.get("probe_prompts", PROBE_PROMPTS), PROBE_EVERY)
-        fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
+    for name in [stage for stage in stages if stage != "dpo"]:
+        extra = ["--model.init_args.gamma_ptx", "0"] if name == "ppo" else []
+        probe = probe_callback(probe_prompts, probe_every)
+        costs[POLICY_LABELS[name]] = fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
 
-    # DPO learns from the same comparisons directly (no RM, no sampling); the probe measures its gold score and
-    # KL to SFT at the start and the end, on the same samples as PPO's.
-    probe = probe_callback(size.get("probe_prompts", PROBE_PROMPTS), every_n_rollouts=10**9)
-    fit(f"{configs}/dpo.yaml", root / "dpo", "dpo", seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data
-        + size.get("dpo", []), wandb=wandb, callbacks=[probe])
+    if "dpo" in stages:
+        # DPO learns from the same comparisons directly (no RM, no sampling); the probe measures its gold score and
+        # KL to SFT at the start and the end, on the same samples as PPO's.
+        probe = probe_callback(probe_prompts, every_n_rollouts=10**9)
+        costs["DPO"] = fit(f"{configs}/dpo.yaml", root / "dpo", "dpo", seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data
+                           + size.get("dpo", []), wandb=wandb, callbacks=[probe])
 
-    report = write_report(root, base_model=str(BASE_MODEL_DIR), num_prompts=eval_prompts, num_texts=eval_texts)
+    evaluation_started = time.perf_counter()
+    report = write_report(
+        root, base_model=base_model, num_prompts=size.get("eval_prompts", eval_prompts), num_texts=size.get("eval_texts", eval_texts),
+        samples_per_prompt=eval_samples_per_prompt, max_new_tokens=max_new_tokens, costs={name: asdict(cost) for name, cost in costs.items()},
+        evaluation_started=evaluation_started,
+    )
     print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")
     return report

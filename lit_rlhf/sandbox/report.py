@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -12,6 +13,8 @@ from lit_rlhf.sandbox.paths import DATA_DIR
 
 #: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
 POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"), ("DPO", "dpo/model"))
+#: Report label of each trained policy's stage name (its directory under the run root).
+POLICY_LABELS = {subdir.split("/")[0]: label for label, subdir in POLICIES[2:]}
 KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens, of the trained policy's rollouts
 #: Metric prefix of the GoldProxyKLProbe that the pipeline attaches to PPO: gold, proxy (centred RM) score
 #: and KL to SFT of the exported (EMA) policy, measured together on the same held-out samples.
@@ -23,7 +26,7 @@ SAMPLES_PER_PROMPT = 8
 MAX_NEW_TOKENS = 24  # as in the PPO rollouts and the RM's comparisons
 
 
-def gold_evaluations(num_prompts: int, num_texts: int) -> list:
+def gold_evaluations(num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT, max_new_tokens: int = MAX_NEW_TOKENS) -> list:
     """The two gold evaluations of every policy: sampled at T=1 (``gold/...``, with the held-out
     pretraining loss) and greedy (``gold_greedy/...``)."""
     from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
@@ -32,18 +35,19 @@ def gold_evaluations(num_prompts: int, num_texts: int) -> list:
     return [
         GoldScoreEvaluation(
             prompts=prompts, heldout_text=str(DATA_DIR / "pretrain_heldout.txt"), num_prompts=num_prompts, num_texts=num_texts,
-            max_new_tokens=MAX_NEW_TOKENS, temperature=SAMPLED_TEMPERATURE, samples_per_prompt=SAMPLES_PER_PROMPT,
+            max_new_tokens=max_new_tokens, temperature=SAMPLED_TEMPERATURE, samples_per_prompt=samples_per_prompt,
         ),
-        GoldScoreEvaluation(prompts=prompts, num_prompts=num_prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, prefix="gold_greedy"),
+        GoldScoreEvaluation(prompts=prompts, num_prompts=num_prompts, max_new_tokens=max_new_tokens, temperature=0.0, prefix="gold_greedy"),
     ]
 
 
-def gold_metrics(model_dir: str, num_prompts: int, num_texts: int) -> dict[str, float]:
+def gold_metrics(model_dir: str, num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT,
+                 max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, float]:
     """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory."""
     from lit_rlhf.models import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left")
-    sums = {k: v for evaluation in gold_evaluations(num_prompts, num_texts) for k, v in evaluation.evaluate(model, tokenizer).items()}
+    sums = {k: v for evaluation in gold_evaluations(num_prompts, num_texts, samples_per_prompt, max_new_tokens) for k, v in evaluation.evaluate(model, tokenizer).items()}
     return {k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0}
 
 
@@ -119,15 +123,28 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts: int = 400) -> Path:
-    """Evaluate every stage's output under ``root``; write report.md, report.json and gold_vs_kl.png."""
+def write_report(
+    root: Path,
+    base_model: str,
+    num_prompts: int = 200,
+    num_texts: int = 400,
+    samples_per_prompt: int = SAMPLES_PER_PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    costs: Optional[dict[str, dict]] = None,
+    evaluation_started: Optional[float] = None,
+) -> Path:
+    """Evaluate every stage's output under ``root``; write report.md, report.json and gold_vs_kl.png.
+
+    ``costs`` (stage -> wall_s, peak_rss_gib) becomes the report's cost table, with this evaluation's own
+    time (counted from ``evaluation_started``, a ``time.perf_counter()``) as its last row.
+    """
     results: dict = {"policies": {}}
     for label, subdir in POLICIES:
         model_dir = base_model if subdir is None else str(root / subdir)
-        if Path(model_dir).exists():
-            results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts)
+        if subdir is None or Path(model_dir).exists():  # the base may be a hub id or a pkg: source
+            results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts, samples_per_prompt, max_new_tokens)
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
-    runs = {label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv")) for label, subdir in POLICIES[2:]}
+    runs = {label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv")) for label, subdir in POLICIES[2:] if label in results["policies"]}
     # The exported policy's KL (the probe measures the EMA); the trained policy's rollout KL where no probe ran.
     results["final_kl"] = {run: _first_present(last_value(rows, f"{PROBE}/kl"), last_value(rows, KL_METRIC)) for run, rows in runs.items()}
     plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
@@ -141,7 +158,7 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
             f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('gold_greedy/score'))} "
             f"| {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |"
         )
-    lines += ["", f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {SAMPLES_PER_PROMPT} samples each (fixed seed); greedy: one."]
+    lines += ["", f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} samples each (fixed seed); greedy: one."]
     families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
     lines += ["", f"Per family (T={SAMPLED_TEMPERATURE:g} samples):", "", "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |", "|---" * (len(families) + 1) + "|"]
     for label, metrics in results["policies"].items():
@@ -150,6 +167,14 @@ def write_report(root: Path, base_model: str, num_prompts: int = 200, num_texts:
     lines += ["", f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)"]
     if plot:
         lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}")
+    if costs is not None:
+        results["costs"] = dict(costs)
+        if evaluation_started is not None:
+            results["costs"]["evaluation (this report)"] = {"wall_s": time.perf_counter() - evaluation_started, "peak_rss_gib": None}
+        lines += ["", "| stage | wall time | peak memory (process RSS) |", "|---|---|---|"]
+        for stage, cost in results["costs"].items():
+            memory = "—" if cost["peak_rss_gib"] is None else f"{cost['peak_rss_gib']:.2f} GiB"
+            lines.append(f"| {stage} | {cost['wall_s'] / 60:.1f} min | {memory} |")
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     (root / "report.md").write_text(text + "\n")
