@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 from argparse import RawDescriptionHelpFormatter
 from typing import Optional
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_rlhf.cli_errors import OneLineErrorParser
 from lit_rlhf.resume import PendingValidation
@@ -87,6 +89,9 @@ def main(args: Optional[list[str]] = None) -> None:
     # Offline by default so a first run needs no account and no network; WANDB_MODE=online opts in.
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The command owns its process, so it may silence this: frozen models (reference, reward) are in eval
+    # mode on purpose. Library code leaves process-wide warning filters alone.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
     OneLineErrorParser.command_args = argv
     try:
         if argv and argv[0] in EXTRA_COMMANDS:

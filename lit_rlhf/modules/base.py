@@ -11,14 +11,12 @@ writes its loss and loop; nothing else.
 from __future__ import annotations
 
 import contextlib
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
 from lit_rlhf.algorithms import ema_update
@@ -154,8 +152,6 @@ class StageModule(LightningModule):
     def shard(self, models: Iterable[Optional[torch.nn.Module]]) -> None:
         """FSDP2 under ``ModelParallelStrategy`` (each model its own unit); a no-op otherwise."""
         shard_models(self, list(models))
-        # Frozen models are in eval mode on purpose.
-        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
 
     # ------------------------------------------------------------------------------------------
     # Checkpoints: trained state only
