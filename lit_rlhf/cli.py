@@ -1,35 +1,13 @@
-"""The ``lit-rlhf`` command: a LightningCLI whose module and data module are chosen by ``class_path``."""
+"""The ``lit-rlhf`` command: the Trainer commands (:mod:`lit_rlhf.trainer_cli`) and the others (sample, label,
+sandbox), each imported only when it runs."""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
-import warnings
-from argparse import RawDescriptionHelpFormatter
 from typing import Optional
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
-
-from lit_rlhf.cli_errors import OneLineErrorParser
-from lit_rlhf.resume import PendingValidation
-
-DESCRIPTION = """\
-lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a config:
-
-  SFT  lit-rlhf fit --config configs/sft.yaml   (SFTModule + SFTDataModule)
-       Fine-tunes a pretrained causal LM on demonstrations; writes a Hugging Face directory.
-  RM   lit-rlhf fit --config configs/rm.yaml    (RewardModule + RewardDataModule)
-       Learns a scalar reward from rankings of K responses per prompt (all pairs of a prompt in one element).
-  PPO  lit-rlhf fit --config configs/ppo.yaml   (PPOModule + PromptDataModule)
-       Optimises the SFT policy against the reward model with a per-token KL penalty, plus pretraining (ptx).
-
-Other commands: `lit-rlhf sample --help` (sample K responses for labeling),
-`lit-rlhf sandbox --help` (the offline sandbox world and its whole pipeline),
-`lit-rlhf label --help` (a web app where people rank the sampled responses).
-"""
 
 #: Commands that are not Trainer entry points: name -> "module:function" taking argv.
 EXTRA_COMMANDS = {
@@ -41,30 +19,6 @@ EXTRA_COMMANDS = {
 #: Errors a user fixes in their data or config: printed as one clear line instead of a traceback.
 USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError",
                "lit_rlhf.rewards.base:RewardError", "lit_rlhf.sandbox.pipeline:StageFailed")
-
-
-class LitRLHFCLI(LightningCLI):
-    """LightningCLI with every LightningModule / LightningDataModule selectable by ``class_path``."""
-
-    def __init__(self, args: Optional[list[str]] = None, run: bool = True):
-        import lit_rlhf.data  # noqa: F401  (registers the data modules for short class names)
-        import lit_rlhf.modules  # noqa: F401
-
-        super().__init__(
-            model_class=LightningModule,
-            datamodule_class=LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_kwargs={"overwrite": True},
-            # Each module builds its own optimizer and schedule from its documented arguments: one way to set them.
-            auto_configure_optimizers=False,
-            parser_kwargs={"description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter},
-            parser_class=OneLineErrorParser,  # configuration errors as one line, not the usage text
-            # Added to the config's callbacks: a resumed run first runs a validation the interrupted one still owed.
-            trainer_defaults={"callbacks": [PendingValidation()]},
-            args=args,
-            run=run,
-        )
 
 
 def _load(target: str):
@@ -89,15 +43,13 @@ def main(args: Optional[list[str]] = None) -> None:
     # Offline by default so a first run needs no account and no network; WANDB_MODE=online opts in.
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # The command owns its process, so it may silence this: frozen models (reference, reward) are in eval
-    # mode on purpose. Library code leaves process-wide warning filters alone.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
-    OneLineErrorParser.command_args = argv
     try:
         if argv and argv[0] in EXTRA_COMMANDS:
             _load(EXTRA_COMMANDS[argv[0]])(argv[1:])
             return
-        LitRLHFCLI(args=cli_args)
+        from lit_rlhf.trainer_cli import run_trainer_command
+
+        run_trainer_command(cli_args, argv)
     except Exception as e:
         from lit_rlhf.modules.guards import TrainingStopped
 

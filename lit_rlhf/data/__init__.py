@@ -1,8 +1,29 @@
-"""One DataModule per stage, and the one place that reads and validates records."""
+"""One DataModule per stage, and the one place that reads and validates records.
 
-from lit_rlhf.data.comparisons import RewardDataModule
-from lit_rlhf.data.prompts import PromptDataModule
-from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, read_records
-from lit_rlhf.data.sft import SFTDataModule
+The names below load on first use, so ``lit_rlhf.data.records`` (plain Python) can be imported without the
+data modules' torch, transformers and Lightning (the labeling app reads records, nothing else).
+"""
 
-__all__ = ["PromptDataModule", "RewardDataModule", "DataSource", "FieldMap", "Record", "RecordError", "SFTDataModule", "read_records"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "RewardDataModule": "lit_rlhf.data.comparisons",
+    "PromptDataModule": "lit_rlhf.data.prompts",
+    "SFTDataModule": "lit_rlhf.data.sft",
+    "DataSource": "lit_rlhf.data.records",
+    "FieldMap": "lit_rlhf.data.records",
+    "Record": "lit_rlhf.data.records",
+    "RecordError": "lit_rlhf.data.records",
+    "read_records": "lit_rlhf.data.records",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'lit_rlhf.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
