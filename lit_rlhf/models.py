@@ -227,7 +227,7 @@ def set_residual_dropout(config: PretrainedConfig, p: float) -> list[str]:
 
 
 def _from_source(auto_class: Any, source: str, config: PretrainedConfig, **kwargs: Any) -> PreTrainedModel:
-    source = resolve_source(source)
+    """``source`` must already be resolved (:func:`resolve_source`)."""
     if source.endswith(".json"):
         return auto_class.from_config(config, **{k: v for k, v in kwargs.items() if k == "dtype"})
     if source.endswith(".gguf"):
@@ -269,6 +269,7 @@ def load_causal_lm(
     ``from_pretrained`` returns models in eval mode; trainable models are put in train mode here,
     frozen ones are left in eval mode with ``requires_grad=False``.
     """
+    source = resolve_source(source)
     config = load_config(source)
     if dropout is not None:
         set_residual_dropout(config, dropout)
@@ -288,6 +289,7 @@ def load_scalar_model(
     From a causal-LM directory (an SFT output) the head is freshly initialised; from a reward-model
     directory it is loaded together with the centering bias in ``config.reward_bias``.
     """
+    source = resolve_source(source)
     config = load_config(source)
     config.num_labels = 1
     model = _from_source(AutoModelForSequenceClassification, source, config, **({"dtype": dtype} if dtype else {}))

