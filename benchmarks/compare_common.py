@@ -1,4 +1,5 @@
-"""What every ``compare.py`` worker shares: the step clock, peak memory and the result line.
+"""What every ``compare.py`` worker shares: the step clock, peak memory and the result line (and, for the other
+benchmarks, :func:`write_random_sft_and_rm`).
 
 A worker is one process that trains one stage with one framework and prints, as its last stdout
 line, ``RESULT {json}``. Counting starts after the warm-up steps: ``seconds`` is the wall time from
@@ -71,3 +72,23 @@ def emit_result(result: dict) -> None:
     result = {**result, "peak_rss_gib": peak_rss_gib()}
     sys.stdout.flush()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def write_random_sft_and_rm(root, model_config: dict, tokenizer_dir: str) -> dict[str, str]:
+    """A randomly initialised causal LM (seed 0) from ``model_config`` saved as ``root/sft``, and the scalar model
+    built from it as ``root/rm``, both with the tokenizer of ``tokenizer_dir``: the two inputs of a PPO run."""
+    from pathlib import Path
+
+    import torch
+
+    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
+
+    root = Path(root)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    (root / "config.json").write_text(json.dumps(model_config))
+    torch.manual_seed(0)
+    policy = load_causal_lm(str(root / "config.json"))
+    print(f"model: {sum(p.numel() for p in policy.parameters()) / 1e6:.0f}M parameters")
+    save_hf_directory(policy, tokenizer, root / "sft")
+    save_hf_directory(load_scalar_model(str(root / "sft")), tokenizer, root / "rm")
+    return {"sft": str(root / "sft"), "rm": str(root / "rm")}

@@ -34,18 +34,10 @@ PROMPTS = REPO / "lit_rlhf/sandbox/assets/data/prompts_train.jsonl"
 
 
 def build_dirs(root: Path) -> dict[str, str]:
-    import torch
+    """SmolLM2-135M's architecture with random weights, as the SFT policy and the RM."""
+    from compare_common import write_random_sft_and_rm
 
-    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
-
-    tokenizer = load_tokenizer(str(TOKENIZER))
-    (root / "config.json").write_text(json.dumps(SMOLLM2_135M))
-    torch.manual_seed(0)
-    policy = load_causal_lm(str(root / "config.json"))
-    print(f"model: {sum(p.numel() for p in policy.parameters()) / 1e6:.0f}M parameters (SmolLM2-135M architecture)")
-    save_hf_directory(policy, tokenizer, root / "sft")
-    save_hf_directory(load_scalar_model(str(root / "sft")), tokenizer, root / "rm")
-    return {"sft": str(root / "sft"), "rm": str(root / "rm")}
+    return write_random_sft_and_rm(root, SMOLLM2_135M, str(TOKENIZER))
 
 
 def prompt_batch(n: int):

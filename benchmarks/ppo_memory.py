@@ -33,19 +33,11 @@ CONFIGS = [(1, False), (2, False), (1, True), (2, True)]  # (processes, lora)
 
 def build_inputs(root: Path) -> None:
     """SFT and RM directories with the benchmark model (random init), a tokenizer and prompts."""
-    import torch
+    from compare_common import write_random_sft_and_rm
     from conftest import build_char_tokenizer
 
-    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
-
     build_char_tokenizer(root / "tokenizer")
-    tokenizer = load_tokenizer(str(root / "tokenizer"))
-    (root / "config.json").write_text(json.dumps(MODEL))
-    torch.manual_seed(0)
-    policy = load_causal_lm(str(root / "config.json"))
-    print(f"model: {sum(p.numel() for p in policy.parameters()) / 1e6:.0f}M parameters")
-    save_hf_directory(policy, tokenizer, root / "sft")
-    save_hf_directory(load_scalar_model(str(root / "sft")), tokenizer, root / "rm")
+    write_random_sft_and_rm(root, MODEL, str(root / "tokenizer"))
     (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"prompt number {i}:"}) + "\n" for i in range(64)))
 
 
