@@ -171,10 +171,11 @@ def run(
     unknown = [stage for stage in stages if stage not in TRAINED_POLICIES]
     if unknown or len(set(stages)) != len(stages):
         raise ConfigError(f"--stages: each of {', '.join(TRAINED_POLICIES)} at most once, got {stages}")
-    for name, value in (("samples_per_prompt", samples_per_prompt), ("max_new_tokens", max_new_tokens), ("eval_prompts", eval_prompts),
+    check_option("samples_per_prompt", samples_per_prompt, min=2, integer=True)  # fewer than 2 make no comparison
+    for name, value in (("sample_prompts", sample_prompts), ("max_new_tokens", max_new_tokens), ("eval_prompts", eval_prompts),
                         ("eval_samples_per_prompt", eval_samples_per_prompt), ("eval_texts", eval_texts),
-                        ("probe_prompts", probe_prompts), ("probe_every", probe_every), ("sample_prompts", sample_prompts)):
-        check_option(name, value, min=2 if name == "samples_per_prompt" else 1, integer=True)
+                        ("probe_prompts", probe_prompts), ("probe_every", probe_every)):
+        check_option(name, value, min=1, integer=True)
     root = Path(out)
     size = FAST if fast else {}
     started = time.perf_counter()
@@ -210,11 +211,9 @@ def run(
         costs["DPO"] = fit(f"{configs}/dpo.yaml", root / "dpo", "dpo", seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data
                            + size.get("dpo", []), wandb=wandb, callbacks=[probe])
 
-    evaluation_started = time.perf_counter()
     report = write_report(
         root, base_model=base_model, num_prompts=size.get("eval_prompts", eval_prompts), num_texts=size.get("eval_texts", eval_texts),
         samples_per_prompt=eval_samples_per_prompt, max_new_tokens=max_new_tokens, costs={name: asdict(cost) for name, cost in costs.items()},
-        evaluation_started=evaluation_started,
     )
     print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")
     return report

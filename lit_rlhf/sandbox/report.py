@@ -131,13 +131,13 @@ def write_report(
     samples_per_prompt: int = SAMPLES_PER_PROMPT,
     max_new_tokens: int = MAX_NEW_TOKENS,
     costs: Optional[dict[str, dict]] = None,
-    evaluation_started: Optional[float] = None,
 ) -> Path:
     """Evaluate every stage's output under ``root``; write report.md, report.json and gold_vs_kl.png.
 
     ``costs`` (stage -> wall_s, peak_rss_gib) becomes the report's cost table, with this evaluation's own
-    time (counted from ``evaluation_started``, a ``time.perf_counter()``) as its last row.
+    time as its last row.
     """
+    started = time.perf_counter()
     results: dict = {"policies": {}}
     for label, subdir in POLICIES:
         model_dir = base_model if subdir is None else str(root / subdir)
@@ -168,9 +168,7 @@ def write_report(
     if plot:
         lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}")
     if costs is not None:
-        results["costs"] = dict(costs)
-        if evaluation_started is not None:
-            results["costs"]["evaluation (this report)"] = {"wall_s": time.perf_counter() - evaluation_started, "peak_rss_gib": None}
+        results["costs"] = {**costs, "evaluation (this report)": {"wall_s": time.perf_counter() - started, "peak_rss_gib": None}}
         lines += ["", "| stage | wall time | peak memory (process RSS) |", "|---|---|---|"]
         for stage, cost in results["costs"].items():
             memory = "—" if cost["peak_rss_gib"] is None else f"{cost['peak_rss_gib']:.2f} GiB"
