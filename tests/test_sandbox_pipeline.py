@@ -40,3 +40,15 @@ def test_sandbox_pipeline_stage_options_are_checked_before_any_work(in_scratch_d
         assert exit_info.value.code == 2
         assert expected in capsys.readouterr().err
     assert not (in_scratch_dir / "runs").exists()
+
+
+def test_a_failing_stage_stops_the_pipeline_with_one_line_naming_it(in_scratch_dir, capsys):
+    """The SFT stage's own error is printed by its process; the pipeline then stops with one line naming the stage."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sandbox", "run", "--out", "runs", "--fast", "true", "--wandb", "false", "--base_model", "no/such/model.gguf"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lit-rlhf: error: stage 'sft' failed (exit code 2)" in err
+    assert not (in_scratch_dir / "runs/comparisons").exists()  # nothing after the failed stage ran
