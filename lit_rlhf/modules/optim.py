@@ -11,9 +11,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_rlhf.algorithms.schedules import cosine_with_floor, warmup_then_constant
+from lit_rlhf.algorithms.schedules import cosine_with_floor, warmup_then_constant, warmup_then_cosine
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.precision import CompensatedAdamW, is_low_precision
+from lit_rlhf.settings import OptimizerSettings
 
 
 def adamw(
@@ -68,3 +69,10 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
 def warmup_constant_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, start: float) -> LambdaLR:
     """Linear warm-up from ``start`` x peak, then constant (the paper's PPO schedule)."""
     return LambdaLR(optimizer, partial(warmup_then_constant, warmup_steps=warmup_steps, start=start))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, total_steps: float) -> LambdaLR:
+    """The schedule of :class:`~lit_rlhf.settings.OptimizerSettings` over ``total_steps`` scheduler steps (may be
+    infinite when ``min_lr_ratio`` is 1: a constant schedule after the warm-up)."""
+    return LambdaLR(optimizer, partial(warmup_then_cosine, total_steps=total_steps, warmup_steps=settings.warmup_steps,
+                                       start=settings.warmup_start, floor=settings.min_lr_ratio))
