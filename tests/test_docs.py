@@ -44,9 +44,13 @@ def _render(node: ast.AST, defaults: dict[str, str]) -> str | None:
         for value in node.values:
             if isinstance(value, ast.Constant):
                 parts.append(str(value.value))
-            elif (isinstance(value, ast.FormattedValue) and isinstance(value.value, ast.Attribute)
-                  and isinstance(value.value.value, ast.Name) and value.value.value.id == "self"
-                  and value.value.attr in defaults):
+            elif (
+                isinstance(value, ast.FormattedValue)
+                and isinstance(value.value, ast.Attribute)
+                and isinstance(value.value.value, ast.Name)
+                and value.value.value.id == "self"
+                and value.value.attr in defaults
+            ):
                 parts.append(defaults[value.value.attr])
             else:
                 parts.append(HOLE)
@@ -58,9 +62,14 @@ def _constructor_defaults(cls: ast.ClassDef) -> dict[str, str]:
     for item in cls.body:
         if isinstance(item, ast.FunctionDef) and item.name == "__init__":
             args = item.args.args + item.args.kwonlyargs
-            defaults = [None] * (len(item.args.args) - len(item.args.defaults)) + item.args.defaults + item.args.kw_defaults
-            return {a.arg: d.value for a, d in zip(args, defaults)
-                    if isinstance(d, ast.Constant) and isinstance(d.value, str)}
+            defaults = (
+                [None] * (len(item.args.args) - len(item.args.defaults)) + item.args.defaults + item.args.kw_defaults
+            )
+            return {
+                a.arg: d.value
+                for a, d in zip(args, defaults)
+                if isinstance(d, ast.Constant) and isinstance(d.value, str)
+            }
     return {}
 
 
@@ -82,9 +91,17 @@ def logged_names(source: str) -> set[str]:
             defaults = {**defaults, **_constructor_defaults(node)}
         candidates: list[tuple[ast.AST, bool]] = []  # (string node, certainly a metric name)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LOG_CALLS:
-            not_a_logger = isinstance(node.func.value, ast.Name) and node.func.value.id in {"logging", "logger", "math", "np", "torch"}
-            progress_bar_only = any(k.arg == "logger" and isinstance(k.value, ast.Constant) and k.value.value is False
-                                    for k in node.keywords)
+            not_a_logger = isinstance(node.func.value, ast.Name) and node.func.value.id in {
+                "logging",
+                "logger",
+                "math",
+                "np",
+                "torch",
+            }
+            progress_bar_only = any(
+                k.arg == "logger" and isinstance(k.value, ast.Constant) and k.value.value is False
+                for k in node.keywords
+            )
             if not not_a_logger and not progress_bar_only and node.args:
                 if LOG_CALLS[node.func.attr] == "arg":
                     candidates.append((node.args[0], True))
@@ -93,8 +110,13 @@ def logged_names(source: str) -> set[str]:
         token_loss_keys: list[ast.AST] = []
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "metrics" for t in node.targets):
             token_loss_keys += _dict_keys(node.value)
-        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Subscript)
-                and isinstance(node.targets[0].value, ast.Name) and node.targets[0].value.id == "metrics"):
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Subscript)
+            and isinstance(node.targets[0].value, ast.Name)
+            and node.targets[0].value.id == "metrics"
+        ):
             token_loss_keys.append(node.targets[0].slice)
         for key in token_loss_keys:
             text = _render(key, defaults)
@@ -140,8 +162,7 @@ def documented(name: str, glossary: list[str]) -> bool:
     """``name`` (HOLE = a run-time part) is covered by a glossary entry: a fixed name must match an entry, where
     the entry's ``<x>`` matches anything; a name with a run-time part must match at least one entry."""
     if HOLE not in name:
-        return any(re.fullmatch(re.sub(r"<[^>]*>", ".*", re.escape(e).replace(r"\<", "<").replace(r"\>", ">")), name)
-                   for e in glossary)
+        return any(re.fullmatch(re.sub(r"<[^>]*>", ".*", re.escape(e)), name) for e in glossary)
     pattern = ".+".join(re.escape(part) for part in name.split(HOLE))
     return any(re.fullmatch(pattern, entry) for entry in glossary)
 
@@ -192,7 +213,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 @pytest.mark.parametrize("page", [README, *sorted((ROOT / "docs").glob("*.md"))], ids=lambda p: p.name)
 def test_relative_links_resolve(page):
-    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)  # links inside code are examples
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)  # links inside code are examples
     broken = []
     for target in LINK.findall(text):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
