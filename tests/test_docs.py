@@ -222,3 +222,14 @@ def test_relative_links_resolve(page):
         if not (page.parent / path).exists():
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: links to missing files: {broken}"
+
+
+def test_readme_layout_lists_every_top_level_file_and_package():
+    text = README.read_text(encoding="utf-8")
+    layout = text[text.index("## Layout") :].split("```")[1]
+    listed = set(re.findall(r"^\s+(\w+)(?:\.py|/)\s", layout, flags=re.MULTILINE))
+    entries = [
+        p for p in PACKAGE.iterdir() if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()
+    ]
+    missing = sorted(p.name for p in entries if p.stem not in listed)
+    assert not missing, f"README.md's Layout does not list {missing}: add one line each"
