@@ -1,7 +1,7 @@
 """The vLLM rollout engine against the Hugging Face engine: generation tokens/s and PPO episodes/s on a model of
 SmolLM2-135M's size (its architecture, randomly initialised) on CPU, runs alternated. Not a test; prints a table.
 
-    .venv-vllm/bin/python benchmarks/engine_vllm_vs_hf.py            (the environment the README's "Rollout engines" builds)
+    .venv-vllm/bin/python benchmarks/engine_vllm_vs_hf.py   (the environment of docs/engines.md, "Installing")
     .venv-vllm/bin/python benchmarks/engine_vllm_vs_hf.py --rounds 3 --ppo_rollouts 5
 
 Generation: ``--prompts`` prompts x ``--new_tokens`` sampled tokens (T = 1, top-p 1; a random model rarely stops

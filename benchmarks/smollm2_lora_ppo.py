@@ -1,5 +1,5 @@
 """The SmolLM2-135M recipe's PPO stage with LoRA on the policy and the value model, from a finished recipe run's
-SFT and RM, evaluated as the recipe's report evaluates its policies (README, "A real pretrained model").
+SFT and RM, evaluated as the recipe's report evaluates its policies (docs/recipes.md).
 
     lit-rlhf sandbox run --config configs/recipes/smollm2-135m/pipeline.yaml --seed 0 --out runs/smollm2-135m-seed0
     python benchmarks/smollm2_lora_ppo.py --run runs/smollm2-135m-seed0 --seed 0

@@ -38,7 +38,7 @@ from transformers import (
 
 from lit_rlhf.atomic import atomic_directory, incomplete_files, read_marker
 
-#: Config attribute that carries the reward model's centering bias (DESIGN.md "RM centering").
+#: Config attribute that carries the reward model's centering bias (InstructGPT section 3.5, "Reward modeling").
 REWARD_BIAS_KEY = "reward_bias"
 
 #: Config fields that mean "dropout on the residual stream" across common architectures.

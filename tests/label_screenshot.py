@@ -1,4 +1,4 @@
-"""Regenerate the README's screenshot of the labeling page: ``python tests/label_screenshot.py docs/label.png``.
+"""Regenerate docs/label.png, the labeling page (docs/labeling.md): ``python tests/label_screenshot.py docs/label.png``.
 
 Serves a few example items from a scratch database, ranks two through the page, arranges the third
 (a move, a tie, scores, an open flag list) and saves the page as a small palette PNG.

