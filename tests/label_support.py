@@ -77,6 +77,10 @@ class Client:
     def post(self, path: str, body: Any) -> tuple[int, Any]:
         return self.request("POST", path, body)
 
+    def next(self) -> tuple[int, Any]:
+        """The item to judge now (a POST: taking a lease changes state)."""
+        return self.request("POST", "/api/next", {})
+
     def get(self, path: str) -> tuple[int, Any]:
         return self.request("GET", path)
 
@@ -87,13 +91,14 @@ def best_first(item: dict) -> list[list[int]]:
 
 
 @contextmanager
-def threaded_server(store, require_tokens: bool = False, threads: int = 8) -> Iterator[str]:
+def threaded_server(store, require_tokens: bool = False, threads: int = 8, **app_options) -> Iterator[str]:
     """The app served by waitress on 127.0.0.1 (a free port) in a background thread; yields its URL."""
     from waitress import create_server
 
     from lit_rlhf.label.server import create_app
 
-    server = create_server(create_app(store, require_tokens=require_tokens), host="127.0.0.1", port=0, threads=threads)
+    app = create_app(store, require_tokens=require_tokens, **app_options)
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
     stop = threading.Event()
 
     def serve() -> None:  # waitress's own run() loop, in short turns so that it can be stopped before closing
