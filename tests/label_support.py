@@ -44,6 +44,7 @@ class Client:
         self.base_url = base_url.rstrip("/")
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
         self.csrf: Optional[str] = None
+        self.last_headers: list[tuple[str, str]] = []
 
     def request(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None, csrf: bool = True) -> tuple[int, Any]:
         data = None
@@ -57,8 +58,10 @@ class Client:
         try:
             with self.opener.open(request, timeout=30) as response:
                 status, raw, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+                self.last_headers = list(response.headers.items())
         except urllib.error.HTTPError as e:
             status, raw, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+            self.last_headers = list(e.headers.items())
         return status, (json.loads(raw) if "json" in kind else raw.decode())
 
     def open_page(self) -> str:
@@ -135,3 +138,23 @@ def start_server_process(db: Path, samples: Optional[Path] = None, *extra: str, 
             return process, found.group(1).rstrip("/")
     process.kill()
     raise RuntimeError("label serve did not start:\n" + "".join(lines))
+
+
+def pair_rows() -> list[dict]:
+    """A side-by-side pairs file: ppo against sft on four questions (item 3 lists sft as policy_a).
+    Each response starts with its policy's name, so a test can tell which is which."""
+    rows = []
+    for i in range(1, 5):
+        a, b = ("sft", "ppo") if i == 3 else ("ppo", "sft")
+        rows.append({"id": f"q{i}", "prompt": f"Question {i}?", "policy_a": a, "response_a": f"{a} answers {i}",
+                     "policy_b": b, "response_b": f"{b} answers {i}"})
+    return rows
+
+
+def pick(item: dict, want: str) -> tuple[list[list[int]], Optional[int]]:
+    """The side-by-side ranking (in page positions) that prefers policy ``want`` (or a tie), and the
+    winner's position (0 left, 1 right; None for a tie)."""
+    if want == "tie":
+        return [[0, 1]], None
+    position = next(r["index"] for r in item["responses"] if r["text"].startswith(want))
+    return [[position], [1 - position]], position

@@ -43,7 +43,8 @@ def wilson_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / n
     center = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
+    low, high = max(0.0, center - half), min(1.0, center + half)
+    return (0.0 if p <= 0 else low), (1.0 if p >= 1 else high)  # exact at the ends (rounding aside)
 
 
 def verdict(ranking: list[list[int]]) -> str:

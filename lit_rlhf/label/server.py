@@ -180,7 +180,7 @@ def create_app(
         sent = request.headers.get("X-CSRF-Token", "")
         if not isinstance(expected, str) or not expected or not hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace")):
             fail(403, "missing or wrong CSRF token: " + STALE_CSRF)
-        if g.session_record and g.session_record["last_active"] < time.time() - 60:
+        if g.session_record and g.session_record["last_active"] < time.time() - min(60.0, session_idle_seconds / 10):
             store.touch_session(g.sid)  # a state-changing request: the idle timeout starts again
         return None
 
