@@ -357,7 +357,7 @@ function startDrag(event, card) {
     const up = topEdge() + EDGE_PX - pointerY, down = pointerY - (bottomEdge() - EDGE_PX);
     const depth = Math.max(up, down);
     if (depth <= 0) { last = null; return; }
-    const speed = MAX_SCROLL_PX_PER_S * Math.min(1, depth / EDGE_PX);
+    const speed = MAX_SCROLL_PX_PER_S * Math.min(1, 0.25 + depth / EDGE_PX);
     window.scrollBy(0, (up > 0 ? -1 : 1) * Math.max(1, Math.round((speed * dt) / 1000)));
     place();
     frame = requestAnimationFrame(tick);
