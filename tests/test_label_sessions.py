@@ -89,15 +89,15 @@ def token_login_status(url: str, token: str) -> int:
 
 
 def test_idle_sessions_end_and_gets_do_not_keep_them_alive(store):
-    with threaded_server(store, session_idle_seconds=1.5) as url:
+    with threaded_server(store, session_idle_seconds=0.8) as url:
         ann = Client(url).login("ann")
         for _ in range(4):  # reading is not activity: GETs neither renew a lease nor the session
-            time.sleep(0.5)
+            time.sleep(0.25)
             ann.get("/api/progress")
         assert ann.get("/api/progress")[0] == 401
         bob = Client(url).login("bob")
         for _ in range(4):  # a state-changing request is
-            time.sleep(0.5)
+            time.sleep(0.25)
             assert bob.next()[0] == 200
         assert bob.get("/api/progress")[0] == 200
 

@@ -386,7 +386,8 @@ function startDrag(event, card) {
 // Server round trips
 
 function setStatus(message, kind = "", action = null) {
-  const status = document.getElementById("status");
+  // The task's status line, or the "all done" page's when that is what the labeler sees.
+  const status = document.getElementById(state.item || !document.getElementById("task").hidden ? "status" : "done-status");
   status.replaceChildren(document.createTextNode(message));
   status.className = kind;
   if (action) {
