@@ -95,9 +95,10 @@ def pairs_page(browser, url: str, out: Path, options: dict, name: str) -> None:
     login(page, url, name)
     page.keyboard.press("ArrowLeft")
     next_item(page)
-    page.click("#choice button[data-choice=left]")
-    page.locator("#cards .card").nth(0).locator(".score button").nth(5).click()
-    page.locator("#cards .card").nth(1).locator(".score button").nth(2).click()
+    left_is_haiku = page.text_content("#cards .card:first-child .text").startswith("Red leaves")
+    page.click(f"#choice button[data-choice={'left' if left_is_haiku else 'right'}]")  # the side is a coin toss
+    page.locator("#cards .card").nth(0).locator(".score button").nth(5 if left_is_haiku else 2).click()
+    page.locator("#cards .card").nth(1).locator(".score button").nth(2 if left_is_haiku else 5).click()
     page.evaluate("window.scrollTo(0, 0)")
     shoot(page, out)
     context.close()
@@ -112,18 +113,19 @@ def main(out: str) -> None:
     if folder.suffix == ".png":
         folder = folder.parent
     folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        ranks = LabelStore(Path(scratch) / "labels.db", overlap=2)
-        ranks.import_samples(str(write_samples(Path(scratch) / "samples.jsonl", EXAMPLES)))
-        pairs = LabelStore(Path(scratch) / "pairs.db", overlap=2)
-        pairs.import_pairs(str(write_samples(Path(scratch) / "pairs.jsonl", PAIRS)))
-        with threaded_server(ranks) as url, threaded_server(pairs) as pairs_url, sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            ranking_page(browser, url, folder / "label.png", DESKTOP, "ann")
-            ranking_page(browser, url, folder / "label_phone.png", PHONE, "bob")
-            pairs_page(browser, pairs_url, folder / "label_pairs.png", DESKTOP, "ann")
-            pairs_page(browser, pairs_url, folder / "label_pairs_phone.png", PHONE, "bob")
-            browser.close()
+    with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        shots = [(ranking_page, "label.png", DESKTOP), (ranking_page, "label_phone.png", PHONE),
+                 (pairs_page, "label_pairs.png", DESKTOP), (pairs_page, "label_pairs_phone.png", PHONE)]
+        for n, (shot, name, options) in enumerate(shots):  # a fresh database each: the same labeler, the same page
+            store = LabelStore(Path(scratch) / f"labels{n}.db")
+            if shot is ranking_page:
+                store.import_samples(str(write_samples(Path(scratch) / "samples.jsonl", EXAMPLES)))
+            else:
+                store.import_pairs(str(write_samples(Path(scratch) / "pairs.jsonl", PAIRS)))
+            with threaded_server(store) as url:
+                shot(browser, url, folder / name, options, "ann")
+        browser.close()
 
 
 if __name__ == "__main__":

@@ -193,7 +193,8 @@ function buildCard(index, position, rank, tied) {
   const card = el("li", { class: "card" + (tied ? " tied" : ""), tabindex: "-1", "data-index": String(index), "data-position": String(position) });
   const text = el("div", { class: "text" });
   const hidden = setVisibleText(text, textOf(index));  // literal text: never parsed as HTML
-  const warning = hidden ? el("span", { class: "hidden-warning", text: `⚠ ${hidden} hidden character${hidden > 1 ? "s" : ""}`, title: "Bidi controls or zero-width characters: shown as marked code points" }) : "";
+  const warning = hidden ? el("span", { class: "hidden-warning", title: "Bidi controls or zero-width characters: shown as marked code points" },
+    [`⚠ ${hidden}`, el("span", { class: "wide-only", text: ` hidden character${hidden > 1 ? "s" : ""}` })]) : "";
   let head;
   if (pairs()) {
     const side = position === 0 ? "Left" : "Right";
