@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from label_support import CHROMIUM, CHROMIUM_ARGS, start_server_process, threaded_server, write_samples
+import time
+
+from label_support import (
+    CHROMIUM, CHROMIUM_ARGS, HttpsProxy, pair_rows, start_server_process, synthetic_samples, threaded_server, write_samples,
+)
 from lit_rlhf.cli import main
+from lit_rlhf.label.pairs import wilson_interval
+from lit_rlhf.label.stats import format_stats
 from lit_rlhf.label.storage import LabelStore
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
 
@@ -207,3 +213,232 @@ def test_hostile_responses_are_shown_literally_and_never_run(tmp_path, page):
         page.click("#submit")
         page.wait_for_selector("#done:not([hidden])")
     assert dialogs == [] and page.errors == []
+
+
+def new_page(browser, **options):
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    page.errors = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    return page
+
+
+def one_item_store(tmp_path, rows) -> LabelStore:
+    store = LabelStore(tmp_path / "labels.db")
+    store.import_samples(str(write_samples(tmp_path / "samples.jsonl", rows)))
+    return store
+
+
+def test_login_and_ranking_through_an_https_proxy_then_a_revoked_session_is_refused(tmp_path, browser):
+    store = one_item_store(tmp_path, synthetic_samples(3))
+    token = store.add_labeler("ann", with_token=True)
+    with HttpsProxy(tmp_path) as proxy, threaded_server(store, require_tokens=True, public_url=proxy.url) as backend:
+        proxy.backend = backend
+        page = new_page(browser, viewport={"width": 1200, "height": 1000}, ignore_https_errors=True)
+        page.goto(proxy.url + "/")
+        page.fill("#login-token", token)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#cards .card")
+        (cookie,) = page.context.cookies()
+        assert cookie["name"].startswith("__Host-lit_rlhf_label_") and cookie["secure"] and cookie["httpOnly"]
+        first, order = current_item(page), card_order(page)
+        for key in ("2", "Shift+ArrowUp", "Enter"):  # rank it through the proxy: every POST passes the origin check
+            page.keyboard.press(key)
+        wait_for_next(page, first)
+        assert store.judgment("ann", first)["ranking"] == [[order[1]], [order[0]], *[[i] for i in order[2:]]]
+        assert proxy.requests > 0
+
+        main(["label", "add-labeler", "--db", str(store.path), "--name", "ann", "--revoke", "true"])
+        second = current_item(page)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#status.error")
+        assert "session has ended" in page.text_content("#status") and page.locator("#status button").count() == 1
+        assert store.judgment("ann", second) is None  # nothing stored
+        page.click("#status button")  # "Log in again": back to the login form, where the old token is refused
+        page.wait_for_selector("#login-token")
+        page.fill("#login-token", token)
+        page.click("#login-form button[type=submit]")
+        page.wait_for_selector("#login-error:has-text('unknown access token')")
+        assert page.errors == []
+        page.context.close()
+
+
+def test_a_tie_belongs_to_its_slot_when_cards_move(tmp_path, page):
+    store = one_item_store(tmp_path, synthetic_samples(2))
+    with threaded_server(store) as url:
+        login(page, url, "ann")
+        order = card_order(page)
+        for key in ("2", "Equal"):  # slot 2 ties with slot 1
+            page.keyboard.press(key)
+        assert page.text_content("#cards .card:nth-child(2) .rank") == "=1"
+        page.keyboard.press("Shift+ArrowDown")  # move the card in slot 2 down: the tie stays with slot 2
+        assert card_order(page) == [order[0], order[2], order[1], order[3]]
+        ranks = page.eval_on_selector_all("#cards .card .rank", "nodes => nodes.map(n => n.textContent)")
+        assert ranks == ["1", "=1", "2", "3"]
+        assert page.get_attribute("#cards .card:nth-child(3) button.tie", "aria-pressed") == "false"
+        # Drag the last card to the top: slot 2 still ties with slot 1, now holding the old first card.
+        cards = page.locator("#cards .card")
+        source = cards.nth(3).locator(".grip").bounding_box()
+        target = cards.nth(0).bounding_box()
+        page.mouse.move(source["x"] + source["width"] / 2, source["y"] + source["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(target["x"] + 60, target["y"] + 4, steps=10)
+        page.mouse.up()
+        moved = [order[3], order[0], order[2], order[1]]
+        assert card_order(page) == moved
+        assert page.eval_on_selector_all("#cards .card .rank", "nodes => nodes.map(n => n.textContent)") == ["1", "=1", "2", "3"]
+        item = current_item(page)
+        page.keyboard.press("Enter")
+        wait_for_next(page, item)
+    assert store.judgment("ann", item)["ranking"] == [sorted(moved[:2]), [moved[2]], [moved[3]]]
+    assert page.errors == []
+
+
+def test_bidi_and_zero_width_characters_are_shown_not_applied(tmp_path, page):
+    sneaky = ["invoice_\u202egnp.exe", "pay\u200b\u200bpal\u2060 and \u2066inner\u2069 \ufeffend\u200e", "plain answer"]
+    store = one_item_store(tmp_path, [{"prompt": "Name the file\u202e please", "responses": sneaky}])
+    with threaded_server(store) as url:
+        login(page, url, "ann")
+        texts = page.eval_on_selector_all("#cards .card .text", "nodes => nodes.map(n => n.textContent)")
+        assert "invoice_U+202E RLOgnp.exe" in texts
+        assert "payU+200B ZWSPU+200B ZWSPpalU+2060 WJ and U+2066 LRIinnerU+2069 PDI U+FEFF BOMendU+200E LRM" in texts
+        assert page.text_content("#prompt") == "Name the fileU+202E RLO please"
+        assert "1 hidden character" in page.text_content("#item-meta")
+        hidden = "[\u202a-\u202e\u2066-\u2069\u200b-\u200f\u2060\ufeff]"
+        assert page.evaluate(f"new RegExp('{hidden}').test(document.body.innerText)") is False  # none left to apply
+        assert page.locator("#cards .cp").count() == 8 and page.locator(".hidden-warning").count() == 2
+        # The mark is visible: a box with a width, in the reading order of the text around it.
+        box = page.locator("#cards .cp").first.bounding_box()
+        assert box["width"] > 20 and box["height"] > 8
+    assert page.errors == []
+
+
+def test_dragging_in_a_k9_item_reaches_the_top_in_about_a_second_and_long_cards_collapse(tmp_path, browser):
+    long = "\n".join(f"Line {n}: a long response that keeps going so that the card would be tall." for n in range(40))
+    responses = [f"Response number {i}.\n" + (long if i in (2, 5) else "short and sweet\n" * 4) for i in range(9)]
+    store = one_item_store(tmp_path, [{"prompt": "Rank nine responses.", "responses": responses}])
+    page = new_page(browser, viewport={"width": 1200, "height": 800})
+    with threaded_server(store) as url:
+        login(page, url, "ann")
+        collapsed = page.locator("#cards .card.long")
+        assert collapsed.count() == 2
+        height = collapsed.first.locator(".text").bounding_box()["height"]
+        assert height < 15 * 16 * 1.5 + 2  # at most 15 lines shown
+        collapsed.first.locator("button.more").click()
+        assert collapsed.first.locator(".text").bounding_box()["height"] > 2 * height  # "Show all" expands it
+        collapsed.first.locator("button.more").click()
+        order = card_order(page)
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        distance = page.evaluate("window.scrollY")
+        assert distance > 1000
+        grip = page.locator("#cards .card").nth(8).locator(".grip").bounding_box()
+        page.mouse.move(grip["x"] + 5, grip["y"] + 5)
+        page.mouse.down()
+        page.mouse.move(grip["x"] + 5, 70, steps=4)  # into the top edge, then hold still: the page scrolls
+        start = time.monotonic()
+        page.wait_for_function("i => document.querySelector('#cards .card').dataset.index === i && window.scrollY === 0",
+                               arg=str(order[8]), timeout=10_000, polling="raf")
+        elapsed = time.monotonic() - start
+        page.mouse.up()
+        print(f"\nK=9 drag to the top: {distance} px scrolled in {elapsed:.2f} s after reaching the edge")
+        assert card_order(page) == [order[8]] + order[:8]
+        assert elapsed < 3.0  # about a second; 3 s of slack for a loaded 2-core machine
+    assert page.errors == []
+    page.context.close()
+
+
+def test_phone_layout_keeps_the_cards_clear_and_targets_large(tmp_path, browser):
+    rows = synthetic_samples(2)
+    rows[0]["responses"][1] = "A long one. " * 120
+    store = one_item_store(tmp_path, rows)
+    page = new_page(browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    with threaded_server(store) as url:
+        login(page, url, "ann")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing sideways
+        header = page.locator(".bar").bounding_box()
+        dock = page.locator(".dock").bounding_box()
+        assert header["height"] <= 56 and dock["height"] <= 70
+        assert (header["height"] + dock["height"]) / 844 < 0.16  # prompt and cards get most of the screen
+        assert not page.locator(".keyboard-help").is_visible() and not page.locator(".keys-only").first.is_visible()
+        assert page.locator("#cards .card").first.bounding_box()["y"] < 844 / 3
+        small = page.evaluate("""() => [...document.querySelectorAll('button, summary')]
+            .filter(b => b.offsetParent !== null)
+            .map(b => [b.textContent.trim(), b.getBoundingClientRect()])
+            .filter(([, r]) => r.width < 44 || r.height < 44).map(([t, r]) => `${t} ${r.width}x${r.height}`)""")
+        assert small == []
+        for n in range(page.locator("#cards .card").count()):
+            clear = page.evaluate("""n => {
+                const card = document.querySelectorAll('#cards .card')[n];
+                card.scrollIntoView({block: 'center'});
+                const r = card.getBoundingClientRect(), x = r.left + r.width / 2;
+                return [r.top + 4, r.top + r.height / 2, r.bottom - 4].every(y => card.contains(document.elementFromPoint(x, y)));
+            }""", n)
+            assert clear, f"card {n} is covered"
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        item = current_item(page)
+        page.tap("#submit")
+        wait_for_next(page, item)
+        assert page.evaluate("window.scrollY") == 0  # a new item starts at its prompt
+    assert page.errors == []
+    page.context.close()
+
+
+def test_all_done_back_and_errors_that_say_what_to_do(tmp_path, page):
+    store = one_item_store(tmp_path, synthetic_samples(1))
+    with threaded_server(store) as url:
+        login(page, url, "ann")
+        page.route("**/api/judgment", lambda route: route.abort())
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#status.error")
+        assert "Cannot reach the labeling server" in page.text_content("#status")
+        page.unroute("**/api/judgment")
+        page.evaluate("document.querySelector('meta[name=csrf-token]').content = 'stale'")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#status:has-text('reload the page')")
+        assert page.locator("#status button").text_content() == "Reload the page"
+        page.reload()
+        page.wait_for_selector("#cards .card")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#done:not([hidden])")
+        page.keyboard.press("b")  # B works on the all-done page too
+        page.wait_for_selector("#editing:not([hidden])")
+        assert current_item(page) == 1
+    assert page.errors == []
+
+
+def test_side_by_side_session_from_two_labelers_matches_a_hand_computation(tmp_path, browser):
+    from test_label_pairs import VERDICTS
+
+    store = LabelStore(tmp_path / "labels.db", overlap=2)
+    store.import_pairs(str(write_samples(tmp_path / "pairs.jsonl", pair_rows())))
+    left_won = 0
+    with threaded_server(store) as url:
+        for name, viewport in (("ann", {"width": 1200, "height": 900}), ("bob", {"width": 390, "height": 844})):
+            page = new_page(browser, viewport=viewport)
+            login(page, url, name)
+            assert page.locator("#cards .card").count() == 2 and page.locator(".grip").count() == 0
+            while page.locator("#done").is_hidden():
+                item = current_item(page)
+                texts = page.eval_on_selector_all("#cards .card .text", "nodes => nodes.map(n => n.textContent)")
+                assert not any(t.startswith(("ppo:", "sft:")) for t in page.eval_on_selector_all("#cards .letter", "n => n.map(x => x.textContent)"))
+                want = VERDICTS[(item, name)]
+                side = "tie" if want == "tie" else "left" if texts[0].startswith(want) else "right"
+                left_won += side == "left"
+                if name == "ann":  # by mouse; a score for the left response
+                    page.click(f"#choice button[data-choice={side}]")
+                    page.locator("#cards .card").nth(0).locator(".score button").nth(4).click()
+                    page.click("#submit")
+                else:  # by keyboard
+                    page.keyboard.press({"left": "ArrowLeft", "right": "ArrowRight", "tie": "Equal"}[side])
+                    page.keyboard.press("Enter")
+                wait_for_next(page, item)
+            assert page.errors == []
+            page.context.close()
+    text = format_stats(store)
+    rate = (1 + 0.75 + 0.5 + 0.5) / 4  # ppo by hand: items 1-4, ties half, mean over the two labelers
+    low, high = wilson_interval(rate, 4)
+    assert f"win rate ppo vs sft: 68.8% (95% CI {low:.1%} to {high:.1%}, Wilson over 4 items" in text
+    assert "4 wins, 3 ties, 1 losses" in text and "agreement: 50.0% (2 of 4" in text
+    assert f"the left response won {left_won} of 5 non-tie judgments" in text
+    assert all(j["scores"][0] == 5 or j["scores"][1] == 5 for j in store.judgments() if j["labeler"] == "ann")

@@ -42,7 +42,7 @@ def judgments_table(store) -> list:
 
 def test_login_next_submit_edit_and_history(server, store):
     ann = Client(server).login("ann")
-    status, data = ann.get("/api/next")
+    status, data = ann.next()
     assert status == 200 and data["item"]["id"] == 1 and data["judgment"] is None
     assert sorted(r["index"] for r in data["item"]["responses"]) == [0, 1, 2, 3]
     assert data["progress"] == {"done": 0, "skipped": 0, "remaining": 4, "items": 4, "items_complete": 0, "overlap": 1}
@@ -50,7 +50,7 @@ def test_login_next_submit_edit_and_history(server, store):
     status, data = ann.post("/api/judgment", {"item_id": 1, "revision": 0, "ranking": ranking, "scores": [5, 1, 7, 5],
                                               "flags": [["opinion"], [], [], []]})
     assert status == 200 and data["revision"] == 1 and ann.get("/api/progress")[1]["done"] == 1
-    status, data = ann.get("/api/next")
+    status, data = ann.next()
     assert data["item"]["id"] == 2
     status, data = ann.get("/api/item/1")  # back to the earlier judgment
     assert data["judgment"]["ranking"] == ranking and data["judgment"]["scores"] == [5, 1, 7, 5]
@@ -60,12 +60,12 @@ def test_login_next_submit_edit_and_history(server, store):
     status, data = ann.get("/api/history")
     assert [(h["item_id"], h["status"]) for h in data["history"]] == [(2, "skipped"), (1, "ranked")]
     assert store.judgment("ann", 1)["ranking"] == [[0], [1], [2], [3]]
-    assert Client(server).get("/api/next")[0] == 401  # not logged in
+    assert Client(server).next()[0] == 401  # not logged in
 
 
 def test_state_changing_requests_need_the_csrf_token_and_this_origin(server, store):
     ann = Client(server).login("ann")
-    ann.get("/api/next")
+    ann.next()
     body = {"item_id": 1, "ranking": [[0], [1], [2], [3]]}
     status, data = ann.request("POST", "/api/judgment", body, csrf=False)
     assert status == 403 and "CSRF" in data["error"]
@@ -82,31 +82,81 @@ def test_state_changing_requests_need_the_csrf_token_and_this_origin(server, sto
     assert status == 400 and "refused" in data["error"]
 
 
-def test_bad_and_stale_submissions_get_4xx_and_change_nothing(server, store):
+RANKING = [[0], [1], [2], [3]]
+DEEP = b'{"item_id": 2, "ranking": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+
+#: (method, path, body, extra headers, expected status, words of the reason): every request here is
+#: malformed or not allowed, and each must be answered with that 4xx and change nothing.
+MALFORMED = [
+    ("POST", "/api/judgment", {"item_id": 99, "ranking": [[0], [1]]}, {}, 404, "no such item"),
+    ("POST", "/api/judgment", {"item_id": 2**70, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": -2**70, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": 0, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": 2.0, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": True, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": "2", "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", b'{"item_id": NaN, "ranking": [[0], [1], [2], [3]]}', {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": [[0], [1], [2]]}, {}, 400, "has 4"),  # wrong K
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": [[0], [1], [1], [3]]}, {}, 400, "ranked twice"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": [[0], [1], [2], [2**70]]}, {}, 400, "not a response index"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": [[0], [1], [2], [[3]]]}, {}, 400, "not a response index"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": {"0": 1}}, {}, 400, "tie groups"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": [0, 1, 1, 1]}, {}, 400, "scores[0]"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": [2**70, 1, 1, 1]}, {}, 400, "scores[0]"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": ["7", 1, 1, 1]}, {}, 400, "scores[0]"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": [["x"], [], [], []]}, {}, 400, "unknown flag"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": [[{}], [], [], []]}, {}, 400, "unknown flag"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": "opinion"}, {}, 400, "flags"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "rewrite": 7}, {}, 400, "rewrite"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "rewrite": "x" * 20_001}, {}, 400, "rewrite"),
+    ("POST", "/api/judgment", b'{"item_id": 2, "ranking": [[0], [1], [2], [3]], "rewrite": "\\ud800"}', {}, 400, "UTF-8"),
+    ("POST", "/api/judgment", {"item_id": 3, "ranking": RANKING}, {}, 409, "not assigned"),  # never handed out
+    ("POST", "/api/judgment", {"item_id": 1, "revision": 0, "ranking": [[3], [1], [2], [0]]}, {}, 409, "stale"),
+    ("POST", "/api/judgment", {"item_id": 2, "revision": -1, "ranking": RANKING}, {}, 400, "revision"),
+    ("POST", "/api/judgment", {"item_id": 2, "revision": 2**70, "ranking": RANKING}, {}, 400, "revision"),
+    ("POST", "/api/judgment", DEEP, {}, 400, "nested too deeply"),  # JSON nested 100k levels deep
+    ("POST", "/api/judgment", b"not json", {}, 400, "JSON object"),
+    ("POST", "/api/judgment", b"", {}, 400, "JSON object"),
+    ("POST", "/api/judgment", b"[1, 2]", {}, 400, "JSON object"),
+    ("POST", "/api/judgment", b'{"item_id": 2, "rewrite": "\xff\xfe"}', {}, 400, "UTF-8"),
+    ("POST", "/api/judgment", b'{"item_id": 2}', {"Content-Type": "text/plain"}, 415, "application/json"),
+    ("POST", "/api/judgment", b'{"rewrite": "' + b"x" * 300_000 + b'"}', {}, 413, "large"),
+    ("POST", "/api/skip", {"item_id": 2**70}, {}, 400, "item_id"),
+    ("POST", "/api/skip", {"item_id": 99}, {}, 404, "no such item"),
+    ("POST", "/api/skip", {"item_id": 2, "revision": "0"}, {}, 400, "revision"),
+    ("GET", f"/api/item/{2**70}", None, {}, 404, "not found"),  # item_id 2^70 in a GET
+    ("GET", "/api/item/3", None, {}, 404, "not found"),  # an item that is not the labeler's
+    ("GET", "/api/item/-1", None, {}, 404, ""),
+    ("GET", "/api/next", None, {}, 405, ""),  # taking a lease is a POST
+    ("PUT", "/api/judgment", {"item_id": 2, "ranking": RANKING}, {}, 405, ""),
+    ("DELETE", "/api/judgment", None, {}, 405, ""),
+    ("POST", "/api/login", {"name": "a\u202eb"}, {}, 400, "printable"),
+    ("POST", "/api/login", {"name": "x" * 65}, {}, 400, "printable"),
+    ("GET", "/api/progress", None, {"Host": "[::1"}, 400, "host"),
+    ("GET", "/api/progress", None, {"Host": "attacker.example"}, 400, "refused"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING}, {"Origin": "http://127.0.0.1:1"}, 403, "cross-origin"),
+    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING}, {"X-CSRF-Token": "forged"}, 403, "reload the page"),
+]
+
+
+def test_malformed_and_stale_requests_get_4xx_with_the_reason_and_change_nothing(server, store):
     ann = Client(server).login("ann")
-    ann.get("/api/next")
-    assert ann.post("/api/judgment", {"item_id": 1, "ranking": [[0], [1], [2], [3]]})[0] == 200
-    ann.get("/api/next")
-    before = judgments_table(store)
-    cases = [
-        ({"item_id": 99, "ranking": [[0], [1]]}, 404, "no such item"),
-        ({"item_id": "2", "ranking": [[0], [1], [2], [3]]}, 400, "item_id"),
-        ({"item_id": 2, "ranking": [[0], [1], [2]]}, 400, "has 4"),  # wrong K
-        ({"item_id": 2, "ranking": [[0], [1], [1], [3]]}, 400, "ranked twice"),  # a duplicate rank
-        ({"item_id": 2, "ranking": [[0], [1], [2], [3]], "scores": [0, 1, 1, 1]}, 400, "scores[0]"),
-        ({"item_id": 2, "ranking": [[0], [1], [2], [3]], "flags": [["x"], [], [], []]}, 400, "unknown flag"),
-        ({"item_id": 3, "ranking": [[0], [1], [2], [3]]}, 409, "not assigned"),  # never handed out
-        ({"item_id": 1, "revision": 0, "ranking": [[3], [1], [2], [0]]}, 409, "stale"),  # an old page
-        ({"item_id": 2, "revision": -1, "ranking": [[0], [1], [2], [3]]}, 400, "revision"),
-    ]
-    for body, code, message in cases:
-        status, data = ann.post("/api/judgment", body)
-        assert status == code and message in data["error"], (body, status, data)
-    status, data = ann.request("POST", "/api/judgment", b"not json", headers={"Content-Type": "application/json"})
-    assert status == 400 and "JSON object" in data["error"]
-    assert ann.post("/api/skip", {"item_id": 99})[0] == 404
-    assert ann.get("/api/item/3")[0] == 404  # an item that is not the labeler's
-    assert judgments_table(store) == before
+    ann.next()
+    assert ann.post("/api/judgment", {"item_id": 1, "ranking": RANKING})[0] == 200
+    ann.next()
+    tables = ("judgments", "assignments", "sessions", "labelers", "items")
+
+    def snapshot():
+        return {t: [tuple(r) for r in store._conn().execute(f"SELECT * FROM {t} ORDER BY rowid")] for t in tables}
+
+    before = snapshot()
+    for method, path, body, headers, code, words in MALFORMED:
+        status, data = ann.request(method, path, body, headers={"Content-Type": "application/json", **headers})
+        assert status == code, (method, path, str(body)[:80], status, data)
+        assert isinstance(data, dict) and words.lower() in data["error"].lower(), (path, str(body)[:80], data)
+        assert snapshot() == before, (method, path, str(body)[:80])
+    assert ann.post("/api/judgment", {"item_id": 2, "ranking": RANKING})[0] == 200  # the session still works
 
 
 def test_untrusted_text_is_escaped_in_html_and_only_placed_as_text(server, store):
@@ -115,12 +165,12 @@ def test_untrusted_text_is_escaped_in_html_and_only_placed_as_text(server, store
     html = ann.open_page()
     assert name not in html and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in html  # autoescaped
     for _ in range(3):
-        _, data = ann.get("/api/next")
+        _, data = ann.next()
         ann.post("/api/judgment", {"item_id": data["item"]["id"], "ranking": best_first(data["item"])})
-    status, data = ann.get("/api/next")
+    status, data = ann.next()
     assert data["item"]["prompt"] == "Say <b>hi</b> & bye"
     assert sorted(r["text"] for r in data["item"]["responses"]) == sorted(HOSTILE)  # JSON strings, verbatim
-    status, raw = ann.request("GET", "/api/next", headers={"Accept": "text/html"})
+    status, raw = ann.request("POST", "/api/next", {}, headers={"Accept": "text/html"})
     assert isinstance(raw, dict)  # application/json whatever the client asks for
     # The page script never turns strings into markup, and the CSP forbids inline script anyway.
     script = (Path(__file__).parents[1] / "lit_rlhf/label/static/label.js").read_text()
@@ -149,7 +199,7 @@ def test_other_interfaces_need_tokens(tmp_path, store, capsys):
         status, data = client.post("/api/login", {"token": token})
         assert status == 200 and data["labeler"] == "ann"
         client.csrf = data["csrf"]
-        assert client.get("/api/next")[1]["item"]["id"] == 1
+        assert client.next()[1]["item"]["id"] == 1
     assert token not in store.path.read_bytes().decode("latin-1")  # only its hash is stored
 
 
@@ -165,7 +215,7 @@ def test_concurrent_labelers_lose_and_duplicate_nothing(tmp_path):
     def label(name: str) -> None:
         client = Client(url).login(name)
         while True:
-            status, data = client.get("/api/next")
+            status, data = client.next()
             assert status == 200, data
             if data["item"] is None:
                 return

@@ -100,6 +100,8 @@ def export_comparisons(
 ) -> ExportCounts:
     """Write the ranked judgments of a labeling database as comparison records (JSONL) for the RM stage:
     ``lit-rlhf fit --config configs/rm.yaml --data.init_args.train OUT --data.init_args.val VAL_OUT``.
+    A side-by-side database (``serve --pairs``) writes its judgments instead, one line each: the pairs
+    line's fields plus ``labeler``, ``left``, ``winner`` (a/b/tie), ``winner_policy``, scores and flags.
 
     Args:
         db: The labeling database (``lit-rlhf label serve --db``).
@@ -119,12 +121,20 @@ def export_comparisons(
         raise FileNotFoundError(f"{db}: no labeling database here (lit-rlhf label serve --db creates it)")
     store = LabelStore(db)
     counts = ExportCounts()
+    if store.mode() == "pairs":
+        return _export_pairs(store, out, merge, val_out, demonstrations_out, counts)
     records = build_comparisons(store, merge, counts)
     val_items: set[int] = set()
     if val_out is not None:
         item_ids = sorted({item_id for item_id, _ in records})
         random.Random(seed).shuffle(item_ids)
         val_items = set(item_ids[: max(1, round(val_fraction * len(item_ids)))]) if len(item_ids) > 1 else set()
+        if not val_items:
+            # An empty validation file would stop the RM stage later, far from the cause: refuse now.
+            raise ValueError(
+                f"--val_out {val_out}: {len(item_ids)} item(s) with a usable ranking, too few to hold one out for "
+                f"validation (need 2 or more); nothing written. Rank more items, or export without --val_out"
+            )
     train = [r for item_id, r in records if item_id not in val_items]
     _write_jsonl(out, train)
     counts.comparisons = len(train)
@@ -149,6 +159,25 @@ def export_comparisons(
         line += f", {counts.demonstrations} demonstrations to {demonstrations_out}"
     print(f"{line}; left out: {counts.skipped} skipped judgments, {counts.all_tied} rankings with every response tied, "
           f"{counts.items_without_judgment} items not ranked yet")
+    return counts
+
+
+def _export_pairs(store: LabelStore, out: str, merge: str, val_out: Optional[str], demonstrations_out: Optional[str],
+                  counts: ExportCounts) -> ExportCounts:
+    from lit_rlhf.label.pairs import export_records
+
+    for name, value, default in (("merge", merge, "per_labeler"), ("val_out", val_out, None), ("demonstrations_out", demonstrations_out, None)):
+        if value != default:
+            raise ValueError(f"--{name}: not for a side-by-side database ({store.path} was served with --pairs); "
+                             f"export writes its judgments to --out")
+    records, counts.skipped = export_records(store)
+    _write_jsonl(out, records)
+    counts.comparisons = len(records)
+    judged = {j["item_id"] for j in store.judgments(status="ranked")}
+    counts.items_without_judgment = len(store.items()) - len(judged)
+    store.close()
+    print(f"wrote {counts.comparisons} side-by-side judgments to {out}; left out: {counts.skipped} skipped, "
+          f"{counts.items_without_judgment} pairs not judged yet")
     return counts
 
 

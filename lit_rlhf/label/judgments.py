@@ -72,7 +72,7 @@ def parse_judgment(payload: Any, num_responses: int) -> Judgment:
         if not isinstance(names, list):
             raise SubmissionError(f"flags[{i}]: expected a list of flag names")
         for name in names:
-            if name not in FLAGS:
+            if not isinstance(name, str) or name not in FLAGS:
                 raise SubmissionError(f"flags[{i}]: unknown flag {name!r}; known: {', '.join(FLAGS)}")
     rewrite = payload.get("rewrite")
     if rewrite is not None and (not isinstance(rewrite, str) or len(rewrite) > MAX_REWRITE_CHARS):

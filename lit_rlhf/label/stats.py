@@ -101,6 +101,10 @@ def labeler_activity(judgments: list[dict[str, Any]]) -> dict[str, dict[str, Any
 
 
 def format_stats(store: LabelStore) -> str:
+    if store.mode() == "pairs":
+        from lit_rlhf.label.pairs import format_pairs_stats
+
+        return format_pairs_stats(store)
     judgments = store.judgments(status=None)
     lines = [f"{len(store.items())} items, {len({j['item_id'] for j in judgments if j['status'] == 'ranked'})} ranked at least once"]
     lines.append(f"{'labeler':<20} {'ranked':>7} {'skipped':>8} {'median s':>9} {'items/h':>8} {'agreement':>10} {'pairs':>7}")

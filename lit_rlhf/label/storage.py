@@ -66,7 +66,24 @@ CREATE TABLE IF NOT EXISTS judgments (
     UNIQUE (item_id, labeler)
 );
 CREATE INDEX IF NOT EXISTS judgments_by_item ON judgments(item_id, status);
+CREATE TABLE IF NOT EXISTS sessions (
+    id_sha256 TEXT PRIMARY KEY,         -- only a hash of the session id the cookie carries
+    labeler TEXT NOT NULL REFERENCES labelers(name),
+    csrf TEXT NOT NULL,                 -- the session's CSRF token (never in the cookie)
+    created_at REAL NOT NULL,
+    last_active REAL NOT NULL           -- the last state-changing request (POST): the idle timeout counts from it
+);
+CREATE INDEX IF NOT EXISTS sessions_by_labeler ON sessions(labeler);
+CREATE TABLE IF NOT EXISTS shown_order (
+    item_id INTEGER NOT NULL REFERENCES items(id),
+    labeler TEXT NOT NULL REFERENCES labelers(name),
+    display TEXT NOT NULL,              -- JSON list of response indices as shown (side by side: [left, right])
+    PRIMARY KEY (item_id, labeler)
+);
 """
+
+#: The largest id SQLite stores (a signed 64-bit integer): anything above is no item of ours.
+MAX_SQL_INT = 2**63 - 1
 
 
 #: Ranked judgments of one item (``{item}``: the SQL expression of its id).
@@ -90,6 +107,10 @@ class Item:
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+#: The fields of a side-by-side pairs file line (``label serve --pairs``); any other field is kept as it is.
+PAIR_FIELDS = ("prompt", "policy_a", "response_a", "policy_b", "response_b")
 
 
 class LabelStore:
@@ -157,6 +178,57 @@ class LabelStore:
             conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
             return value
 
+    def mode(self) -> str:
+        """``"rank"`` (K responses ranked, ``--samples``) or ``"pairs"`` (side-by-side evaluation, ``--pairs``)."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'mode'").fetchone()
+        return "rank" if row is None else row["value"]
+
+    def _claim_mode(self, conn: sqlite3.Connection, mode: str) -> None:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'mode'").fetchone()
+        current = row["value"] if row is not None else ("rank" if conn.execute("SELECT 1 FROM items").fetchone() else None)
+        if current is not None and current != mode:
+            what = {"rank": "ranking items (--samples)", "pairs": "side-by-side pairs (--pairs)"}
+            raise ValueError(f"{self.path} holds {what[current]}; use another --db for {what[mode]}")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mode', ?)", (mode,))
+
+    def import_pairs(self, pairs: DataSource) -> ImportCounts:
+        """Add the lines of a side-by-side pairs file (JSONL, one comparison a line) not in the database yet:
+        ``{"id", "prompt" (or "messages"), "policy_a", "response_a", "policy_b", "response_b", ...}``.
+
+        Every line is checked before anything is written. The two responses are stored as responses 0 (a)
+        and 1 (b); the page shows them in a random left/right order recorded per labeler.
+        """
+        field_map = FieldMap({})
+        rows = []
+        for record in read_records(pairs):
+            prompt_text = _prompt_text(record, field_map)
+            for name in PAIR_FIELDS[1:]:
+                value = record.data.get(name)
+                if not isinstance(value, str):
+                    problem = "missing" if value is None else f"expected a string, got {type(value).__name__}"
+                    raise RecordError(record.source, record.index, name, problem)
+                if name.startswith("policy") and not value.strip():
+                    raise RecordError(record.source, record.index, name, "expected a policy name, got an empty string")
+            if record.data["policy_a"] == record.data["policy_b"]:
+                raise RecordError(record.source, record.index, "policy_b", f"names the same policy as policy_a ({record.data['policy_a']!r})")
+            responses = [record.data["response_a"], record.data["response_b"]]
+            data = {k: v for k, v in record.data.items() if k not in ("response_a", "response_b")}
+            key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            rows.append((key, json.dumps(data, ensure_ascii=False), prompt_text, json.dumps(responses, ensure_ascii=False), record.source, record.index))
+        return self._insert_items(rows, "pairs", too_few=0)
+
+    def _insert_items(self, rows: list[tuple], mode: str, too_few: int) -> ImportCounts:
+        now = time.time()
+        with self.transaction() as conn:
+            self._claim_mode(conn, mode)
+            before = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            conn.executemany(
+                "INSERT OR IGNORE INTO items (content_key, record, prompt_text, responses, source, line, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [row + (now,) for row in rows],
+            )
+            added = conn.execute("SELECT count(*) FROM items").fetchone()[0] - before
+        return ImportCounts(added=added, already_present=len(rows) - added, too_few_responses=too_few)
+
     def import_samples(self, samples: DataSource, fields: Optional[dict[str, str]] = None) -> ImportCounts:
         """Add the lines of a ``lit-rlhf sample`` file that are not in the database yet.
 
@@ -176,17 +248,11 @@ class LabelStore:
             data = {k: v for k, v in record.data.items() if k != field_map("responses")}
             key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
             rows.append((key, json.dumps(data, ensure_ascii=False), prompt_text, json.dumps(responses, ensure_ascii=False), record.source, record.index))
-        now = time.time()
-        with self.transaction() as conn:
-            before = conn.execute("SELECT count(*) FROM items").fetchone()[0]
-            conn.executemany(
-                "INSERT OR IGNORE INTO items (content_key, record, prompt_text, responses, source, line, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [row + (now,) for row in rows],
-            )
-            added = conn.execute("SELECT count(*) FROM items").fetchone()[0] - before
-        return ImportCounts(added=added, already_present=len(rows) - added, too_few_responses=too_few)
+        return self._insert_items(rows, "rank", too_few=too_few)
 
     def item(self, item_id: int) -> Optional[Item]:
+        if not 0 < item_id <= MAX_SQL_INT:
+            return None
         row = self._conn().execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
         return None if row is None else _item(row)
 
@@ -200,9 +266,49 @@ class LabelStore:
             conn.execute("INSERT OR IGNORE INTO labelers (name, created_at) VALUES (?, ?)", (name, time.time()))
             if token is not None:
                 conn.execute("UPDATE labelers SET token_sha256 = ? WHERE name = ?", (hash_token(token), name))
+                conn.execute("DELETE FROM sessions WHERE labeler = ?", (name,))  # the old token's sessions end
         return token
 
+    def revoke_labeler(self, name: str) -> int:
+        """Remove ``name``'s access token and end their sessions (their judgments stay); returns the sessions ended."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone() is None:
+                raise ValueError(f"{self.path}: no labeler named {name!r} (known: {', '.join(self.labelers()) or 'none'})")
+            conn.execute("UPDATE labelers SET token_sha256 = NULL WHERE name = ?", (name,))
+            return conn.execute("DELETE FROM sessions WHERE labeler = ?", (name,)).rowcount
+
+    # ------------------------------------------------------------------------------------------
+    # Sessions: the cookie carries a random id; the record says who, its CSRF token, and when it was last used
+
+    def create_session(self, labeler: str) -> tuple[str, str]:
+        """A new session for ``labeler``: (session id for the cookie, CSRF token)."""
+        sid, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO sessions (id_sha256, labeler, csrf, created_at, last_active) VALUES (?, ?, ?, ?, ?)",
+                (hash_token(sid), labeler, csrf, now, now),
+            )
+        return sid, csrf
+
+    def session(self, sid: str, idle_seconds: float) -> Optional[dict[str, Any]]:
+        """The live session ``sid`` (``labeler``, ``csrf``), or None: unknown, ended, revoked or idle too long.
+        Reading changes nothing; :meth:`touch_session` records activity."""
+        row = self._conn().execute("SELECT * FROM sessions WHERE id_sha256 = ?", (hash_token(sid),)).fetchone()
+        if row is None or row["last_active"] + idle_seconds <= time.time():
+            return None
+        return dict(row)
+
+    def touch_session(self, sid: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE sessions SET last_active = ? WHERE id_sha256 = ?", (time.time(), hash_token(sid)))
+
+    def end_session(self, sid: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM sessions WHERE id_sha256 = ?", (hash_token(sid),))
+
     def labeler_for_token(self, token: str) -> Optional[str]:
+        if not token:
+            return None
         row = self._conn().execute("SELECT name FROM labelers WHERE token_sha256 = ?", (hash_token(token),)).fetchone()
         return None if row is None else row["name"]
 
@@ -248,9 +354,24 @@ class LabelStore:
                 "INSERT INTO assignments (item_id, labeler, shown_at, lease_expires) VALUES (?, ?, ?, ?)",
                 (row["id"], labeler, now, now + self.lease_seconds),
             )
+            if self.mode() == "pairs":  # a fresh coin per labeler and item, recorded: position bias is measurable
+                display = [0, 1] if secrets.randbelow(2) == 0 else [1, 0]
+                conn.execute("INSERT OR IGNORE INTO shown_order (item_id, labeler, display) VALUES (?, ?, ?)",
+                             (row["id"], labeler, json.dumps(display)))
             return row["id"]
 
+    def shown_order(self, labeler: str, item_id: int) -> Optional[list[int]]:
+        """The recorded display order of ``item_id`` for ``labeler`` (side-by-side items), or None."""
+        row = self._conn().execute("SELECT display FROM shown_order WHERE item_id = ? AND labeler = ?", (item_id, labeler)).fetchone()
+        return None if row is None else json.loads(row["display"])
+
+    def shown_orders(self) -> dict[tuple[int, str], list[int]]:
+        return {(row["item_id"], row["labeler"]): json.loads(row["display"])
+                for row in self._conn().execute("SELECT * FROM shown_order")}
+
     def can_see(self, labeler: str, item_id: int) -> bool:
+        if not 0 < item_id <= MAX_SQL_INT:
+            return False
         conn = self._conn()
         return any(
             conn.execute(f"SELECT 1 FROM {table} WHERE item_id = ? AND labeler = ?", (item_id, labeler)).fetchone()
@@ -275,11 +396,13 @@ class LabelStore:
         values = (None, None, None, None) if judgment is None else (
             json.dumps(judgment.ranking), json.dumps(judgment.scores), json.dumps(judgment.flags), judgment.rewrite,
         )
+        if not 0 < item_id <= MAX_SQL_INT:
+            raise SubmissionError(f"item {item_id}: no such item", status=404)
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone() is None:
                 raise SubmissionError(f"item {item_id}: no such item", status=404)
             existing = conn.execute(
-                "SELECT revision FROM judgments WHERE item_id = ? AND labeler = ?", (item_id, labeler)
+                "SELECT revision, status FROM judgments WHERE item_id = ? AND labeler = ?", (item_id, labeler)
             ).fetchone()
             if existing is not None:
                 if base_revision != existing["revision"]:
@@ -287,6 +410,14 @@ class LabelStore:
                         f"item {item_id}: stale submission (revision {base_revision}, stored {existing['revision']}); reload the item",
                         status=409,
                     )
+                if existing["status"] == "skipped" and status == "ranked":
+                    # A skip gave the slot away: ranking it now may not push the item past the overlap.
+                    ranked = conn.execute(f"SELECT ({RANKED_COUNT.format(item='?')})", (item_id,)).fetchone()[0]
+                    if ranked >= self.overlap:
+                        raise SubmissionError(
+                            f"item {item_id}: you skipped it and {ranked} other labeler(s) have since ranked it "
+                            f"(overlap {self.overlap}); your skip stands, nothing was stored", status=409,
+                        )
                 conn.execute(
                     "UPDATE judgments SET status = ?, ranking = ?, scores = ?, flags = ?, rewrite = ?, submitted_at = ?, "
                     "revision = revision + 1 WHERE item_id = ? AND labeler = ?",

@@ -12,11 +12,50 @@ async function api(method, path, body) {
     options.headers["X-CSRF-Token"] = csrf();
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (e) {  // the browser's "Failed to fetch": no answer at all
+    throw new ApiError(0, "Cannot reach the labeling server (network down, or the server stopped). Your work on this page is kept: check the connection, then press the button again.");
+  }
   let data = {};
   try { data = await response.json(); } catch (e) { /* an empty or non-JSON error body */ }
-  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  if (!response.ok) {
+    let message = data.error || `${response.status} ${response.statusText}`;
+    if (response.status >= 500) message = `The server failed (${response.status}). Try again in a moment; if it keeps failing, tell whoever runs the labeling server.`;
+    throw new ApiError(response.status, message);
+  }
   return data;
+}
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+// Characters that reorder or hide text (bidi controls, zero-width characters): model output could use
+// them to make a labeler read something other than what is there. They are never put in the page as
+// characters; each shows as a marked code point instead.
+const HIDDEN = {
+  0x200B: "ZWSP", 0x200C: "ZWNJ", 0x200D: "ZWJ", 0x200E: "LRM", 0x200F: "RLM", 0x2060: "WJ", 0xFEFF: "BOM",
+  0x202A: "LRE", 0x202B: "RLE", 0x202C: "PDF", 0x202D: "LRO", 0x202E: "RLO",
+  0x2066: "LRI", 0x2067: "RLI", 0x2068: "FSI", 0x2069: "PDI", 0x061C: "ALM", 0x00AD: "SHY",
+};
+const HIDDEN_RE = /[\u200B-\u200F\u2060\uFEFF\u202A-\u202E\u2066-\u2069\u061C\u00AD]/g;
+
+// Place untrusted text in node: literal text, hidden characters as visible marks. Returns how many.
+function setVisibleText(node, text) {
+  node.replaceChildren();
+  let last = 0, count = 0;
+  for (const match of text.matchAll(HIDDEN_RE)) {
+    if (match.index > last) node.append(document.createTextNode(text.slice(last, match.index)));
+    const code = match[0].codePointAt(0);
+    const hex = code.toString(16).toUpperCase().padStart(4, "0");
+    node.append(el("span", { class: "cp", text: `U+${hex} ${HIDDEN[code]}`, title: `Hidden character U+${hex} (${HIDDEN[code]}) in the text: shown here, not applied` }));
+    last = match.index + match[0].length;
+    count += 1;
+  }
+  if (last < text.length) node.append(document.createTextNode(text.slice(last)));
+  return count;
 }
 
 function el(tag, props = {}, children = []) {
@@ -51,18 +90,22 @@ function setupLogin() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Labeling page state: the item, the card order (response indices, best first), ties, scores, flags
+// Labeling page state: the item, the card order (response indices, best first), tied slots, scores, flags.
+// Side by side ("pairs" mode) the two cards stay put (left, right) and `choice` holds the verdict.
 
 const state = {
-  flags: {}, item: null, revision: 0, order: [], tied: new Set(), scores: {}, flagged: {},
-  selected: 0, history: [], editing: false, busy: false,
+  mode: "rank", flags: {}, item: null, revision: 0, order: [], tied: new Set(), scores: {}, flagged: {},
+  choice: null, selected: 0, history: [], editing: false, busy: false,
 };
+
+const pairs = () => state.mode === "pairs";
 
 function loadItem(payload) {
   const task = document.getElementById("task");
   const done = document.getElementById("done");
   renderProgress(payload.progress);
   state.item = payload.item;
+  window.scrollTo(0, 0);  // a new item starts at its prompt, wherever the last one was scrolled to
   if (!payload.item) {
     task.hidden = true;
     done.hidden = false;
@@ -76,21 +119,30 @@ function loadItem(payload) {
   state.tied = new Set();
   state.scores = {};
   state.flagged = {};
+  state.choice = null;
   state.selected = 0;
+  state.order = payload.item.responses.map((r) => r.index);
   if (judgment && judgment.ranking) {
-    state.order = judgment.ranking.flat();
-    for (const group of judgment.ranking) group.slice(1).forEach((i) => state.tied.add(i));
+    if (pairs()) {
+      state.choice = judgment.ranking.length === 1 ? "tie" : judgment.ranking[0][0] === 0 ? "left" : "right";
+    } else {
+      state.order = judgment.ranking.flat();
+      let position = 0;
+      for (const group of judgment.ranking) {  // a tie group of n occupies n slots; all but its first are tied
+        for (let i = 1; i < group.length; i++) state.tied.add(position + i);
+        position += group.length;
+      }
+    }
     for (let i = 0; i < k; i++) {
       if (judgment.scores[i] !== null) state.scores[i] = judgment.scores[i];
       state.flagged[i] = new Set(judgment.flags[i]);
     }
-  } else {
-    state.order = payload.item.responses.map((r) => r.index);
   }
   for (let i = 0; i < k; i++) if (!state.flagged[i]) state.flagged[i] = new Set();
   document.getElementById("rewrite").value = (judgment && judgment.rewrite) || "";
-  document.getElementById("prompt").textContent = payload.item.prompt;
-  document.getElementById("item-meta").textContent = `· item ${payload.item.id} · ${k} responses`;
+  const hiddenInPrompt = setVisibleText(document.getElementById("prompt"), payload.item.prompt);
+  document.getElementById("item-meta").textContent = `· item ${payload.item.id} · ${k} responses` +
+    (hiddenInPrompt ? ` · ${hiddenInPrompt} hidden character${hiddenInPrompt > 1 ? "s" : ""} shown as marks` : "");
   const editing = document.getElementById("editing");
   editing.hidden = !state.editing;
   if (state.editing) {
@@ -111,10 +163,12 @@ function textOf(index) {
   return state.item.responses.find((r) => r.index === index).text;
 }
 
+// Tie groups, best first: a tie belongs to a slot (position), not to the card that happens to sit in it.
 function groups() {
+  if (pairs()) return { left: [[0], [1]], right: [[1], [0]], tie: [[0, 1]] }[state.choice];
   const result = [];
   state.order.forEach((index, position) => {
-    if (position > 0 && state.tied.has(index)) result[result.length - 1].push(index);
+    if (position > 0 && state.tied.has(position)) result[result.length - 1].push(index);
     else result.push([index]);
   });
   return result;
@@ -122,52 +176,103 @@ function groups() {
 
 function renderCards() {
   const list = document.getElementById("cards");
+  list.classList.toggle("pairs", pairs());
   list.replaceChildren();
   let rank = 0;
   state.order.forEach((index, position) => {
-    const tied = position > 0 && state.tied.has(index);
+    const tied = !pairs() && position > 0 && state.tied.has(position);
     if (!tied) rank += 1;
     list.append(buildCard(index, position, rank, tied));
   });
+  renderChoice();
   selectCard(Math.min(state.selected, state.order.length - 1), false);
+  requestAnimationFrame(markLongCards);
 }
 
 function buildCard(index, position, rank, tied) {
   const card = el("li", { class: "card" + (tied ? " tied" : ""), tabindex: "-1", "data-index": String(index), "data-position": String(position) });
-  card.setAttribute("aria-label", `Rank ${rank}${tied ? " (tied)" : ""}: response ${letterOf(index)}`);
-  const tieButton = el("button", { type: "button", class: "tie" + (tied ? " on" : ""), text: tied ? "= tied" : "= tie", title: "Tie with the card above (=)", "aria-pressed": String(tied) });
-  tieButton.disabled = position === 0;
-  tieButton.addEventListener("click", () => { toggleTie(position); });
-  const up = el("button", { type: "button", class: "move", text: "▲", title: "Move up (Shift+↑)", "aria-label": "Move up" });
-  up.disabled = position === 0;
-  up.addEventListener("click", () => moveCard(position, -1));
-  const down = el("button", { type: "button", class: "move", text: "▼", title: "Move down (Shift+↓)", "aria-label": "Move down" });
-  down.disabled = position === state.order.length - 1;
-  down.addEventListener("click", () => moveCard(position, +1));
-  const head = el("div", { class: "card-head" }, [
-    el("span", { class: "grip", text: "⠿", "aria-hidden": "true", title: "Drag to reorder" }),
-    el("span", { class: "rank", text: tied ? `=${rank}` : String(rank) }),
-    el("span", { class: "letter", text: `Response ${letterOf(index)}` }),
-    el("span", { class: "spacer" }),
-    tieButton, up, down,
-  ]);
-  head.addEventListener("pointerdown", (event) => startDrag(event, card));
   const text = el("div", { class: "text" });
-  text.textContent = textOf(index);  // literal text: never parsed as HTML
-  card.append(head, text, buildScore(index), buildFlags(index));
+  const hidden = setVisibleText(text, textOf(index));  // literal text: never parsed as HTML
+  const warning = hidden ? el("span", { class: "hidden-warning", title: "Bidi controls or zero-width characters: shown as marked code points" },
+    [`⚠ ${hidden}`, el("span", { class: "wide-only", text: ` hidden character${hidden > 1 ? "s" : ""}` })]) : "";
+  let head;
+  if (pairs()) {
+    const side = position === 0 ? "Left" : "Right";
+    card.setAttribute("aria-label", `${side} response`);
+    head = el("div", { class: "card-head" }, [el("span", { class: "rank", text: position === 0 ? "L" : "R" }), el("span", { class: "letter", text: `${side} response` }), el("span", { class: "spacer" }), warning]);
+  } else {
+    card.setAttribute("aria-label", `Rank ${rank}${tied ? " (tied)" : ""}: response ${letterOf(index)}`);
+    const tieButton = el("button", { type: "button", class: "tie" + (tied ? " on" : ""), text: tied ? "= tied" : "= tie", title: "Tie this place with the one above (=)", "aria-pressed": String(tied) });
+    tieButton.disabled = position === 0;
+    tieButton.addEventListener("click", () => { toggleTie(position); });
+    const up = el("button", { type: "button", class: "move", text: "▲", title: "Move up (Shift+↑)", "aria-label": "Move up" });
+    up.disabled = position === 0;
+    up.addEventListener("click", () => moveCard(position, -1));
+    const down = el("button", { type: "button", class: "move", text: "▼", title: "Move down (Shift+↓)", "aria-label": "Move down" });
+    down.disabled = position === state.order.length - 1;
+    down.addEventListener("click", () => moveCard(position, +1));
+    head = el("div", { class: "card-head" }, [
+      el("span", { class: "grip", text: "⠿", "aria-hidden": "true", title: "Drag to reorder" }),
+      el("span", { class: "rank", text: tied ? `=${rank}` : String(rank) }),
+      el("span", { class: "letter", text: `Response ${letterOf(index)}` }),
+      warning,
+      el("span", { class: "spacer" }),
+      tieButton, up, down,
+    ]);
+    head.addEventListener("pointerdown", (event) => startDrag(event, card));
+  }
+  const more = el("button", { type: "button", class: "more", text: "Show all ▾", "aria-expanded": "false" });
+  more.hidden = true;
+  more.addEventListener("click", (event) => {
+    event.stopPropagation();
+    const open = card.classList.toggle("expanded");
+    more.textContent = open ? "Show less ▴" : "Show all ▾";
+    more.setAttribute("aria-expanded", String(open));
+  });
+  const footer = el("div", { class: "card-foot" }, [buildScore(index), buildFlags(index)]);
+  card.append(head, text, more, footer);
   card.addEventListener("click", () => selectCard(Number(card.dataset.position), false));
   return card;
+}
+
+// Long responses collapse to a fixed height with a "Show all" button, so K cards fit on a screen.
+function markLongCards() {
+  document.querySelectorAll("#cards .card").forEach((card) => {
+    const text = card.querySelector(".text");
+    const long = card.classList.contains("expanded") || text.scrollHeight > text.clientHeight + 2;
+    card.classList.toggle("long", long);
+    card.querySelector(".more").hidden = !long;
+  });
+}
+
+function renderChoice() {
+  const bar = document.getElementById("choice");
+  if (!bar) return;
+  bar.hidden = !pairs();
+  bar.querySelectorAll("button[data-choice]").forEach((button) => {
+    const on = button.dataset.choice === state.choice;
+    button.classList.toggle("on", on);
+    button.setAttribute("aria-pressed", String(on));
+  });
+  if (pairs()) document.getElementById("submit").textContent = "Submit verdict";
+}
+
+function choose(choice) {
+  state.choice = state.choice === choice ? null : choice;
+  renderChoice();
 }
 
 function buildScore(index) {
   const group = el("div", { class: "score", role: "radiogroup", "aria-label": "Overall score, 1 (bad) to 7 (great)" });
   group.append(el("span", { class: "caption", text: "Score" }));
+  const buttons = el("span", { class: "score-buttons" });
   for (let value = 1; value <= 7; value++) {
     const on = state.scores[index] === value;
     const button = el("button", { type: "button", class: on ? "on" : "", text: String(value), role: "radio", "aria-checked": String(on), title: `Score ${value} (Shift+${value})` });
     button.addEventListener("click", (event) => { event.stopPropagation(); setScore(index, value); });
-    group.append(button);
+    buttons.append(button);
   }
+  group.append(buttons);
   return group;
 }
 
@@ -196,7 +301,9 @@ function selectCard(position, focus = true) {
   if (focus) cards[state.selected].focus({ preventScroll: false });
 }
 
+// Moving a card changes which response sits in which slot; the slots' ties stay where they are.
 function moveCard(position, delta) {
+  if (pairs()) return;
   const target = position + delta;
   if (target < 0 || target >= state.order.length) return;
   const [index] = state.order.splice(position, 1);
@@ -207,9 +314,9 @@ function moveCard(position, delta) {
 }
 
 function toggleTie(position) {
+  if (pairs()) { choose("tie"); return; }
   if (position === 0) return;
-  const index = state.order[position];
-  if (state.tied.has(index)) state.tied.delete(index); else state.tied.add(index);
+  if (state.tied.has(position)) state.tied.delete(position); else state.tied.add(position);
   state.selected = position;
   renderCards();
   selectCard(position);
@@ -225,25 +332,47 @@ function setScore(index, value) {
 
 // Drag and drop with pointer events (mouse, pen and touch alike): the dragged card moves through the
 // list as the pointer passes the middle of its neighbours. The listeners sit on the window, not on the
-// card: moving a node in the DOM drops its pointer capture. Near the window's edge the page scrolls.
+// card: moving a node in the DOM drops its pointer capture. Near the top or bottom of the window the
+// page scrolls on its own, faster the closer the pointer is to the edge (up to ~3000 px/s), so the top
+// of a long K = 9 item is about a second away; the card follows the pointer while the page scrolls.
+const EDGE_PX = 90, MAX_SCROLL_PX_PER_S = 3000;
+
 function startDrag(event, card) {
   if (event.button !== 0 || event.target.closest("button")) return;
   event.preventDefault();
   const list = document.getElementById("cards");
   card.classList.add("dragging");
-  const onMove = (move) => {
+  let pointerY = event.clientY, frame = null, last = null;
+  const place = () => {
     const others = [...list.children].filter((c) => c !== card);
-    const before = others.find((c) => { const box = c.getBoundingClientRect(); return move.clientY < box.top + box.height / 2; });
+    const before = others.find((c) => { const box = c.getBoundingClientRect(); return pointerY < box.top + box.height / 2; });
     if (before) { if (card.nextElementSibling !== before) list.insertBefore(card, before); }
     else if (list.lastElementChild !== card) list.append(card);
-    const edge = 40;
-    if (move.clientY < edge) window.scrollBy(0, -20);
-    else if (move.clientY > window.innerHeight - edge) window.scrollBy(0, 20);
+  };
+  const topEdge = () => Math.max(0, document.querySelector(".bar").getBoundingClientRect().bottom);
+  const bottomEdge = () => { const bar = document.querySelector(".dock"); return Math.min(window.innerHeight, bar ? bar.getBoundingClientRect().top : window.innerHeight); };
+  const tick = (now) => {
+    frame = null;
+    const dt = last === null ? 16 : Math.min(50, now - last);
+    last = now;
+    const up = topEdge() + EDGE_PX - pointerY, down = pointerY - (bottomEdge() - EDGE_PX);
+    const depth = Math.max(up, down);
+    if (depth <= 0) { last = null; return; }
+    const speed = MAX_SCROLL_PX_PER_S * Math.min(1, 0.25 + depth / EDGE_PX);
+    window.scrollBy(0, (up > 0 ? -1 : 1) * Math.max(1, Math.round((speed * dt) / 1000)));
+    place();
+    frame = requestAnimationFrame(tick);
+  };
+  const onMove = (move) => {
+    pointerY = move.clientY;
+    place();
+    if (frame === null) frame = requestAnimationFrame(tick);
   };
   const onUp = () => {
     window.removeEventListener("pointermove", onMove);
     window.removeEventListener("pointerup", onUp);
     window.removeEventListener("pointercancel", onUp);
+    if (frame !== null) cancelAnimationFrame(frame);
     card.classList.remove("dragging");
     state.order = [...list.children].map((c) => Number(c.dataset.index));
     state.selected = state.order.indexOf(Number(card.dataset.index));
@@ -257,10 +386,24 @@ function startDrag(event, card) {
 // ------------------------------------------------------------------------------------------------
 // Server round trips
 
-function setStatus(message, kind = "") {
-  const status = document.getElementById("status");
-  status.textContent = message;
+function setStatus(message, kind = "", action = null) {
+  // The task's status line, or the "all done" page's when that is what the labeler sees.
+  const status = document.getElementById(state.item || !document.getElementById("task").hidden ? "status" : "done-status");
+  status.replaceChildren(document.createTextNode(message));
   status.className = kind;
+  if (action) {
+    const button = el("button", { type: "button", class: "link", text: action.label });
+    button.addEventListener("click", action.run);
+    status.append(" ", button);
+  }
+}
+
+function showError(e) {
+  const reload = { label: "Reload the page", run: () => window.location.reload() };
+  if (e.status === 401) setStatus(e.message, "error", { label: "Log in again", run: () => window.location.reload() });
+  else if (e.status === 403 && /CSRF|security token/.test(e.message)) setStatus(e.message, "error", reload);
+  else if (e.status === 409 && /reload/.test(e.message)) setStatus(e.message, "error", reload);
+  else setStatus(e.message, "error");
 }
 
 function renderProgress(progress) {
@@ -269,7 +412,7 @@ function renderProgress(progress) {
   const total = seen + progress.remaining;
   document.getElementById("progress-fill").style.width = total ? `${(100 * seen) / total}%` : "0";
   document.getElementById("progress-text").textContent =
-    `${progress.done} ranked · ${progress.skipped} skipped · ${progress.remaining} left · ${progress.items_complete}/${progress.items} items complete`;
+    `${progress.done} ${pairs() ? "judged" : "ranked"} · ${progress.skipped} skipped · ${progress.remaining} left · ${progress.items_complete}/${progress.items} items complete`;
 }
 
 async function refreshHistory() {
@@ -279,7 +422,9 @@ async function refreshHistory() {
   list.replaceChildren();
   for (const entry of data.history) {
     const button = el("button", { type: "button", class: "history-entry" + (state.item && state.editing && state.item.id === entry.item_id ? " current" : "") });
-    button.append(el("span", { class: "badge " + entry.status, text: entry.status }), el("span", { class: "snippet", text: entry.prompt }));
+    const snippet = el("span", { class: "snippet" });
+    setVisibleText(snippet, entry.prompt);
+    button.append(el("span", { class: "badge " + entry.status, text: entry.status === "ranked" && pairs() ? "judged" : entry.status }), snippet);
     button.addEventListener("click", () => openEarlier(entry.item_id));
     list.append(el("li", {}, [button]));
   }
@@ -288,18 +433,18 @@ async function refreshHistory() {
 async function guarded(action) {
   if (state.busy) return;
   state.busy = true;
-  try { await action(); } catch (e) { setStatus(e.message, "error"); } finally { state.busy = false; }
+  try { await action(); } catch (e) { showError(e); } finally { state.busy = false; }
 }
 
 // The history list refreshes in the background: a keystroke right after an item appears must not
 // find the page still busy.
 function refreshHistoryLater() {
-  refreshHistory().catch((e) => setStatus(e.message, "error"));
+  refreshHistory().catch(showError);
 }
 
 async function loadNext() {
   state.editing = false;
-  loadItem(await api("GET", "/api/next"));
+  loadItem(await api("POST", "/api/next", {}));
   refreshHistoryLater();
 }
 
@@ -312,8 +457,8 @@ async function openEarlier(itemId) {
 }
 
 async function goBack() {
-  await refreshHistory();  // the background refresh may not have landed yet
-  const position = state.editing ? state.history.findIndex((h) => h.item_id === state.item.id) : -1;
+  try { await refreshHistory(); } catch (e) { showError(e); return; }  // the background refresh may not have landed yet
+  const position = state.editing && state.item ? state.history.findIndex((h) => h.item_id === state.item.id) : -1;
   const previous = state.history[position + 1];
   if (!previous) { setStatus("No earlier judgment to go back to."); return; }
   await openEarlier(previous.item_id);
@@ -334,6 +479,10 @@ function judgmentBody() {
 
 async function submit() {
   if (!state.item) return;
+  if (pairs() && !state.choice) {
+    setStatus("Pick the better response first: ← left, → right, or = about the same.", "error");
+    return;
+  }
   await guarded(async () => {
     await api("POST", "/api/judgment", judgmentBody());
     await loadNext();
@@ -351,15 +500,20 @@ async function skip() {
 }
 
 function onKey(event) {
-  if (state.item && event.key === "Escape") {  // leave a flag list or the rewrite box, back to the cards
-    document.querySelectorAll("#cards details[open]").forEach((details) => { details.open = false; });
-    selectCard(state.selected);
+  if (event.target.closest("input, textarea, summary") || event.ctrlKey || event.metaKey || event.altKey) {
+    if (state.item && event.key === "Escape") escapeToCards();
     return;
   }
-  if (!state.item || event.target.closest("input, textarea, summary") || event.ctrlKey || event.metaKey || event.altKey) return;
+  if (!state.item) {  // the "all done" page: B still goes back to the last judgment
+    if (event.key === "b") { event.preventDefault(); goBack(); }
+    return;
+  }
   const key = event.key;
   let handled = true;
-  if (event.shiftKey && (key === "ArrowUp" || key === "K")) moveCard(state.selected, -1);
+  if (key === "Escape") escapeToCards();
+  else if (pairs() && key === "ArrowLeft") choose("left");
+  else if (pairs() && key === "ArrowRight") choose("right");
+  else if (event.shiftKey && (key === "ArrowUp" || key === "K")) moveCard(state.selected, -1);
   else if (event.shiftKey && (key === "ArrowDown" || key === "J")) moveCard(state.selected, +1);
   else if (event.shiftKey && /^Digit[1-7]$/.test(event.code)) setScore(state.order[state.selected], Number(event.code.slice(5)));
   else if (key === "ArrowUp" || key === "k") selectCard(state.selected - 1);
@@ -377,18 +531,28 @@ function onKey(event) {
   if (handled) event.preventDefault();
 }
 
+function escapeToCards() {  // leave a flag list or the rewrite box, back to the cards
+  document.querySelectorAll("#cards details[open]").forEach((details) => { details.open = false; });
+  selectCard(state.selected);
+}
+
 async function setupLabeling() {
-  const config = await api("GET", "/api/config");
+  let config;
+  try { config = await api("GET", "/api/config"); } catch (e) { showError(e); return; }
   state.flags = config.flags;
+  state.mode = config.mode;
   document.getElementById("submit").addEventListener("click", submit);
   document.getElementById("skip").addEventListener("click", skip);
   document.getElementById("back").addEventListener("click", goBack);
+  document.getElementById("done-back").addEventListener("click", goBack);
   document.getElementById("resume").addEventListener("click", () => guarded(loadNext));
+  document.querySelectorAll("#choice button[data-choice]").forEach((button) => button.addEventListener("click", () => choose(button.dataset.choice)));
   document.getElementById("logout").addEventListener("click", async () => {
-    await api("POST", "/api/logout", {});
+    try { await api("POST", "/api/logout", {}); } catch (e) { /* an ended session is logged out anyway */ }
     window.location.reload();
   });
   document.addEventListener("keydown", onKey);
+  window.addEventListener("resize", () => markLongCards());
   await guarded(loadNext);
 }
 
