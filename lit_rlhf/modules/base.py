@@ -20,10 +20,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_rlhf.algorithms import ema_update
-from lit_rlhf.distributed import all_reduce_mean, export_hf, full_state_dict, shard_models
+from lit_rlhf.distributed.collectives import all_reduce_mean
+from lit_rlhf.distributed.export import export_hf, full_state_dict
+from lit_rlhf.distributed.sharding import shard_models
 from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
-from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer, scalar_head_name
+from lit_rlhf.models.heads import scalar_head_name
+from lit_rlhf.models.loading import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer
 from lit_rlhf.modules.optim import adamw, cosine_schedule
 
 FrozenDtype = Optional[Literal["float32", "bfloat16", "float16"]]

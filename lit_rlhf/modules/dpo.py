@@ -19,7 +19,8 @@ from torchmetrics import MeanMetric
 from lit_rlhf.algorithms import dpo_loss, logprobs_from_logits, masked_sum
 from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.models import position_ids_from_mask, require_stage_output
+from lit_rlhf.models.heads import position_ids_from_mask
+from lit_rlhf.models.sources import require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule, check_optimizer_options, cosine_optimizer
 
 

@@ -20,9 +20,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.ranking import ComparisonPairs, kwise_ranking_loss
-from lit_rlhf.distributed import all_reduce_mean
+from lit_rlhf.distributed.collectives import all_reduce_mean
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.models import reward_bias, sequence_rewards, set_reward_bias
+from lit_rlhf.models.heads import reward_bias, sequence_rewards, set_reward_bias
 from lit_rlhf.modules.base import StageModule, check_optimizer_options, cosine_optimizer
 
 
