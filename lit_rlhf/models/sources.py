@@ -17,8 +17,10 @@ import importlib.util
 import os
 from pathlib import Path
 
+from lit_rlhf.errors import UserError
 
-class ModelSourceError(FileNotFoundError):
+
+class ModelSourceError(UserError, FileNotFoundError):
     """A model or tokenizer source that cannot be loaded; the message says what to do."""
 
 
