@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator
+from typing import Optional
 
 import torch
 import torch.distributed as dist
-from lightning.pytorch import LightningModule
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.strategies import DDPStrategy
+
+
+def attached_trainer(module: LightningModule) -> Optional[Trainer]:
+    """The Trainer running ``module``, or None for a module used on its own (Lightning's public ``trainer``
+    property raises then)."""
+    try:
+        return module.trainer
+    except RuntimeError:
+        return None
 
 
 @contextlib.contextmanager
@@ -48,9 +58,10 @@ def sync_gradients(module: LightningModule, params: Iterable[torch.nn.Parameter]
 
 def all_reduce_mean(value: torch.Tensor, module: LightningModule) -> torch.Tensor:
     """Mean of a tensor over all ranks (a no-op in one process, or for a module not attached to a Trainer)."""
-    if module._trainer is None:
+    trainer = attached_trainer(module)
+    if trainer is None:
         return value
-    return module.trainer.strategy.reduce(value, reduce_op="mean")
+    return trainer.strategy.reduce(value, reduce_op="mean")
 
 
 def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, module: LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
