@@ -222,7 +222,7 @@ def test_lit_rlhf_fit_sft_from_the_gguf(tiny_gguf, in_scratch_dir):
 
     records = [{"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i} {i + 1}"}]} for i in range(8)]
     write_jsonl(in_scratch_dir / "train.jsonl", records)
-    main(["fit", "--config", "configs/sft.yaml", "--model.init_args.model", tiny_gguf["path"], "--model.init_args.learning_rate", "1e-3",
+    main(["fit", "--config", "configs/sft.yaml", "--model.init_args.model", tiny_gguf["path"], "--model.init_args.optimizer.learning_rate", "1e-3",
           "--model.init_args.output_dir", "out/model", "--data.init_args.train", "train.jsonl", "--data.init_args.val", "null",
           "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.logger", "false",
           "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])

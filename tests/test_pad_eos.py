@@ -113,10 +113,11 @@ def test_sft_labels_the_final_eos_and_masks_only_padding(world, tmp_path):
 
 def test_sft_training_teaches_the_model_to_stop(world, tmp_path):
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     tokenizer = world["tokenizer"]
     data = SFTDataModule(train=str(write_jsonl(tmp_path / "sft.jsonl", SFT_RECORDS * 4)), batch_size=4)
-    module = SFTModule(model=world["sft"], learning_rate=1e-2, min_lr_ratio=1.0)
+    module = SFTModule(model=world["sft"], optimizer=OptimizerSettings(learning_rate=1e-2, min_lr_ratio=1.0))
 
     def p_stop() -> float:
         ids = torch.tensor([tokenizer("ab")["input_ids"] + tokenizer("cd", add_special_tokens=False)["input_ids"]])

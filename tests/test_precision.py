@@ -107,9 +107,10 @@ def sft_start(tmp_path_factory, tiny_dir):
 def _fit_sft(root, precision: str):
     from lit_rlhf.data import SFTDataModule
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     L.seed_everything(0)
-    module = SFTModule(model=str(root / "start"), learning_rate=LR, min_lr_ratio=1.0)
+    module = SFTModule(model=str(root / "start"), optimizer=OptimizerSettings(learning_rate=LR, min_lr_ratio=1.0))
     data = SFTDataModule(train=str(root / "train.jsonl"), batch_size=4, group_by_length=False, max_length=64)
     trainer = L.Trainer(
         accelerator="cpu", precision=precision, max_steps=40, logger=False, enable_checkpointing=False,

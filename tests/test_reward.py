@@ -289,7 +289,7 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
               "--model.init_args.tokenizer", str(tiny_dir / "tokenizer")]
     main(["fit", *common, "--trainer.logger.save_dir", str(tmp_path / "logs"),  # the config's 1 epoch
-          "--model.init_args.model", str(tiny_dir / "config.json"), "--model.init_args.learning_rate", "3e-3",
+          "--model.init_args.model", str(tiny_dir / "config.json"), "--model.init_args.optimizer.learning_rate", "3e-3",
           "--model.init_args.output_dir", str(out), "--data.init_args.train", str(train), "--data.init_args.val", str(val),
           "--data.init_args.center_on", str(demos), "--data.init_args.batch_size", "16"])
 
