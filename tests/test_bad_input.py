@@ -256,3 +256,33 @@ def test_csv_numbers_are_text(tmp_path):
     path.write_text("prompt,response\nwhat is 6 times 7,42\n")
     (record,) = read_records(str(path))
     assert get_str(record, FieldMap(), "response") == "42"
+
+
+def test_user_errors_share_one_base_class_and_the_cli_catches_it(monkeypatch, capsys):
+    """Every error a user fixes derives from errors.UserError; the CLI prints any UserError in the exception
+    chain (jsonargparse and commands wrap them) as one line with exit code 2, whatever its class."""
+    import lit_rlhf.sampling
+    from lit_rlhf.data.records import RecordError
+    from lit_rlhf.errors import ConfigError, UserError
+    from lit_rlhf.models.sources import ModelSourceError
+    from lit_rlhf.rewards.base import RewardError
+    from lit_rlhf.sandbox.pipeline import StageFailed
+
+    for cls in (ConfigError, RecordError, ModelSourceError, RewardError, StageFailed):
+        assert issubclass(cls, UserError), cls
+
+    class NewKindOfMistake(UserError):
+        pass
+
+    def fails(argv):
+        try:
+            raise NewKindOfMistake("widget 'w' must be blue; set colour: blue")
+        except NewKindOfMistake as e:
+            raise RuntimeError("wrapped by a library") from e
+
+    monkeypatch.setattr(lit_rlhf.sampling, "main", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lit-rlhf: error: widget 'w' must be blue; set colour: blue"
