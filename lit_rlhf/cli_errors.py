@@ -51,7 +51,7 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         key = name.lstrip("-")
         class_path, keys = _CLASS_PATH.search(message), _PARSER_KEY.findall(message)
         if class_path and keys:  # an option of a class's argument, e.g. a settings group's field
-            if key in MOVED_KEYS and MOVED_KEYS[key] in _init_arguments(class_path.group(1)):
+            if _moved_within(key, _init_arguments(class_path.group(1))):
                 return _moved(f"{keys[0]}.init_args.{key}", argv)
             return _unknown_option_of(f"{keys[0]}.init_args.{key}", class_path.group(1), argv)
         if key.startswith("model.") and key.rsplit(".", 1)[-1] in MOVED_KEYS:
@@ -64,7 +64,7 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         group, name = keys[0], not_accepted.group(1)
         key = f"{group}.init_args.{name}" if class_path else f"{group}.{name}"
         valid = _init_arguments(class_path.group(1)) if class_path else []
-        if name in MOVED_KEYS and MOVED_KEYS[name] in valid:
+        if _moved_within(name, valid):
             return _moved(key, argv)
         owner = f" of {class_path.group(1).rsplit('.', 1)[-1]}" if class_path else ""
         return f"{_origin(key, argv)}{key}: unknown option{owner}{_did_you_mean(name, valid)}"
@@ -86,6 +86,12 @@ def _unknown_option_of(key: str, class_path: str, argv: Sequence[str]) -> str:
     """``<file>: model.init_args.optimizer.lr: unknown option of SFTModule; did you mean ...``."""
     owner = class_path.rsplit(".", 1)[-1]
     return f"{_origin(key, argv)}{key}: unknown option of {owner}{_did_you_mean(key, _init_arguments(class_path))}"
+
+
+def _moved_within(name: str, valid: Sequence[str]) -> bool:
+    """Whether ``name`` is an old key (``settings.MOVED_KEYS``) whose new key (or at least its group) the class takes."""
+    new = MOVED_KEYS.get(name)
+    return new is not None and (new in valid or new.split(".")[0] in valid)
 
 
 def _moved(key: str, argv: Sequence[str]) -> str:

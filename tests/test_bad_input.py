@@ -286,3 +286,21 @@ def test_user_errors_share_one_base_class_and_the_cli_catches_it(monkeypatch, ca
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.strip() == "lit-rlhf: error: widget 'w' must be blue; set colour: blue"
+
+
+def test_any_moved_key_entry_is_answered_where_the_class_has_its_new_group(in_scratch_dir, monkeypatch, capsys):
+    """The stages append their moved keys to settings.MOVED_KEYS; the CLI answers each of them, on the command
+    line or in a YAML file, but only for a class that takes the new key's group (SFT has no ``kl`` group)."""
+    from lit_rlhf import settings
+
+    monkeypatch.setitem(settings.MOVED_KEYS, "decay", "optimizer.weight_decay")
+    monkeypatch.setitem(settings.MOVED_KEYS, "kl_coef", "kl.coef")
+    (in_scratch_dir / "old.yaml").write_text("model:\n  init_args:\n    decay: 0.1\n")
+    cases = [(["--model.init_args.decay", "0.1"], "lit-rlhf: error: model.init_args.decay: moved to model.init_args.optimizer.weight_decay"),
+             (["--config", "old.yaml"], "lit-rlhf: error: old.yaml: model.init_args.decay: moved to model.init_args.optimizer.weight_decay"),
+             (["--model.init_args.kl_coef", "0.1"], "lit-rlhf: error: model.init_args.kl_coef: unknown option of SFTModule")]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*SFT, *args])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().startswith(expected), args
