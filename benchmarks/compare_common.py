@@ -81,7 +81,8 @@ def write_random_sft_and_rm(root, model_config: dict, tokenizer_dir: str) -> dic
 
     import torch
 
-    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
+    from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from lit_rlhf.models.saving import save_hf_directory
 
     root = Path(root)
     tokenizer = load_tokenizer(tokenizer_dir)

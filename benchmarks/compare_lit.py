@@ -49,10 +49,11 @@ def fit(module, datamodule, steps: int, callback, gradient_clip_val=None) -> Non
 def run_sft(ws: Path, settings: dict) -> dict:
     from lit_rlhf.data import SFTDataModule
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     s = settings["sft"]
     clock = StepClock(s["warmup_steps"])
-    module = SFTModule(model=str(ws / "policy"), learning_rate=s["learning_rate"])
+    module = SFTModule(model=str(ws / "policy"), optimizer=OptimizerSettings(learning_rate=s["learning_rate"]))
     data = SFTDataModule(train=str(ws / "data/sft.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
                          batch_size=s["batch_size"], seed=0)
     count = lambda module, batch: {"tokens": int(batch["attention_mask"].sum()), "sequences": len(batch["input_ids"]),
@@ -64,10 +65,11 @@ def run_sft(ws: Path, settings: dict) -> dict:
 def run_rm(ws: Path, settings: dict, k: int) -> dict:
     from lit_rlhf.data import RewardDataModule
     from lit_rlhf.modules import RewardModule
+    from lit_rlhf.settings import OptimizerSettings
 
     s = settings["rm"]
     clock = StepClock(s["warmup_steps"])
-    module = RewardModule(model=str(ws / "reward"), learning_rate=s["learning_rate"])
+    module = RewardModule(model=str(ws / "reward"), optimizer=OptimizerSettings(learning_rate=s["learning_rate"]))
     data = RewardDataModule(train=str(ws / f"data/rm_k{k}.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
                             batch_size=s["prompts_per_step"][str(k)], seed=0)
     count = lambda module, batch: {"comparisons": batch["pairs"].num_pairs, "sequences": len(batch["input_ids"]),

@@ -41,7 +41,7 @@ def build_dirs(root: Path) -> dict[str, str]:
 
 
 def prompt_batch(n: int):
-    from lit_rlhf.models import load_tokenizer
+    from lit_rlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(TOKENIZER))
     texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()[:n]]
@@ -56,7 +56,7 @@ def generation_rounds(dirs: dict[str, str], args) -> dict[str, list[float]]:
     from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch
     from lit_rlhf.engines import SamplingSettings, hf_generate
     from lit_rlhf.engines.vllm import VLLMEngine
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
     from lit_rlhf.modules.rollout import in_chunks, logprobs_and_entropy
 
     policy = load_causal_lm(dirs["sft"]).eval()

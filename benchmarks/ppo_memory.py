@@ -47,7 +47,7 @@ def worker(root: Path, lora: bool, rollouts: int) -> None:
     from lightning.pytorch import Trainer, seed_everything
 
     from lit_rlhf.data import PromptDataModule
-    from lit_rlhf.distributed import FSDP2Strategy
+    from lit_rlhf.distributed.strategies import FSDP2Strategy
     from lit_rlhf.lora import LoraOptions
     from lit_rlhf.modules import PPOModule
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, LlamaConfig
 
 from lit_rlhf.algorithms.ranking import comparison_pairs, kwise_ranking_loss
-from lit_rlhf.models import sequence_rewards
+from lit_rlhf.models.heads import sequence_rewards
 
 
 def tiny_reward_model(vocab_size: int, seq_len: int) -> torch.nn.Module:

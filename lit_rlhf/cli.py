@@ -16,24 +16,9 @@ EXTRA_COMMANDS = {
     "sandbox": "lit_rlhf.sandbox.commands:main",
 }
 
-#: Errors a user fixes in their data or config: printed as one clear line instead of a traceback.
-USER_ERRORS = ("lit_rlhf.data.records:RecordError", "lit_rlhf.models:ModelSourceError", "lit_rlhf.errors:ConfigError",
-               "lit_rlhf.rewards.base:RewardError", "lit_rlhf.sandbox.pipeline:StageFailed")
-
-
 def _load(target: str):
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _user_error_types() -> tuple[type, ...]:
-    types = []
-    for target in USER_ERRORS:
-        try:
-            types.append(_load(target))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(types)
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -64,10 +49,12 @@ def main(args: Optional[list[str]] = None) -> None:
 
 
 def _user_error_in(error: Optional[BaseException]) -> Optional[BaseException]:
-    """The user error in ``error``'s chain: jsonargparse wraps errors raised by constructors in a ValueError."""
-    types = _user_error_types()
+    """The :class:`~lit_rlhf.errors.UserError` in ``error``'s chain: jsonargparse wraps errors raised by
+    constructors in a ValueError."""
+    from lit_rlhf.errors import UserError
+
     while error is not None:
-        if isinstance(error, types):
+        if isinstance(error, UserError):
             return error
         error = error.__cause__ or error.__context__
     return None

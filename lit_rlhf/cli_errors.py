@@ -1,25 +1,28 @@
 """Configuration errors of the ``lit-rlhf`` command as one line: the key, the YAML file it came from, and
-the closest valid key, instead of jsonargparse's usage text and nested union report (``--help`` still prints
-the usage)."""
+the closest valid key (or, for a key that moved into a settings group, its new name: ``settings.MOVED_KEYS``),
+instead of jsonargparse's usage text and nested union report (``--help`` still prints the usage)."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import inspect
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_args, get_type_hints
 
 import yaml
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.settings import MOVED_KEYS
 
 _CLASS_PATH = re.compile(r"Problem with given class_path '([\w.]+)':")
 _PARSER_KEY = re.compile(r'Parser key "([\w.]+)"')
 _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
+_GROUP_NOT_ACCEPTED = re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'")
 _EXPECTED = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 
@@ -45,6 +48,14 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
     if unrecognized:
         names = [arg.split("=")[0] for arg in unrecognized.group(1).split() if arg.startswith("--")]
         name = names[0] if names else unrecognized.group(1).strip()
+        key = name.lstrip("-")
+        class_path, keys = _CLASS_PATH.search(message), _PARSER_KEY.findall(message)
+        if class_path and keys:  # an option of a class's argument, e.g. a settings group's field
+            if _moved_within(key, _init_arguments(class_path.group(1))):
+                return _moved(f"{keys[0]}.init_args.{key}", argv)
+            return _unknown_option_of(f"{keys[0]}.init_args.{key}", class_path.group(1), argv)
+        if key.startswith("model.") and key.rsplit(".", 1)[-1] in MOVED_KEYS:
+            return _moved(key, argv)
         return f"{name}: unknown option{_did_you_mean(name, options)}"
     keys = _PARSER_KEY.findall(message)
     class_path = _CLASS_PATH.search(message)
@@ -53,8 +64,14 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         group, name = keys[0], not_accepted.group(1)
         key = f"{group}.init_args.{name}" if class_path else f"{group}.{name}"
         valid = _init_arguments(class_path.group(1)) if class_path else []
+        if _moved_within(name, valid):
+            return _moved(key, argv)
         owner = f" of {class_path.group(1).rsplit('.', 1)[-1]}" if class_path else ""
         return f"{_origin(key, argv)}{key}: unknown option{owner}{_did_you_mean(name, valid)}"
+    group_not_accepted = _GROUP_NOT_ACCEPTED.search(message)
+    if keys and class_path and group_not_accepted:  # e.g. a settings group's field, given in a YAML file
+        group, name = group_not_accepted.groups()
+        return _unknown_option_of(f"{keys[0]}.init_args.{group}.{name}", class_path.group(1), argv)
     expected = _EXPECTED.search(message)
     if keys and expected:
         group, name = keys[0], keys[-1]
@@ -63,6 +80,24 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     detail = next((line for line in lines[1:] if not line.startswith(("Does not validate", "Subtypes", "Errors", "- Expected", "Given value"))), "")
     return " ".join(part for part in (lines[0] if lines else message, detail) if part).strip() + " (see `--help`)"
+
+
+def _unknown_option_of(key: str, class_path: str, argv: Sequence[str]) -> str:
+    """``<file>: model.init_args.optimizer.lr: unknown option of SFTModule; did you mean ...``."""
+    owner = class_path.rsplit(".", 1)[-1]
+    return f"{_origin(key, argv)}{key}: unknown option of {owner}{_did_you_mean(key, _init_arguments(class_path))}"
+
+
+def _moved_within(name: str, valid: Sequence[str]) -> bool:
+    """Whether ``name`` is an old key (``settings.MOVED_KEYS``) whose new key (or at least its group) the class takes."""
+    new = MOVED_KEYS.get(name)
+    return new is not None and (new in valid or new.split(".")[0] in valid)
+
+
+def _moved(key: str, argv: Sequence[str]) -> str:
+    """``<file>: model.init_args.learning_rate: moved to model.init_args.optimizer.learning_rate``."""
+    prefix, _, name = key.rpartition(".")
+    return f"{_origin(key, argv)}{key}: moved to {prefix + '.' if prefix else ''}{MOVED_KEYS[name]}"
 
 
 def _type_name(name: str) -> str:
@@ -85,7 +120,22 @@ def _init_arguments(class_path: str) -> list[str]:
     for klass in cls.__mro__:  # subclasses pass **kwargs up: their parents' arguments are valid too
         if "__init__" in vars(klass):
             names += [p for p in inspect.signature(klass.__init__).parameters if p not in ("self", "args", "kwargs")]
+            names += _group_options(klass.__init__)
     return list(dict.fromkeys(names))
+
+
+def _group_options(init) -> list[str]:
+    """``optimizer.learning_rate``, ...: the options of the settings groups (dataclass arguments) of ``init``."""
+    try:
+        hints = get_type_hints(init)
+    except Exception:  # an annotation that does not resolve here: no group options to offer
+        return []
+    options = []
+    for name, hint in hints.items():
+        for group in (hint, *get_args(hint)):  # the group itself, or inside Optional[...]
+            if isinstance(group, type) and dataclasses.is_dataclass(group):
+                options += [f"{name}.{field.name}" for field in dataclasses.fields(group)]
+    return options
 
 
 def _origin(key: str, argv: Sequence[str]) -> str:

@@ -1,4 +1,5 @@
-"""Errors a user fixes in their config; the CLI prints them as one line instead of a traceback."""
+"""Errors a user fixes in their config, data or command: the CLI prints them as one line instead of a traceback
+and exits with status 2."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from typing import Optional, TypeVar
 Number = TypeVar("Number", int, float, None)
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """Base of every error a user fixes in their config, data or command. Its message is one clear line that names
+    what is wrong and what to change; ``lit-rlhf`` prints it (``lit-rlhf: error: ...``) and exits with status 2.
+
+    Subclasses: :class:`ConfigError`, ``RecordError`` (bad data records), ``ModelSourceError`` (a model that cannot
+    be loaded), ``RewardError`` (a reward component failed), the sandbox's ``StageFailed``. A run stopped by a guard
+    after it started well is not one of them (``TrainingStopped``, exit status 3).
+    """
+
+
+class ConfigError(UserError, ValueError):
     """A configuration that cannot work, with what to change."""
 
 

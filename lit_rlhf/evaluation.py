@@ -15,8 +15,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_rlhf.algorithms.lm import next_token_loss
 from lit_rlhf.data.batching import collate_examples, pad_sequences
 from lit_rlhf.data.tokenize import encode_text
-from lit_rlhf.distributed import sample_continuations
-from lit_rlhf.models import position_ids_from_mask
+from lit_rlhf.distributed.generation import sample_continuations
+from lit_rlhf.models.heads import position_ids_from_mask
 from lit_rlhf.modules.rollout import concat_responses
 
 
@@ -53,7 +53,7 @@ def sample_episodes(
 ) -> Iterator[SampledEpisodes]:
     """Sampled responses for each prompt, ``num_return_sequences`` each (adjacent), in prompt order, one
     :class:`SampledEpisodes` per ``batch_size`` prompts. ``temperature == 0`` decodes greedily. Sampling
-    is the same as in PPO rollouts (:func:`lit_rlhf.distributed.sample_continuations`)."""
+    is the same as in PPO rollouts (:func:`lit_rlhf.distributed.generation.sample_continuations`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -5,7 +5,7 @@ for reward/value models, the scalar head) train. Two facts shape this module:
 
 - PPO's KL reference is the policy itself with its adapters switched off
   (:func:`adapters_disabled`): no second copy of the base weights in memory.
-- Export works from a *state dict* (gathered from any strategy, see ``lit_rlhf.distributed``),
+- Export works from a *state dict* (gathered from any strategy, see ``lit_rlhf.distributed.export``),
   so merging is a pure function of tensors: :func:`merged_state_dict` folds ``B @ A`` into the base
   weights without touching the (possibly sharded) live model.
 """
@@ -22,7 +22,8 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.models import drop_tied_copies, is_lora, unwrap  # noqa: F401  (is_lora, unwrap: part of this module's API)
+from lit_rlhf.models.adapters import is_lora, unwrap  # noqa: F401  (is_lora, unwrap: part of this module's API)
+from lit_rlhf.models.saving import drop_tied_copies
 
 #: Adapter name peft gives the first adapter; lit-rlhf uses one adapter per model.
 ADAPTER = "default"

@@ -19,7 +19,7 @@ from lit_rlhf.data.records import DataSource, FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
 from lit_rlhf.errors import check_option
 from lit_rlhf.evaluation import generate_responses
-from lit_rlhf.models import load_causal_lm, load_tokenizer
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
 
 def sample_responses(

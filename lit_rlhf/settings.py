@@ -71,6 +71,7 @@ class OptimizerSettings:
     min_lr_ratio: float = 0.1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "betas", tuple(self.betas))  # a YAML or checkpoint list, as the type says
         check_option("optimizer.learning_rate", self.learning_rate, min=0, min_open=True)
         for i, beta in enumerate(self.betas):
             check_option(f"optimizer.betas[{i}]", beta, min=0, max=1, max_open=True)

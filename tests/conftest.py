@@ -70,7 +70,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_dir):
-    from lit_rlhf.models import load_tokenizer
+    from lit_rlhf.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_dir / "tokenizer"))
 

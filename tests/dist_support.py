@@ -25,10 +25,11 @@ sys.path.insert(0, str(REPO))
 
 from lit_rlhf.data.comparisons import RewardDataModule  # noqa: E402
 from lit_rlhf.data.sft import SFTDataModule  # noqa: E402
-from lit_rlhf.distributed import HFFSDPStrategy  # noqa: E402
+from lit_rlhf.distributed.strategies import HFFSDPStrategy  # noqa: E402
 from lit_rlhf.lora import LoraOptions  # noqa: E402
 from lit_rlhf.modules.reward import RewardModule  # noqa: E402
 from lit_rlhf.modules.sft import SFTModule  # noqa: E402
+from lit_rlhf.settings import OptimizerSettings  # noqa: E402
 
 #: Rows per rank per step; a single-process run uses GLOBAL_BATCH.
 BATCH_PER_RANK = 2
@@ -138,10 +139,10 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
     lora_options = LoraOptions(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]) if lora else None
     common = {"tokenizer": str(root / "tokenizer"), "lora": lora_options, "output_dir": str(out / "model")}
     if stage == "sft":
-        module = SFTModule(model=str(root / "init_lm"), learning_rate=1e-3, **common)
+        module = SFTModule(model=str(root / "init_lm"), optimizer=OptimizerSettings(learning_rate=1e-3), **common)
         data = OrderedSFTData(train=str(root / "sft.jsonl"), max_length=64, batch_size=GLOBAL_BATCH, group_by_length=False)
     elif stage == "rm":
-        module = RewardModule(model=str(root / "init_lm"), learning_rate=1e-3, **common)
+        module = RewardModule(model=str(root / "init_lm"), optimizer=OptimizerSettings(learning_rate=1e-3), **common)
         data = OrderedRewardData(
             train=str(root / "rm.jsonl"), center_on=str(root / "sft.jsonl"), max_length=64, batch_size=GLOBAL_BATCH
         )

@@ -13,7 +13,9 @@ import lightning as L
 import pytest
 import torch
 
-from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory, set_reward_bias
+from lit_rlhf.models.heads import set_reward_bias
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 
 REWARD_BIAS = 0.25
 #: Module settings that make one rollout a fraction of a second: 4 episodes, 2 optimizer steps.

@@ -71,3 +71,29 @@ def test_ema_rejects_mismatches_without_touching_anything():
     assert ema[0].tolist() == [0.0, 0.0]
     with pytest.raises(ValueError, match="decay"):
         ema_update(ema, [torch.ones(2), torch.ones(3)], decay=1.5)
+
+
+@pytest.mark.parametrize("warmup_steps, floor", [(0, 0.1), (5, 0.1), (3, 0.0), (0, 1.0)])
+def test_the_shared_schedule_gives_the_old_sft_rm_and_ppo_values(warmup_steps, floor):
+    """warmup_then_cosine (lr_schedule, every stage) equals the schedules it replaces, value for value."""
+    from lit_rlhf.algorithms.schedules import warmup_then_cosine
+
+    for step in range(60):
+        assert warmup_then_cosine(step, 50, warmup_steps, 0.0, floor) == cosine_with_floor(step, 50, warmup_steps, floor)
+        assert warmup_then_cosine(step, float("inf"), warmup_steps, 0.1, 1.0) == warmup_then_constant(step, warmup_steps, 0.1)
+
+
+def test_cosine_optimizer_schedules_the_optimizer_settings():
+    from lit_rlhf.modules.base import cosine_optimizer
+    from lit_rlhf.settings import OptimizerSettings
+
+    model = torch.nn.Linear(2, 2)
+    config = cosine_optimizer(model, OptimizerSettings(learning_rate=1e-3, warmup_steps=2, min_lr_ratio=0.2), 10)
+    scheduler = config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(12):
+        rates.append(config["optimizer"].param_groups[0]["lr"])
+        config["optimizer"].step()
+        scheduler.step()
+    assert rates == pytest.approx([1e-3 * cosine_with_floor(s, 10, 2, 0.2) for s in range(12)])
+    assert config["lr_scheduler"]["interval"] == "step"

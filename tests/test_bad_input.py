@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# Imported at collection, Lightning's log handlers write to the session's stderr, not to the capsys stream of
+# whichever case imported it first (closed when that case ends: later cases would print "--- Logging error ---").
+import lightning.pytorch  # noqa: F401, E402
 from lit_rlhf.cli import main
 
 SANDBOX = "lit_rlhf/sandbox/assets"
@@ -26,6 +29,10 @@ PPO = [
     "fit", "--config", "configs/ppo.yaml", "--model.init_args.policy", f"{SANDBOX}/base_model",
     "--model.init_args.reward_model", f"{SANDBOX}/base_model", "--trainer.logger", "false",
     "--trainer.enable_progress_bar", "false",
+]
+DPO = [
+    "fit", "--config", "configs/dpo.yaml", "--model.init_args.policy", f"{SANDBOX}/base_model", "--trainer.logger", "false",
+    "--trainer.enable_progress_bar", "false", "--data.init_args.train", f"{SANDBOX}/data/prompts_train.jsonl",
 ]
 GOOD_SFT = '{"prompt": "say hi", "response": "hi"}\n'
 GOOD_RM = '{"prompt": "say hi", "responses": ["hi", "no", "bye"]}\n'
@@ -51,13 +58,38 @@ CASES = [
     ("yaml-float-for-int", [*SFT, "--config", "bad.yaml"], {"bad.yaml": "data:\n  init_args:\n    max_length: 12.5\n"},
      "bad.yaml: data.init_args.max_length: expected an integer"),
     ("yaml-model-typo", [*SFT, "--config", "m.yaml"], {"m.yaml": "model:\n  init_args:\n    learning_ratte: 0.1\n"},
-     "m.yaml: model.init_args.learning_ratte: unknown option of SFTModule; did you mean 'learning_rate'?"),
+     "m.yaml: model.init_args.learning_ratte: unknown option of SFTModule; did you mean 'optimizer.learning_rate'?"),
     ("rm-yaml-typo", [*RM, "--config", "r.yaml"], {"r.yaml": "model:\n  init_args:\n    outptu_dir: x\n", "rm.jsonl": GOOD_RM},
      "r.yaml: model.init_args.outptu_dir: unknown option of RewardModule; did you mean 'output_dir'?"),
     ("ppo-yaml-typo", [*PPO, "--config", "p.yaml"], {"p.yaml": "data:\n  init_args:\n    promptz: x.jsonl\n"},
      "p.yaml: data.init_args.promptz: unknown option of PromptDataModule; did you mean 'prompts'?"),
     ("flag-typo-trainer", [*SFT, "--trainer.max_epochz", "3"], {}, "--trainer.max_epochz: unknown option; did you mean '--trainer.max_epochs'?"),
-    ("flag-typo-model", [*SFT, "--model.init_args.learning_ratee", "3"], {}, "model.init_args.learning_ratee: unknown option of SFTModule; did you mean 'learning_rate'?"),
+    ("flag-typo-model", [*SFT, "--model.init_args.learning_ratee", "3"], {},
+     "model.init_args.learning_ratee: unknown option of SFTModule; did you mean 'optimizer.learning_rate'?"),
+    # --- keys that moved into a settings group (settings.MOVED_KEYS): one line naming the new key ---------
+    ("moved-flag-sft", [*SFT, "--model.init_args.learning_rate", "1e-4"], {},
+     "model.init_args.learning_rate: moved to model.init_args.optimizer.learning_rate"),
+    ("moved-yaml-sft", [*SFT, "--config", "old.yaml"], {"old.yaml": "model:\n  init_args:\n    learning_rate: 1.0e-4\n"},
+     "old.yaml: model.init_args.learning_rate: moved to model.init_args.optimizer.learning_rate"),
+    ("moved-yaml-rm", [*RM, "--config", "old.yaml"], {"old.yaml": "model:\n  init_args:\n    min_lr_ratio: 0.5\n", "rm.jsonl": GOOD_RM},
+     "old.yaml: model.init_args.min_lr_ratio: moved to model.init_args.optimizer.min_lr_ratio"),
+    ("moved-flag-rm-betas", [*RM, "--model.init_args.betas", "[0.9, 0.99]"], {"rm.jsonl": GOOD_RM},
+     "model.init_args.betas: moved to model.init_args.optimizer.betas"),
+    ("moved-flag-dpo", [*DPO, "--model.init_args.warmup_steps", "5"], {}, "model.init_args.warmup_steps: moved to model.init_args.optimizer.warmup_steps"),
+    ("moved-yaml-dpo", [*DPO, "--config", "old.yaml"], {"old.yaml": "model:\n  init_args:\n    weight_decay: 0.1\n"},
+     "old.yaml: model.init_args.weight_decay: moved to model.init_args.optimizer.weight_decay"),
+    # --- a bad value inside a settings group: the group's key and its range ------------------------------
+    ("group-lr-neg", [*SFT, "--model.init_args.optimizer.learning_rate", "-1"], {}, "optimizer.learning_rate must be > 0, got -1"),
+    ("group-lr-yaml", [*RM, "--config", "o.yaml"], {"o.yaml": "model:\n  init_args:\n    optimizer: {learning_rate: 0}\n", "rm.jsonl": GOOD_RM},
+     "optimizer.learning_rate must be > 0, got 0"),
+    ("group-min-lr-ratio", [*DPO, "--model.init_args.optimizer.min_lr_ratio", "1.5"], {}, "optimizer.min_lr_ratio must be in [0, 1], got 1.5"),
+    ("group-beta-1", [*SFT, "--model.init_args.optimizer.betas", "[0.9, 1.0]"], {}, "optimizer.betas[1] must be in [0, 1), got 1"),
+    ("group-typo-flag", [*SFT, "--model.init_args.optimizer.learning_ratte", "1"], {},
+     "model.init_args.optimizer.learning_ratte: unknown option of SFTModule; did you mean 'optimizer.learning_rate'?"),
+    ("group-typo-yaml", [*SFT, "--config", "o.yaml"], {"o.yaml": "model:\n  init_args:\n    optimizer:\n      warmup_step: 3\n"},
+     "o.yaml: model.init_args.optimizer.warmup_step: unknown option of SFTModule; did you mean 'optimizer.warmup_steps'?"),
+    ("group-not-a-number", [*SFT, "--model.init_args.optimizer.learning_rate", "fast"], {},
+     "model.init_args.optimizer.learning_rate: expected a number, got 'fast'"),
     ("flag-not-an-int", [*SFT, "--data.init_args.batch_size", "x"], {}, "data.init_args.batch_size: expected an integer, got 'x'"),
     ("unknown-subcommand", ["fitt"], {}, "invalid choice: 'fitt'"),
     ("missing-config-file", ["fit", "--config", "nope.yaml"], {}, "nope.yaml"),
@@ -224,3 +256,51 @@ def test_csv_numbers_are_text(tmp_path):
     path.write_text("prompt,response\nwhat is 6 times 7,42\n")
     (record,) = read_records(str(path))
     assert get_str(record, FieldMap(), "response") == "42"
+
+
+def test_user_errors_share_one_base_class_and_the_cli_catches_it(monkeypatch, capsys):
+    """Every error a user fixes derives from errors.UserError; the CLI prints any UserError in the exception
+    chain (jsonargparse and commands wrap them) as one line with exit code 2, whatever its class."""
+    import lit_rlhf.sampling
+    from lit_rlhf.data.records import RecordError
+    from lit_rlhf.errors import ConfigError, UserError
+    from lit_rlhf.models.sources import ModelSourceError
+    from lit_rlhf.rewards.base import RewardError
+    from lit_rlhf.sandbox.pipeline import StageFailed
+
+    for cls in (ConfigError, RecordError, ModelSourceError, RewardError, StageFailed):
+        assert issubclass(cls, UserError), cls
+
+    class NewKindOfMistake(UserError):
+        pass
+
+    def fails(argv):
+        try:
+            raise NewKindOfMistake("widget 'w' must be blue; set colour: blue")
+        except NewKindOfMistake as e:
+            raise RuntimeError("wrapped by a library") from e
+
+    monkeypatch.setattr(lit_rlhf.sampling, "main", fails)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "lit-rlhf: error: widget 'w' must be blue; set colour: blue"
+
+
+def test_any_moved_key_entry_is_answered_where_the_class_has_its_new_group(in_scratch_dir, monkeypatch, capsys):
+    """The stages append their moved keys to settings.MOVED_KEYS; the CLI answers each of them, on the command
+    line or in a YAML file, but only for a class that takes the new key's group (SFT has no ``kl`` group)."""
+    from lit_rlhf import settings
+
+    monkeypatch.setitem(settings.MOVED_KEYS, "decay", "optimizer.weight_decay")
+    monkeypatch.setitem(settings.MOVED_KEYS, "kl_coef", "kl.coef")
+    (in_scratch_dir / "old.yaml").write_text("model:\n  init_args:\n    decay: 0.1\n")
+    cases = [(["--model.init_args.decay", "0.1"], "lit-rlhf: error: model.init_args.decay: moved to model.init_args.optimizer.weight_decay"),
+             (["--config", "old.yaml"], "lit-rlhf: error: old.yaml: model.init_args.decay: moved to model.init_args.optimizer.weight_decay"),
+             (["--model.init_args.kl_coef", "0.1"], "lit-rlhf: error: model.init_args.kl_coef: unknown option of SFTModule")]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*SFT, *args])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.strip().startswith(expected), args

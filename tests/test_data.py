@@ -69,7 +69,7 @@ def test_bad_sft_records_name_record_and_field(tiny_tokenizer, data, match):
 
 def test_messages_need_a_chat_template(tmp_path):
     from conftest import build_char_tokenizer
-    from lit_rlhf.models import load_tokenizer
+    from lit_rlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(build_char_tokenizer(tmp_path / "tok", chat_template=None)))
     record = Record({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "f.jsonl", 2)
@@ -143,7 +143,7 @@ def test_packing_restarts_positions_and_isolates_examples(tiny_dir):
     assert "attention_mask" not in batch
     assert batch["position_ids"].tolist()[0][:4] == [0, 1, 2, 3]
     # Block-diagonal attention: the second example's logits do not depend on the first one.
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     model = load_causal_lm(str(tiny_dir / "config.json"), trainable=False)
     alone = model(input_ids=torch.tensor([[20, 21, 22]]), use_cache=False).logits

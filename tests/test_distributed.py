@@ -118,6 +118,6 @@ def test_strategy_config_combines_with_every_stage_config(stage, strategy, capsy
     printed = capsys.readouterr().out
     assert "strategy:" in printed
     if strategy == "fsdp":
-        assert "lit_rlhf.distributed.HFFSDPStrategy" in printed and "checkpoint_layers: true" in printed
+        assert "lit_rlhf.distributed.strategies.HFFSDPStrategy" in printed and "checkpoint_layers: true" in printed
     if strategy == "fsdp2":
-        assert "lit_rlhf.distributed.FSDP2Strategy" in printed
+        assert "lit_rlhf.distributed.strategies.FSDP2Strategy" in printed

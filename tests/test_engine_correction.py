@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
-from lit_rlhf.distributed import full_tensors_by_layer
+from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.engines.base import RolloutEngine
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.errors import ConfigError
@@ -94,7 +94,7 @@ def test_ppo_module_checks_the_tis_cap(ppo_world):
 
 
 def test_full_tensors_by_layer_streams_every_weight_once_layer_by_layer(tiny_dir):
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     model = load_causal_lm(str(tiny_dir / "config.json"))
     chunks = list(full_tensors_by_layer(model))
@@ -152,7 +152,7 @@ def _gather_by_layer_on_rank(rank: int, world: int, config_path: str, port: int,
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -180,7 +180,7 @@ def test_full_tensors_by_layer_gathers_fsdp2_shards(tiny_dir, tmp_path):
 
     import torch.multiprocessing as mp
 
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

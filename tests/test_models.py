@@ -6,18 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lit_rlhf.models import (
-    ModelSourceError,
-    last_token_index,
-    load_causal_lm,
-    load_config,
-    load_scalar_model,
-    load_tokenizer,
-    position_ids_from_mask,
-    save_hf_directory,
-    sequence_rewards,
-    set_reward_bias,
-)
+from lit_rlhf.models.heads import last_token_index, position_ids_from_mask, sequence_rewards, set_reward_bias
+from lit_rlhf.models.loading import load_causal_lm, load_config, load_scalar_model, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
+from lit_rlhf.models.sources import ModelSourceError
 
 
 def test_random_init_from_config_then_reload_from_directory(tiny_dir, tiny_tokenizer, tmp_path):

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory, sequence_rewards
+from lit_rlhf.models.heads import sequence_rewards
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.sandbox.paths import BASE_CONFIG, BASE_MODEL_DIR, DATA_DIR, TOKENIZER_DIR
 
 

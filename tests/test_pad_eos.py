@@ -18,7 +18,8 @@ import torch
 from conftest import write_jsonl
 from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.data import PromptDataModule, RewardDataModule, SFTDataModule
-from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 
 #: SmolLM2-style: every turn ends with the EOS token (its ``<|im_end|>``).
 CHAT_TEMPLATE = (
@@ -112,10 +113,11 @@ def test_sft_labels_the_final_eos_and_masks_only_padding(world, tmp_path):
 
 def test_sft_training_teaches_the_model_to_stop(world, tmp_path):
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     tokenizer = world["tokenizer"]
     data = SFTDataModule(train=str(write_jsonl(tmp_path / "sft.jsonl", SFT_RECORDS * 4)), batch_size=4)
-    module = SFTModule(model=world["sft"], learning_rate=1e-2, min_lr_ratio=1.0)
+    module = SFTModule(model=world["sft"], optimizer=OptimizerSettings(learning_rate=1e-2, min_lr_ratio=1.0))
 
     def p_stop() -> float:
         ids = torch.tensor([tokenizer("ab")["input_ids"] + tokenizer("cd", add_special_tokens=False)["input_ids"]])
@@ -168,7 +170,7 @@ def test_reward_is_read_at_the_real_last_token_not_at_padding_or_a_prompt_eos(wo
 
 
 def test_ppo_response_mask_ends_at_the_first_sampled_eos(world, tmp_path):
-    from lit_rlhf.models import sequence_rewards
+    from lit_rlhf.models.heads import sequence_rewards
     from lit_rlhf.modules import PPOModule
 
     tokenizer, eos = world["tokenizer"], world["tokenizer"].eos_token_id

@@ -10,7 +10,9 @@ from lightning.pytorch import Callback
 
 from conftest import build_char_tokenizer
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.models import ModelSourceError, load_scalar_model, save_hf_directory, load_tokenizer
+from lit_rlhf.models.loading import load_scalar_model, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
+from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules import PPOModule
 from lit_rlhf.modules.guards import TrainingStopped
 from lit_rlhf.modules.rollout import Rollout, concat_responses, response_mask_from_tokens, response_values
@@ -250,8 +252,8 @@ def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):
 
 
 def test_sampling_ignores_the_models_saved_generation_settings(ppo_world):
-    from lit_rlhf.distributed import sample_continuations
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.distributed.generation import sample_continuations
+    from lit_rlhf.models.loading import load_causal_lm
 
     model = load_causal_lm(ppo_world["sft"], trainable=False)
     model.generation_config.top_k = 1  # inherited, this would make every sample the greedy one

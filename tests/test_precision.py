@@ -93,7 +93,8 @@ def test_adamw_picks_the_optimizer_by_weight_dtype_or_refuses():
 
 @pytest.fixture(scope="module")
 def sft_start(tmp_path_factory, tiny_dir):
-    from lit_rlhf.models import load_causal_lm, load_tokenizer, save_hf_directory
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.saving import save_hf_directory
 
     root = tmp_path_factory.mktemp("precision")
     torch.manual_seed(0)
@@ -106,9 +107,10 @@ def sft_start(tmp_path_factory, tiny_dir):
 def _fit_sft(root, precision: str):
     from lit_rlhf.data import SFTDataModule
     from lit_rlhf.modules import SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     L.seed_everything(0)
-    module = SFTModule(model=str(root / "start"), learning_rate=LR, min_lr_ratio=1.0)
+    module = SFTModule(model=str(root / "start"), optimizer=OptimizerSettings(learning_rate=LR, min_lr_ratio=1.0))
     data = SFTDataModule(train=str(root / "train.jsonl"), batch_size=4, group_by_length=False, max_length=64)
     trainer = L.Trainer(
         accelerator="cpu", precision=precision, max_steps=40, logger=False, enable_checkpointing=False,
@@ -120,7 +122,7 @@ def _fit_sft(root, precision: str):
 
 
 def test_bf16_true_sft_run_moves_its_weights_like_the_float32_run(sft_start):
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
 
     start = dict(load_causal_lm(str(sft_start / "start")).named_parameters())
     fp32, _ = _fit_sft(sft_start, "32-true")
@@ -142,7 +144,7 @@ def test_bf16_true_sft_run_moves_its_weights_like_the_float32_run(sft_start):
 
 def _ppo_export(root, precision: str, ema_decay, keep: dict | None = None):
     from lit_rlhf.data import PromptDataModule
-    from lit_rlhf.models import load_causal_lm
+    from lit_rlhf.models.loading import load_causal_lm
     from lit_rlhf.modules import PPOModule
 
     L.seed_everything(0)
@@ -161,7 +163,8 @@ def _ppo_export(root, precision: str, ema_decay, keep: dict | None = None):
 
 
 def _ppo_world(root) -> dict:
-    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer, save_hf_directory
+    from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from lit_rlhf.models.saving import save_hf_directory
 
     if not (root / "rm").exists():
         save_hf_directory(load_scalar_model(str(root / "start")), load_tokenizer(str(root / "start")), root / "rm")

@@ -65,14 +65,15 @@ def world(tmp_path_factory, tiny_dir):
 def run(world, stage: str, out_dir, *, stop_at: int | None = None, ckpt_path: str | None = None):
     from lit_rlhf.data import RewardDataModule, SFTDataModule
     from lit_rlhf.modules import RewardModule, SFTModule
+    from lit_rlhf.settings import OptimizerSettings
 
     seed_everything(0)
     root = world["root"]
     if stage == "sft":
-        module = SFTModule(model=world["config"], tokenizer=world["tokenizer"], dropout=0.2, learning_rate=1e-3)
+        module = SFTModule(model=world["config"], tokenizer=world["tokenizer"], dropout=0.2, optimizer=OptimizerSettings(learning_rate=1e-3))
         data = SFTDataModule(train=str(root / "sft.jsonl"), val_fraction=0.25, batch_size=3, max_length=64)
     else:
-        module = RewardModule(model=world["config"], tokenizer=world["tokenizer"], learning_rate=1e-3)
+        module = RewardModule(model=world["config"], tokenizer=world["tokenizer"], optimizer=OptimizerSettings(learning_rate=1e-3))
         data = RewardDataModule(train=str(root / "rm.jsonl"), val_fraction=0.25, batch_size=3, max_length=64,
                                 center_on=str(root / "sft.jsonl"))
     recorder = Recorder(stop_at)

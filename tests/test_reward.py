@@ -19,7 +19,9 @@ from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter
 from lit_rlhf.data.comparisons import RewardDataModule, collate_groups, encode_comparisons, encode_demonstrations, rank_share
 from lit_rlhf.data.records import FieldMap, RecordError, read_records
-from lit_rlhf.models import ModelSourceError, load_scalar_model, token_scores
+from lit_rlhf.models.heads import token_scores
+from lit_rlhf.models.loading import load_scalar_model
+from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules.reward import RewardModule, bias_from_sums
 
 
@@ -287,7 +289,7 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
               "--model.init_args.tokenizer", str(tiny_dir / "tokenizer")]
     main(["fit", *common, "--trainer.logger.save_dir", str(tmp_path / "logs"),  # the config's 1 epoch
-          "--model.init_args.model", str(tiny_dir / "config.json"), "--model.init_args.learning_rate", "3e-3",
+          "--model.init_args.model", str(tiny_dir / "config.json"), "--model.init_args.optimizer.learning_rate", "3e-3",
           "--model.init_args.output_dir", str(out), "--data.init_args.train", str(train), "--data.init_args.val", str(val),
           "--data.init_args.center_on", str(demos), "--data.init_args.batch_size", "16"])
 
@@ -310,7 +312,7 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
 
 
 def reloaded_rewards(model, batch) -> torch.Tensor:
-    from lit_rlhf.models import sequence_rewards
+    from lit_rlhf.models.heads import sequence_rewards
 
     with torch.no_grad():
         return sequence_rewards(model, batch["input_ids"], batch["attention_mask"])

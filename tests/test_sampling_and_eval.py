@@ -10,7 +10,8 @@ import torch
 from conftest import write_jsonl
 from lit_rlhf.cli import main
 from lit_rlhf.evaluation import lm_loss_on_texts
-from lit_rlhf.models import load_causal_lm, load_tokenizer, save_hf_directory
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.sandbox.paths import BASE_CONFIG, DATA_DIR, TOKENIZER_DIR
 
 

@@ -9,6 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from conftest import REPO_ROOT, write_jsonl
 from lit_rlhf.cli import main
+from lit_rlhf.modules import SFTModule
+from lit_rlhf.settings import OptimizerSettings
 
 SANDBOX = "lit_rlhf/sandbox/assets"
 TINY_OVERRIDES = [
@@ -31,12 +33,22 @@ def test_shipped_sft_config_trains_exports_and_resumes(in_scratch_dir):
     assert generated.shape == (1, 8)
     assert list((in_scratch_dir / "runs/sft").glob("wandb/offline-run-*")), "wandb did not log offline"
 
-    # Resume from the last checkpoint and train 2 more steps: the step counter continues.
-    first = torch.load(in_scratch_dir / "runs/sft/checkpoints/last.ckpt", weights_only=False)
+    # The optimizer settings group is stored as a plain dict: the checkpoint loads with weights_only, and
+    # load_from_checkpoint rebuilds the typed group.
+    last = in_scratch_dir / "runs/sft/checkpoints/last.ckpt"
+    first = torch.load(last, weights_only=True)
     assert first["global_step"] == 4
-    main(["fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES, "--trainer.max_steps", "6", "--ckpt_path", "last"])
-    resumed = torch.load(in_scratch_dir / "runs/sft/checkpoints/last.ckpt", weights_only=False)
+    assert first["hyper_parameters"]["optimizer"]["learning_rate"] == 2e-3
+    assert SFTModule.load_from_checkpoint(last).optimizer == OptimizerSettings(learning_rate=2e-3)
+
+    # Resume from the last checkpoint with a new learning rate and train 2 more steps: the step counter
+    # continues, and the new learning rate applies (the cosine schedule rescaled to the new peak).
+    main(["fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES, "--trainer.max_steps", "6", "--ckpt_path", "last",
+          "--model.init_args.optimizer.learning_rate", "1e-3"])
+    resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 6
+    assert resumed["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1e-3
+    assert resumed["lr_schedulers"][0]["base_lrs"] == [1e-3]
     assert resumed["lr_schedulers"][0]["last_epoch"] == 6  # the schedule resumed too, not restarted
 
 
@@ -47,9 +59,9 @@ def test_sft_learns_the_response_only(in_scratch_dir):
         "fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES,
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
         "--trainer.max_steps", "40", "--data.init_args.train", str(data), "--data.init_args.val", str(data),
-        "--data.init_args.batch_size", "16", "--model.init_args.learning_rate", "3e-3",
+        "--data.init_args.batch_size", "16", "--model.init_args.optimizer.learning_rate", "3e-3",
     ])
-    from lit_rlhf.models import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer("runs/sft/model")
     model = load_causal_lm("runs/sft/model", trainable=False)
@@ -62,7 +74,7 @@ def test_print_config_shows_every_sft_option(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--print_config", "--config", str(REPO_ROOT / "configs/sft.yaml")])
     printed = capsys.readouterr().out
-    for option in ("learning_rate", "betas", "min_lr_ratio", "warmup_steps", "dropout", "gradient_checkpointing",
+    for option in ("optimizer", "learning_rate", "betas", "min_lr_ratio", "warmup_steps", "dropout", "gradient_checkpointing",
                    "output_dir", "export_checkpoint", "max_length", "truncation", "group_by_length", "pack", "val_fraction", "fields"):
         assert f"{option}:" in printed, option
 

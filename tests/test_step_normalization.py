@@ -13,8 +13,10 @@ from conftest import write_jsonl
 from lit_rlhf.data.batching import collate_examples
 from lit_rlhf.data.comparisons import collate_groups
 from lit_rlhf.data.tokenize import encode_prompt_response
-from lit_rlhf.models import load_causal_lm, load_tokenizer, save_hf_directory
+from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
+from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.modules import DPOModule, RewardModule, SFTModule
+from lit_rlhf.settings import OptimizerSettings
 from test_reward import encode
 
 SFT_PAIRS = [("q:", "a"), ("question two:", "a much longer answer"), ("x:", "yz"), ("long prompt here:", "mid answer")]
@@ -62,7 +64,7 @@ def assert_same(split: dict, whole: dict) -> None:
 def test_sft_step_is_a_token_mean_over_the_whole_step(sft_dir, tiny_tokenizer):
     examples = [encode_prompt_response(tiny_tokenizer, p, r) for p, r in SFT_PAIRS]
     pad = tiny_tokenizer.pad_token_id
-    make = lambda: recording(SFTModule)(model=str(sft_dir), learning_rate=1e-3)  # noqa: E731
+    make = lambda: recording(SFTModule)(model=str(sft_dir), optimizer=OptimizerSettings(learning_rate=1e-3))  # noqa: E731
     whole = step_gradients(make(), [collate_examples(examples, pad)], accumulate=1)
     split = step_gradients(make(), [collate_examples([e], pad) for e in examples], accumulate=4)
     assert_same(split, whole)
@@ -73,9 +75,9 @@ def test_rm_and_dpo_steps_are_means_over_the_whole_step(stage, sft_dir, tiny_tok
     groups, _ = encode(write_jsonl(tmp_path / "c.jsonl", RANKED), tiny_tokenizer)
     pad = tiny_tokenizer.pad_token_id
     if stage == "rm":
-        make = lambda: recording(RewardModule)(model=str(sft_dir), learning_rate=1e-3)  # noqa: E731
+        make = lambda: recording(RewardModule)(model=str(sft_dir), optimizer=OptimizerSettings(learning_rate=1e-3))  # noqa: E731
     else:
-        make = lambda: recording(DPOModule)(policy=str(sft_dir), learning_rate=1e-3)  # noqa: E731
+        make = lambda: recording(DPOModule)(policy=str(sft_dir), optimizer=OptimizerSettings(learning_rate=1e-3))  # noqa: E731
     whole = step_gradients(make(), [collate_groups(groups, pad)], accumulate=1)
     split = step_gradients(make(), [collate_groups([g], pad) for g in groups], accumulate=4)
     assert_same(split, whole)

@@ -20,7 +20,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
 from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, evaluated_policy, response_logprob_sums, sample_episodes
-from lit_rlhf.models import load_causal_lm, load_scalar_model, sequence_rewards
+from lit_rlhf.models.heads import sequence_rewards
+from lit_rlhf.models.loading import load_causal_lm, load_scalar_model
 
 
 def load_object(path: str):

@@ -19,7 +19,7 @@ from lit_rlhf.data.batching import LengthGroupedSampler, ResumableDataLoader, Re
 from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
 from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.random_state import rng_states, set_rng_states
-from lit_rlhf.models import load_tokenizer
+from lit_rlhf.models.loading import load_tokenizer
 
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from lit_rlhf.errors import UserError
+
 #: A data source: a file path, or keyword arguments for ``datasets.load_dataset`` (e.g.
 #: ``{"path": "json", "data_files": "x.jsonl"}`` or a hub dataset ``{"path": "org/name", "split": "train"}``).
 DataSource = Union[str, dict]
@@ -20,7 +22,7 @@ DataSource = Union[str, dict]
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".txt")
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A bad record: the message names the source, the record (line or row) and the field."""
 
     def __init__(self, source: str, index: int | None, field_name: str | None, problem: str):

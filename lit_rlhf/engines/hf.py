@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
-from lit_rlhf.distributed import sample_continuations
+from lit_rlhf.distributed.generation import sample_continuations
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.modules.rollout import Rollout, concat_responses, pad_columns
 
@@ -19,7 +19,7 @@ class SampledTokenLogprobs:
     policy's distribution at ``temperature``, so the rollout needs no second policy forward pass for them.
 
     ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and the
-    sampling config of :func:`lit_rlhf.distributed.sample_continuations` neutralises every other
+    sampling config of :func:`lit_rlhf.distributed.generation.sample_continuations` neutralises every other
     processor, so the scores seen here are the raw logits: the log-probs are those of the full
     distribution at ``temperature``, exactly what :func:`lit_rlhf.modules.rollout.response_logits` gives (tested). Step ``t``
     sees the token of step ``t - 1`` at the end of ``input_ids``; :meth:`finish` takes the last one.

@@ -28,7 +28,7 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor
 
-from lit_rlhf.distributed import full_tensors_by_layer
+from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.engines.hf import hf_generate
 from lit_rlhf.errors import ConfigError, check_option

@@ -11,8 +11,10 @@ writes its loss and loop; nothing else.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
 from collections.abc import Iterable, Iterator
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -20,11 +22,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lit_rlhf.algorithms import ema_update
-from lit_rlhf.distributed import all_reduce_mean, export_hf, full_state_dict, shard_models
-from lit_rlhf.errors import check_option
+from lit_rlhf.distributed.collectives import all_reduce_mean, attached_trainer
+from lit_rlhf.distributed.export import export_hf, full_state_dict
+from lit_rlhf.distributed.sharding import shard_models
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions, adapters_disabled, apply_lora
-from lit_rlhf.models import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer, scalar_head_name
-from lit_rlhf.modules.optim import adamw, cosine_schedule
+from lit_rlhf.models.heads import scalar_head_name
+from lit_rlhf.models.loading import default_tokenizer_source, load_causal_lm, load_scalar_model, load_tokenizer
+from lit_rlhf.modules.optim import adamw, lr_schedule
+from lit_rlhf.settings import OptimizerSettings, as_hparams
 
 FrozenDtype = Optional[Literal["float32", "bfloat16", "float16"]]
 
@@ -92,13 +98,25 @@ class EMAWeights(torch.nn.Module):
 
 class StageModule(LightningModule):
     """Base of the stage modules. Subclasses set ``export_attribute`` (the model written at the end of ``fit``)
-    and ``frozen_models`` (attributes rebuilt from their directories, never checkpointed), and call
-    :meth:`init_stage` from their constructor."""
+    and ``frozen_models`` (attributes rebuilt from their directories, never checkpointed), keep their settings
+    groups as typed attributes (``optimizer``: :class:`~lit_rlhf.settings.OptimizerSettings`) saved with
+    :meth:`save_settings_and_hyperparameters`, and call :meth:`init_stage` from their constructor."""
+
+    #: AdamW and its schedule, as configured now (a resumed run applies a changed learning rate).
+    optimizer: OptimizerSettings
 
     #: The attribute holding the model that ``output_dir`` receives.
     export_attribute: str = "model"
     #: Attributes (and prefixes of state-dict keys) of models that are never trained nor checkpointed.
     frozen_models: tuple[str, ...] = ()
+
+    def save_settings_and_hyperparameters(self, **groups: Any) -> None:
+        """``save_hyperparameters()`` of the calling constructor's arguments, with each settings group in
+        ``groups`` (name -> the typed group the module keeps) stored as a plain dict: a checkpoint then loads with
+        ``torch.load(weights_only=True)``, and ``load_from_checkpoint`` passes the dicts back to the constructor,
+        which coerces them with :func:`~lit_rlhf.settings.settings`."""
+        self.save_hyperparameters(ignore=list(groups), frame=inspect.currentframe().f_back)
+        self.save_hyperparameters({name: as_hparams(group) for name, group in groups.items()})
 
     def init_stage(self, model_source: str, tokenizer: Optional[str], lora: Optional[LoraOptions], output_dir: Optional[str]) -> None:
         """Common construction: the tokenizer, and the state every stage keeps."""
@@ -202,7 +220,7 @@ class StageModule(LightningModule):
 
     def configured_learning_rates(self) -> list[Optional[float]]:
         """The peak learning rate of each param group as configured now (for the resume check)."""
-        return [self.hparams.learning_rate]
+        return [self.optimizer.learning_rate]
 
     # ------------------------------------------------------------------------------------------
     # Exact loss normalisation under automatic optimization (SFT, RM, DPO)
@@ -213,7 +231,8 @@ class StageModule(LightningModule):
         :meth:`on_before_optimizer_step` divides them by the step's item count over all of them. The
         step's gradient is then the exact mean over the whole step, however it was split."""
         self._step_normalizer = self._step_normalizer.to(count.device) + count.detach().to(torch.float64)
-        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        trainer = attached_trainer(self)
+        accumulate = trainer.accumulate_grad_batches if trainer is not None else 1
         return loss_sum * accumulate  # Lightning divides the returned loss by it
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -247,19 +266,18 @@ class StageModule(LightningModule):
         export_hf(self, self.export_attribute, self.tokenizer, self.output_dir, state=state, lora_export=lora_export)
 
 
-def check_optimizer_options(hp) -> None:
-    """The optimizer and schedule settings SFT, RM and DPO share, checked at construction."""
-    check_option("learning_rate", hp.learning_rate, min=0, min_open=True)
-    check_option("weight_decay", hp.weight_decay, min=0)
-    check_option("warmup_steps", hp.warmup_steps, min=0, integer=True)
-    check_option("min_lr_ratio", hp.min_lr_ratio, min=0, max=1)
-    for i, beta in enumerate(hp.betas):
-        check_option(f"betas[{i}]", beta, min=0, max=1, max_open=True)
-
-
-def cosine_optimizer(module: StageModule, model: torch.nn.Module) -> dict:
-    """AdamW over ``model``'s trainable parameters with the paper's SFT/RM schedule (cosine to ``min_lr_ratio``)."""
-    hp = module.hparams
-    optimizer = adamw([{"params": list(model.parameters())}], hp.learning_rate, hp.betas, hp.weight_decay)
-    schedule = cosine_schedule(optimizer, module.trainer.estimated_stepping_batches, hp.warmup_steps, hp.min_lr_ratio)
+def cosine_optimizer(model: torch.nn.Module, settings: OptimizerSettings, total_steps: float) -> dict:
+    """Lightning's optimizer config for SFT, RM and DPO: AdamW over ``model``'s trainable parameters and the
+    schedule of ``settings`` (:func:`~lit_rlhf.modules.optim.lr_schedule`) stepped once per optimizer step over
+    ``total_steps`` (the trainer's ``estimated_stepping_batches``): the paper's cosine to ``min_lr_ratio``."""
+    decays = settings.min_lr_ratio < 1
+    if decays and not (0 < total_steps < math.inf):
+        raise ConfigError(
+            "the cosine schedule needs a finite number of steps: set trainer.max_epochs or trainer.max_steps")
+    if decays and not settings.warmup_steps < total_steps:
+        raise ConfigError(
+            f"optimizer.warmup_steps ({settings.warmup_steps}) must be below the run's {total_steps} optimizer steps")
+    params = [{"params": list(model.parameters())}]
+    optimizer = adamw(params, settings.learning_rate, settings.betas, settings.weight_decay)
+    schedule = {"scheduler": lr_schedule(optimizer, settings, total_steps), "interval": "step", "name": "lr"}
     return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -19,8 +19,13 @@ from torchmetrics import MeanMetric
 from lit_rlhf.algorithms import dpo_loss, logprobs_from_logits, masked_sum
 from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.models import position_ids_from_mask, require_stage_output
-from lit_rlhf.modules.base import FrozenDtype, StageModule, check_optimizer_options, cosine_optimizer
+from lit_rlhf.models.heads import position_ids_from_mask
+from lit_rlhf.models.sources import require_stage_output
+from lit_rlhf.modules.base import FrozenDtype, StageModule, cosine_optimizer
+from lit_rlhf.settings import OptimizerSettings, settings
+
+#: DPO's optimizer defaults (the DPO paper's learning rate).
+DPO_OPTIMIZER = OptimizerSettings(learning_rate=5e-7)
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
@@ -39,11 +44,9 @@ class DPOModule(StageModule):
         tokenizer: Tokenizer directory. Default: the policy's own.
         beta: Strength of the implicit KL constraint to the reference (DPO paper: 0.1).
         label_smoothing: Assumed probability that a comparison's label is flipped (conservative DPO), in [0, 0.5).
-        learning_rate: Peak learning rate.
-        betas: Adam betas (paper: 0.9, 0.95).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps.
-        min_lr_ratio: The cosine schedule ends at this fraction of the peak LR.
+        optimizer: AdamW and its learning-rate schedule (``OptimizerSettings``: ``learning_rate``, ``betas``,
+            ``weight_decay``, ``warmup_steps``, ``warmup_start``, ``min_lr_ratio``). Default: peak 5e-7 (the DPO
+            paper's), betas (0.9, 0.95), no warm-up, cosine to 10% of the peak.
         reference_dtype: Load the frozen reference in this dtype (e.g. ``bfloat16``) to save memory.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         lora: Train LoRA adapters instead of all weights; the reference is then the policy with its adapters off.
@@ -55,13 +58,12 @@ class DPOModule(StageModule):
 
     def __init__(
         self, policy: str, tokenizer: Optional[str] = None, beta: float = 0.1, label_smoothing: float = 0.0,
-        learning_rate: float = 5e-7, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.0,
-        warmup_steps: int = 0, min_lr_ratio: float = 0.1, reference_dtype: FrozenDtype = None,
+        optimizer: OptimizerSettings = DPO_OPTIMIZER, reference_dtype: FrozenDtype = None,
         gradient_checkpointing: bool = False, lora: Optional[LoraOptions] = None, output_dir: Optional[str] = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        check_optimizer_options(self.hparams)
+        self.optimizer = settings(OptimizerSettings, optimizer, DPO_OPTIMIZER)
+        self.save_settings_and_hyperparameters(optimizer=self.optimizer)
         check_option("beta", beta, min=0, min_open=True)
         check_option("label_smoothing", label_smoothing, min=0, max=0.5, max_open=True)
         require_stage_output(policy, "policy", "configs/sft.yaml")
@@ -106,4 +108,4 @@ class DPOModule(StageModule):
             metric.reset()
 
     def configure_optimizers(self):
-        return cosine_optimizer(self, self.policy)
+        return cosine_optimizer(self.policy, self.optimizer, self.trainer.estimated_stepping_batches)

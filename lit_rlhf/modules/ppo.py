@@ -32,12 +32,13 @@ from lit_rlhf.algorithms import (
     rloo_advantages, step_normalizer, whiten,
 )
 from lit_rlhf.data.common import resolve_seed
-from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
+from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_moments, local_backward, sync_gradients
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings  # not the package: it imports modules.rollout
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.models import check_same_tokenizer, require_stage_output
+from lit_rlhf.models.loading import check_same_tokenizer
+from lit_rlhf.models.sources import require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule
 from lit_rlhf.modules.guards import check_finite
 from lit_rlhf.modules.optim import adamw, warmup_constant_schedule

@@ -7,7 +7,7 @@ from typing import Any
 
 from lit_rlhf.engines.correction import check_truncated_is_cap
 from lit_rlhf.errors import ConfigError, check_option
-from lit_rlhf.models import require_stage_output
+from lit_rlhf.models.sources import require_stage_output
 
 #: Critic settings and their defaults: a critic-free run (rloo/grpo) refuses a changed value instead of ignoring it.
 CRITIC_DEFAULTS = {"value_model": None, "value_learning_rate": None, "value_loss_coef": 0.1, "value_clip_range": 0.2,

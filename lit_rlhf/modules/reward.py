@@ -20,10 +20,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lit_rlhf.algorithms.ranking import ComparisonPairs, kwise_ranking_loss
-from lit_rlhf.distributed import all_reduce_mean
+from lit_rlhf.distributed.collectives import all_reduce_mean
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.models import reward_bias, sequence_rewards, set_reward_bias
-from lit_rlhf.modules.base import StageModule, check_optimizer_options, cosine_optimizer
+from lit_rlhf.models.heads import reward_bias, sequence_rewards, set_reward_bias
+from lit_rlhf.modules.base import StageModule, cosine_optimizer
+from lit_rlhf.settings import OptimizerSettings, settings
+
+#: The reward model's optimizer defaults (InstructGPT appendix C.2).
+RM_OPTIMIZER = OptimizerSettings(learning_rate=9e-6)
 
 
 def pair_margins(rewards: Tensor, pairs: ComparisonPairs) -> Tensor:
@@ -51,11 +55,9 @@ class RewardModule(StageModule):
         model: Initial model: an SFT output directory (its unembedding is replaced by a freshly initialised scalar
             head), a saved reward model, a hub id, a ``.gguf`` file, or a ``.json`` model config (random init).
         tokenizer: Tokenizer directory or hub id. Default: the model's own (required when ``model`` is a config).
-        learning_rate: Peak learning rate (paper: 9e-6).
-        betas: Adam betas (paper: 0.9, 0.95).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps (paper: none).
-        min_lr_ratio: The cosine schedule ends at this fraction of the peak LR (paper: 0.1).
+        optimizer: AdamW and its learning-rate schedule (``OptimizerSettings``: ``learning_rate``, ``betas``,
+            ``weight_decay``, ``warmup_steps``, ``warmup_start``, ``min_lr_ratio``). Default: the paper's: peak 9e-6,
+            betas (0.9, 0.95), no warm-up, cosine to 10% of the peak.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
         lora: Train LoRA adapters (and the scalar head in full) instead of all weights (see ``LoraOptions``).
             Unset: full fine-tuning.
@@ -67,18 +69,14 @@ class RewardModule(StageModule):
         self,
         model: str,
         tokenizer: Optional[str] = None,
-        learning_rate: float = 9e-6,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerSettings = RM_OPTIMIZER,
         gradient_checkpointing: bool = False,
         lora: Optional[LoraOptions] = None,
         output_dir: Optional[str] = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
-        check_optimizer_options(self.hparams)
+        self.optimizer = settings(OptimizerSettings, optimizer, RM_OPTIMIZER)
+        self.save_settings_and_hyperparameters(optimizer=self.optimizer)
         self.init_stage(model, tokenizer, lora, output_dir)
         self.model = None  # built in configure_model, so strategies can shard it as it is created
         self.val_loss = MeanMetric()
@@ -130,7 +128,7 @@ class RewardModule(StageModule):
         self.log("train/pairs_per_sec", self._pairs_in_step / max(elapsed, 1e-9))
 
     def configure_optimizers(self):
-        return cosine_optimizer(self, self.model)
+        return cosine_optimizer(self.model, self.optimizer, self.trainer.estimated_stepping_batches)
 
     # -- validation ----------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lit_rlhf.algorithms import entropy_from_logits, explained_variance, logprobs_from_logits, masked_mean, masked_sum
-from lit_rlhf.models import position_ids_from_mask, reward_bias, token_scores
+from lit_rlhf.models.heads import position_ids_from_mask, reward_bias, token_scores
 
 
 @dataclass

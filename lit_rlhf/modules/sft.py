@@ -16,7 +16,11 @@ from torchmetrics import MeanMetric
 from lit_rlhf.algorithms.lm import labelled_positions, next_token_loss
 from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions
-from lit_rlhf.modules.base import StageModule, check_optimizer_options, cosine_optimizer
+from lit_rlhf.modules.base import StageModule, cosine_optimizer
+from lit_rlhf.settings import OptimizerSettings, settings
+
+#: SFT's optimizer defaults (InstructGPT appendix C.1).
+SFT_OPTIMIZER = OptimizerSettings(learning_rate=9.65e-6)
 
 
 class SFTModule(StageModule):
@@ -26,11 +30,9 @@ class SFTModule(StageModule):
         model: Pretrained model: a directory written by ``save_pretrained``, a hub id, a ``.gguf`` file, or
             a ``.json`` model config for a randomly initialised model.
         tokenizer: Tokenizer directory or hub id. Default: the model's own (required when ``model`` is a config).
-        learning_rate: Peak learning rate (paper: 9.65e-6 for the 1.3B and 6B models).
-        betas: Adam betas (paper: 0.9, 0.95).
-        weight_decay: AdamW weight decay.
-        warmup_steps: Linear warm-up steps (paper: none).
-        min_lr_ratio: The cosine schedule ends at this fraction of the peak LR (paper: 0.1).
+        optimizer: AdamW and its learning-rate schedule (``OptimizerSettings``: ``learning_rate``, ``betas``,
+            ``weight_decay``, ``warmup_steps``, ``warmup_start``, ``min_lr_ratio``). Default: the paper's: peak
+            9.65e-6 (its 1.3B and 6B models), betas (0.9, 0.95), no warm-up, cosine to 10% of the peak.
         dropout: Residual dropout written into the model config (paper: 0.2). Unset keeps the model's own; an
             architecture without a residual-dropout field (e.g. Llama) raises instead of ignoring it.
         gradient_checkpointing: Recompute activations in the backward pass to save memory.
@@ -46,11 +48,7 @@ class SFTModule(StageModule):
         self,
         model: str,
         tokenizer: Optional[str] = None,
-        learning_rate: float = 9.65e-6,
-        betas: tuple[float, float] = (0.9, 0.95),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        min_lr_ratio: float = 0.1,
+        optimizer: OptimizerSettings = SFT_OPTIMIZER,
         dropout: Optional[float] = None,
         gradient_checkpointing: bool = False,
         lora: Optional[LoraOptions] = None,
@@ -58,8 +56,8 @@ class SFTModule(StageModule):
         export_checkpoint: Literal["last", "best"] = "last",
     ):
         super().__init__()
-        self.save_hyperparameters()
-        check_optimizer_options(self.hparams)
+        self.optimizer = settings(OptimizerSettings, optimizer, SFT_OPTIMIZER)
+        self.save_settings_and_hyperparameters(optimizer=self.optimizer)
         check_option("dropout", dropout, min=0, max=1, max_open=True)
         self.init_stage(model, tokenizer, lora, output_dir)
         self.model = None  # built in configure_model, so strategies can shard it as it is created
@@ -113,7 +111,7 @@ class SFTModule(StageModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=50.0)))
 
     def configure_optimizers(self):
-        return cosine_optimizer(self, self.model)
+        return cosine_optimizer(self.model, self.optimizer, self.trainer.estimated_stepping_batches)
 
     def export_state(self) -> Optional[dict[str, torch.Tensor]]:
         """The best checkpoint's weights when ``export_checkpoint: best``; None means the current ones."""

@@ -10,8 +10,10 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from lit_rlhf.errors import UserError
 
-class RewardError(RuntimeError):
+
+class RewardError(UserError, RuntimeError):
     """A reward component failed or returned something unusable; names the component and the record."""
 
 

@@ -7,7 +7,8 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
-from lit_rlhf.models import load_scalar_model, reward_bias, sequence_rewards
+from lit_rlhf.models.heads import reward_bias, sequence_rewards
+from lit_rlhf.models.loading import load_scalar_model
 from lit_rlhf.rewards.base import Reward, RewardBatch
 
 
@@ -35,7 +36,8 @@ class RewardModelScore(Reward):
         return self.source is None
 
     def build(self, module) -> list[torch.nn.Module]:
-        from lit_rlhf.models import check_same_tokenizer, require_stage_output
+        from lit_rlhf.models.loading import check_same_tokenizer
+        from lit_rlhf.models.sources import require_stage_output
 
         hp = module.hparams
         source = self.source or hp.reward_model

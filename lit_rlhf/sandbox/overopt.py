@@ -50,7 +50,7 @@ def best_of_n_curve(
 
     from lit_rlhf.callbacks.gold_score import score_samples
     from lit_rlhf.data.records import read_records
-    from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from lit_rlhf.sandbox.labeler import GoldLabeler
 
     records = read_records(prompts)[:num_prompts]

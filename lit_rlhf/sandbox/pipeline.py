@@ -22,10 +22,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
+from lit_rlhf.errors import UserError
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
 from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, POLICY_LABELS, SAMPLES_PER_PROMPT as EVAL_SAMPLES_PER_PROMPT
 
-class StageFailed(RuntimeError):
+class StageFailed(UserError, RuntimeError):
     """A stage's ``lit-rlhf fit`` exited with an error (printed by the stage itself)."""
 
 

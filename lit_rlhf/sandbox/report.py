@@ -44,7 +44,7 @@ def gold_evaluations(num_prompts: int, num_texts: int, samples_per_prompt: int =
 def gold_metrics(model_dir: str, num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT,
                  max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, float]:
     """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory."""
-    from lit_rlhf.models import load_causal_lm, load_tokenizer
+    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left")
     sums = {k: v for evaluation in gold_evaluations(num_prompts, num_texts, samples_per_prompt, max_new_tokens) for k, v in evaluation.evaluate(model, tokenizer).items()}
