@@ -66,7 +66,7 @@ def test_batches_pair_left_padded_prompts_with_their_ptx_sequences(tmp_path, tin
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ab"}, {"prompt": "abcd"}] * 4
                           + [{"messages": [{"role": "user", "content": "hi"}]}] * 2)
     (tmp_path / "t.txt").write_text("some text\nmore text here\n")
-    data = PromptDataModule(prompts, ptx=str(tmp_path / "t.txt"), ptx_ratio=2)
+    data = PromptDataModule(prompts, ptx_text=str(tmp_path / "t.txt"), ptx_ratio=2)
     attach(data, tiny_tokenizer, prompts_per_rollout=2, rollout_batch_size=4)
     data.setup("fit")
     loader = data.train_dataloader()

@@ -19,7 +19,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
-from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, evaluated_policy, response_logprob_sums, sample_episodes
+from lit_rlhf.evaluation import (
+    evaluated_policy, generate_responses, lm_loss_on_texts, response_logprob_sums, sample_episodes, sampled_texts,
+)
 from lit_rlhf.models import load_causal_lm, load_scalar_model, sequence_rewards
 
 
@@ -160,11 +162,12 @@ def score_samples(
     )
     first_prompt = 0
     for batch in episodes:
-        indices = [first_prompt + i // samples_per_prompt for i in range(len(batch.texts))]
-        first_prompt += len(batch.texts) // samples_per_prompt
+        texts = sampled_texts(batch)
+        indices = [first_prompt + i // samples_per_prompt for i in range(len(texts))]
+        first_prompt += len(texts) // samples_per_prompt
         scored.prompt_index += indices
-        scored.texts += batch.texts
-        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, batch.texts)]
+        scored.texts += texts
+        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, texts)]
         if reward_model is not None:
             scored.proxy += sequence_rewards(reward_model, batch.input_ids, batch.attention_mask, centered=True).tolist()
         if reference is not None:

@@ -36,7 +36,7 @@ from lit_rlhf.sandbox.scaling_fits import Fit, best_of_n_weights, bon_kl, bon_kl
 FAST = {
     "rm": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
     "ppo": ["--trainer.limit_val_batches", "0", "--data.init_args.val_text", "null",
-            "--model.init_args.rollout_batch_size", "8", "--model.init_args.minibatch_size", "8"],
+            "--model.init_args.batch.rollout_batch_size", "8", "--model.init_args.batch.minibatch_size", "8"],
     "steps_per_rollout": 1,
 }
 
@@ -237,7 +237,7 @@ def overopt(
         probe_samples: Samples per held-out prompt per measurement.
         bon_prompts: Held-out prompts of the best-of-n sweep.
         bon_samples: SFT samples per prompt for best-of-n (n = 1, 2, 4, ... up to this).
-        ptx: Also run PPO-ptx (``gamma_ptx`` of configs/ppo.yaml).
+        ptx: Also run PPO-ptx (``ptx.gamma`` of configs/ppo.yaml).
         fast: For tests: 2 RM steps, rollouts of 8 episodes, no PPO validation (pair it with small ``rollouts``,
             ``probe_*`` and ``bon_*``); the numbers are then meaningless.
         wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
@@ -279,14 +279,14 @@ def overopt(
     print(f"[overopt] best-of-n: {time.perf_counter() - started:.0f} s", flush=True)
 
     curves: dict[str, tuple[str, list[dict[str, float]], dict]] = {"best-of-n": ("bon", bon, fit_curve("bon", bon))}
-    runs = [("PPO", "ppo", ["--model.init_args.gamma_ptx", "0"])] + ([("PPO-ptx", "ppo_ptx", [])] if ptx else [])
+    runs = [("PPO", "ppo", ["--model.init_args.ptx.gamma", "0"])] + ([("PPO-ptx", "ppo_ptx", [])] if ptx else [])
     for title, name, extra in runs:
         history = root / name / "probe.jsonl"
         history.unlink(missing_ok=True)  # a rerun starts a fresh curve
         probe = probe_callback(probe_prompts, probe_every, probe_samples, history_file=history)
         overrides = seed_args + [
             "--model.init_args.policy", sft_dir, "--model.init_args.reward_model", rm_dir,
-            "--model.init_args.kl_coef", str(kl_coef), "--model.init_args.learning_rate", str(learning_rate),
+            "--model.init_args.kl.coef", str(kl_coef), "--model.init_args.optimizer.learning_rate", str(learning_rate),
             "--trainer.max_epochs", "1000", "--trainer.max_steps", str(rollouts * size.get("steps_per_rollout", steps_per_rollout(f"{configs}/ppo.yaml"))),
             "--trainer.check_val_every_n_epoch", "1000",  # the probe measures; no per-epoch validation needed
         ] + extra + size.get("ppo", [])
@@ -306,9 +306,11 @@ def overopt(
 
 
 def steps_per_rollout(config: str) -> int:
-    """Optimizer steps per rollout of a PPO config: ``ppo_epochs x rollout_batch_size / minibatch_size``
-    (``trainer.max_steps`` counts optimizer steps, the curve counts rollouts)."""
+    """Optimizer steps per rollout of a PPO config: ``ppo_epochs x rollout_batch_size / minibatch_size`` of its
+    ``batch`` group (``trainer.max_steps`` counts optimizer steps, the curve counts rollouts)."""
     import yaml
 
-    args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
-    return int(args.get("ppo_epochs", 1)) * int(args["rollout_batch_size"]) // int(args["minibatch_size"])
+    from lit_rlhf.modules.ppo_settings import RolloutBatchSettings
+
+    batch = RolloutBatchSettings(**yaml.safe_load(Path(config).read_text())["model"]["init_args"].get("batch", {}))
+    return batch.ppo_epochs * batch.rollout_batch_size // batch.minibatch_size
