@@ -150,3 +150,38 @@ def test_dpo_trains_on_ranked_comparisons_from_its_config(in_scratch_dir):
     exported = load_file(in_scratch_dir / "runs/dpo/model/model.safetensors")
     initial = load_file(f"{SANDBOX_BASE}/model.safetensors")
     assert any(not torch.equal(exported[k], initial[k]) for k in initial if k in exported)
+
+
+def readme_objective_example() -> str:
+    """The README's "A new objective in code" example (``my_objective.py``), as written there (or in docs/)."""
+    from conftest import REPO_ROOT
+
+    for page in [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]:
+        for block in page.read_text(encoding="utf-8").split("```python")[1:]:
+            code = block.split("```")[0]
+            if "class UnclippedPG(PPOModule)" in code:
+                return code
+    raise AssertionError("the UnclippedPG example is in neither README.md nor docs/")
+
+
+def test_the_readme_objective_example_runs_unchanged(in_scratch_dir, ppo_world, monkeypatch):
+    from lit_rlhf.cli import main
+
+    (in_scratch_dir / "my_objective.py").write_text(readme_objective_example())
+    monkeypatch.syspath_prepend(str(in_scratch_dir))
+    from my_objective import UnclippedPG
+
+    module = tiny_module(ppo_world, cls=UnclippedPG, ema_decay=None)
+    module.configure_model()
+    prompts = {"input_ids": torch.tensor([[0, 40, 41], [42, 43, 44]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    rollout, _ = module.make_rollout(prompts)
+    loss, stats = module.ppo_loss(rollout, rollout.response_mask.sum())
+    assert "train/clip_fraction" not in stats  # its own policy loss, not the clipped surrogate
+    # The README's command line, on the tiny world: `--model my_objective.UnclippedPG` with configs/ppo.yaml.
+    sizes = {"batch.rollout_batch_size": 4, "batch.minibatch_size": 2, "batch.micro_batch_size": 2,
+             "sampling.max_new_tokens": 6, "ptx.micro_batch_size": 8}
+    main(["fit", "--config", "configs/ppo.yaml", "--model", "my_objective.UnclippedPG", "--trainer.max_steps", "2",
+          "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--data.init_args.prompts",
+          ppo_world["prompts.jsonl"], f"--model.init_args.policy={ppo_world['sft']}",
+          f"--model.init_args.reward_model={ppo_world['rm']}", *[f"--model.init_args.{k}={v}" for k, v in sizes.items()]])
+    assert (in_scratch_dir / "runs/ppo/model/config.json").exists()

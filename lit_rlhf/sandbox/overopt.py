@@ -11,7 +11,7 @@ rising while the gold score peaks and falls. The sandbox's gold labeler plays th
    best-of-n (by proxy) expectation for every n is the unbiased estimator over subsets of the samples,
    its KL ``log n - (n-1)/n`` beside a sampled (plug-in) estimate;
 3. **RL**: one longer PPO run and one PPO-ptx run of ``configs/ppo.yaml`` with
-   :class:`~lit_rlhf.callbacks.gold_score.GoldProxyKLProbe`: gold, proxy and KL of the same (EMA)
+   :class:`~lit_rlhf.sandbox.callbacks.GoldProxyKLProbe`: gold, proxy and KL of the same (EMA)
    policy on the same held-out samples every ``probe_every`` rollouts;
 4. **fits and report**: ``d (alpha - beta d)`` for best-of-n and ``d (alpha - beta log d)`` for RL
    fitted to the gains over the SFT policy (least squares, R^2), ``overopt.md`` / ``overopt.json``
@@ -48,7 +48,7 @@ def best_of_n_curve(
     with the analytic and the sampled KL to the SFT policy. Every sample is the SFT policy's at T = 1."""
     import torch
 
-    from lit_rlhf.callbacks.gold_score import score_samples
+    from lit_rlhf.sandbox.callbacks import score_samples
     from lit_rlhf.data.records import read_records
     from lit_rlhf.models import load_causal_lm, load_scalar_model, load_tokenizer
     from lit_rlhf.sandbox.labeler import GoldLabeler

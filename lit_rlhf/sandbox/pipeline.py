@@ -109,7 +109,7 @@ def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: 
     from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, SAMPLED_TEMPERATURE
 
     return {
-        "class_path": "lit_rlhf.callbacks.gold_score.GoldProxyKLProbe",
+        "class_path": "lit_rlhf.sandbox.callbacks.GoldProxyKLProbe",
         "init_args": {
             "prompts": str(DATA_DIR / "prompts_eval.jsonl"),
             "every_n_rollouts": every_n_rollouts,
