@@ -31,7 +31,7 @@ def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
     torch.manual_seed(0)
     (batch,) = sample_episodes(model, tokenizer, prompts, max_new_tokens=6, num_return_sequences=2, batch_size=8)
     sums = response_logprob_sums(model, batch)
-    for row in range(len(batch.texts)):  # unpadded: the prompt's real tokens, then the response up to its first EOS
+    for row in range(len(batch)):  # unpadded: the prompt's real tokens, then the response up to its first EOS
         keep = batch.attention_mask[row].bool()
         ids = batch.input_ids[row][keep].unsqueeze(0)
         n_response = int(batch.response_mask[row].sum())
