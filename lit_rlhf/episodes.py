@@ -94,7 +94,8 @@ class Episodes:
     def prompt_texts(self) -> list[str]:
         """Prompt texts (special tokens and padding removed); needs :attr:`tokenizer`."""
         mask = self.attention_mask[:, : self.prompt_length].bool()
-        return [self._tokenizer().decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(self.prompts, mask)]
+        tokenizer = self._tokenizer()
+        return [tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(self.prompts, mask)]
 
     @cached_property
     def response_texts(self) -> list[str]:

@@ -100,7 +100,8 @@ def test_every_import_follows_the_layering():
 
 @pytest.mark.parametrize("importer, source, broken", [
     ("lit_rlhf.engines.hf", "from lit_rlhf.modules import PPOModule", "engines must not import modules"),
-    ("lit_rlhf.engines.hf", "def f():\n    from lit_rlhf.modules.rollout import in_chunks", "engines must not import modules"),
+    ("lit_rlhf.engines.hf", "def f():\n    from lit_rlhf.modules.rollout import in_chunks",
+     "engines must not import modules"),
     ("lit_rlhf.rewards.base", "import lit_rlhf.modules.ppo", "rewards must not import modules"),
     ("lit_rlhf.algorithms.kl", "from lit_rlhf.models import token_scores", "algorithms may import only itself"),
     ("lit_rlhf.episodes", "from lit_rlhf.engines import HFEngine", "episodes may import only"),

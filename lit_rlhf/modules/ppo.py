@@ -1,13 +1,10 @@
-"""Stage 3 — PPO-ptx (InstructGPT section 3.5 eq. 2, appendix C.4), and its critic-free relatives (GRPO, RLOO).
-
-One ``training_step`` is one PPO iteration on one rollout batch (vocabulary: :mod:`lit_rlhf.modules.rollout`):
-**generate** responses with the engine; **score** them (reference log-probs, values, reward components); per-token
-**rewards** (``-beta * KL_t`` plus the score) and **advantages** (GAE, or the prompt's other samples); **update**:
-``batch.ppo_epochs`` x minibatches, one optimizer step each: policy loss + ``value.loss_coef`` x value loss +
-``ptx.gamma`` x ptx loss, each normalised over the whole step (:mod:`lit_rlhf.algorithms.aggregation`). Each phase
-returns a new :class:`~lit_rlhf.episodes.Episodes`; callbacks get a :class:`~lit_rlhf.episodes.RolloutSummary` as
-``outputs["rollout"]``. Hooks: :meth:`generate_rollout`, :meth:`reference_logprobs`, :meth:`score_responses`,
-:meth:`compute_rewards`, :meth:`estimate_advantages`, :meth:`policy_loss`, :meth:`value_loss`.
+"""Stage 3 — PPO-ptx (InstructGPT 3.5 eq. 2, C.4) and its critic-free relatives (GRPO, RLOO), one rollout per step:
+**generate** with the engine; **score** (reference log-probs, values, reward components); per-token **rewards**
+(``-beta * KL_t`` plus the score) and **advantages** (GAE, or the prompt's other samples); **update**
+(:mod:`~lit_rlhf.modules.ppo_update`). Each phase returns a new :class:`~lit_rlhf.episodes.Episodes`; callbacks get
+a :class:`~lit_rlhf.episodes.RolloutSummary` as ``outputs["rollout"]``. Hooks: :meth:`generate_rollout`,
+:meth:`reference_logprobs`, :meth:`score_responses`, :meth:`compute_rewards`, :meth:`estimate_advantages`,
+:meth:`policy_loss`, :meth:`value_loss`. Batch vocabulary: :mod:`lit_rlhf.modules.rollout`.
 """
 
 from __future__ import annotations
@@ -20,9 +17,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lit_rlhf.algorithms import (AdaptiveKLController, FixedKLController, TokenLoss, clipped_policy_loss, clipped_value_loss,
-                                 gae_advantages, grpo_advantages, kl_penalty, masked_sum, per_token_rewards, rloo_advantages,
-                                 whiten)
+from lit_rlhf.algorithms import (AdaptiveKLController, FixedKLController, TokenLoss, clipped_policy_loss,
+                                 clipped_value_loss, gae_advantages, grpo_advantages, kl_penalty, masked_sum,
+                                 per_token_rewards, rloo_advantages, whiten)
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed import all_reduce_mean, global_masked_moments, local_backward
 from lit_rlhf.engines import HFEngine, RolloutEngine
@@ -35,8 +32,9 @@ from lit_rlhf.modules.base import FrozenDtype, StageModule
 from lit_rlhf.modules.guards import check_finite
 from lit_rlhf.modules.optim import adamw, lr_schedule
 from lit_rlhf.modules.ppo_settings import (PPO_OPTIMIZER, AdvantageSettings, KLSettings, OptimizerSettings,
-                                          PolicyLossSettings, PtxSettings, RolloutBatchSettings, RolloutCorrectionSettings,
-                                          SamplingSettings, ValueSettings, ppo_groups, scalar_model_sources)
+                                          PolicyLossSettings, PtxSettings, RolloutBatchSettings,
+                                          RolloutCorrectionSettings, SamplingSettings, ValueSettings, ppo_groups,
+                                          scalar_model_sources)
 from lit_rlhf.modules.ppo_update import PPOUpdate
 from lit_rlhf.modules.ptx import lm_loss
 from lit_rlhf.modules.rollout import (eval_mode, in_chunks, logprobs_and_entropy, response_logprobs, response_values,
@@ -193,8 +191,10 @@ class PPOModule(PPOUpdate, StageModule):
             episodes = episodes.with_values(logprobs=logprobs, entropy=entropy)
         episodes = episodes.with_values(ref_logprobs=self.reference_logprobs(episodes))
         if self.value_model is not None and self.training:
-            episodes = episodes.with_values(values=in_chunks(episodes, micro, lambda c: response_values(self.value_model, c)))
-        episodes = episodes.with_values(component_scores={reward.name: reward.score(episodes) for reward in self.rewards})
+            values = in_chunks(episodes, micro, lambda c: response_values(self.value_model, c))
+            episodes = episodes.with_values(values=values)
+        components = {reward.name: reward.score(episodes) for reward in self.rewards}
+        episodes = episodes.with_values(component_scores=components)
         episodes = episodes.with_values(scores=self.score_responses(episodes))
         return episodes.with_values(kl=kl_penalty(episodes.logprobs, episodes.ref_logprobs, self.kl.estimator))
 
@@ -204,13 +204,15 @@ class PPOModule(PPOUpdate, StageModule):
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Episodes:
         """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
         recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
-        return self.engine.generate(model, prompts, num_samples, self.sampling, eos_token_id=self.tokenizer.eos_token_id,
-                                    pad_token_id=self.tokenizer.pad_token_id, training=self.training)
+        tokenizer = self.tokenizer
+        return self.engine.generate(model, prompts, num_samples, self.sampling, eos_token_id=tokenizer.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id, training=self.training)
 
     def reference_logprobs(self, episodes: Episodes) -> Tensor:
         """Hook: ``[B, R]`` log-probs of the responses under the KL reference (the frozen SFT model)."""
+        micro, temperature = self.batch.micro_batch_size, self.sampling.temperature
         with self.reference_view(self.reference_model, self.policy) as reference:
-            return in_chunks(episodes, self.batch.micro_batch_size, lambda c: response_logprobs(reference, c, self.sampling.temperature))
+            return in_chunks(episodes, micro, lambda c: response_logprobs(reference, c, temperature))
 
     def score_responses(self, episodes: Episodes) -> Tensor:
         """Hook: ``[B]`` sequence scores: the weighted sum of the reward components (``episodes.component_scores``),
@@ -262,7 +264,7 @@ class PPOModule(PPOUpdate, StageModule):
         return clipped_value_loss(values, micro.values, micro.returns, self.value.clip_range)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Held-out pretraining loss on text batches; score and KL of the evaluated (EMA) policy's samples on prompt batches."""
+        """Held-out pretraining loss on text batches; score and KL of the evaluated (EMA) policy's samples."""
         with self.evaluation_weights() as model:
             if "labels" in batch:
                 loss, n_tokens = lm_loss(model, batch)
@@ -271,7 +273,8 @@ class PPOModule(PPOUpdate, StageModule):
             with seeded(self.seed + batch_idx, self.device):
                 episodes = self.generate_rollout(batch, model=model, num_samples=1)
             episodes = self.score_episodes(episodes, batch, model, 1)
-        metrics = {k.replace("rollout/", "val/"): v for k, v in rollout_metrics(episodes).items() if k.startswith("rollout/")}
+        metrics = {k.replace("rollout/", "val/"): v for k, v in rollout_metrics(episodes).items()
+                   if k.startswith("rollout/")}
         self.log_dict(metrics, batch_size=len(batch["input_ids"]), add_dataloader_idx=False, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -286,7 +289,8 @@ class PPOModule(PPOUpdate, StageModule):
             if saved_coef == self.kl.coef:
                 self.kl_controller.load_state_dict(state["kl_controller"])
             else:  # the config changed beta on purpose (e.g. to pull a diverging run back): it applies
-                rank_zero_info(f"resumed with kl.coef {self.kl.coef:g} (the checkpoint's was {saved_coef:g}); the new value applies")
+                rank_zero_info(f"resumed with kl.coef {self.kl.coef:g} (the checkpoint's was {saved_coef:g}); "
+                               "the new value applies")
             self.rollouts_done = state["rollouts_done"]
             set_rng_states(state["rng"])
 

@@ -37,7 +37,8 @@ class RolloutBatchSettings:
     """Batch sizes, per device (the batch vocabulary: :mod:`lit_rlhf.modules.rollout`).
 
     Attributes:
-        rollout_batch_size: Episodes per rollout (paper 512); a multiple of ``minibatch_size`` and ``samples_per_prompt``.
+        rollout_batch_size: Episodes per rollout (paper 512); a multiple of ``minibatch_size`` and
+            ``samples_per_prompt``.
         samples_per_prompt: Responses sampled per prompt (1 for PPO; >= 2 for ``rloo``/``grpo``).
         minibatch_size: Episodes per optimizer step (paper 64).
         micro_batch_size: Episodes per forward pass: memory only, the step's gradient does not depend on it.
@@ -53,10 +54,6 @@ class RolloutBatchSettings:
     def __post_init__(self) -> None:
         for spec in fields(self):
             check_option(f"batch.{spec.name}", getattr(self, spec.name), min=1, integer=True)
-
-    @property
-    def prompts_per_rollout(self) -> int:
-        return self.rollout_batch_size // self.samples_per_prompt
 
 
 @dataclass(frozen=True)
@@ -187,7 +184,8 @@ def group(cls: type[T], value: Any, default: Optional[T] = None) -> T:
         names = {spec.name for spec in fields(cls)}
         unknown = sorted(set(value) - names)
         if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown option of {cls.__name__}; its options: {', '.join(sorted(names))}")
+            raise ConfigError(f"{unknown[0]}: unknown option of {cls.__name__}; its options: "
+                              f"{', '.join(sorted(names))}")
         return dataclasses.replace(default, **value)
     return settings(cls, value, default)
 
@@ -228,7 +226,8 @@ def check_ppo_settings(batch: RolloutBatchSettings, advantage: AdvantageSettings
                           "model: remove them, or use advantage.estimator: gae")
 
 
-def scalar_model_sources(reward_model: Optional[str], value: ValueSettings, rewards, uses_critic: bool) -> dict[str, str]:
+def scalar_model_sources(reward_model: Optional[str], value: ValueSettings, rewards,
+                         uses_critic: bool) -> dict[str, str]:
     """The reward/value model directories the run will read (checked to exist), by argument name. ``reward_model``
     is needed only when a reward component reads it or the critic starts from it."""
     needs_reward_model = (uses_critic and value.model is None) or any(r.uses_reward_model() for r in rewards)

@@ -57,7 +57,8 @@ class PPOUpdate:
                     ptx_stats = ptx_backward(
                         self.policy, ptx_steps[step], params, gamma=self.ptx.gamma, where=where,
                         micro_batch_size=self.ptx.micro_batch_size or b.micro_batch_size, backward=self.manual_backward,
-                        mean_over_ranks=lambda value: all_reduce_mean(value, self), measure_grad_norms=measure_grad_norms)
+                        mean_over_ranks=lambda value: all_reduce_mean(value, self),
+                        measure_grad_norms=measure_grad_norms)
                     tokens += ptx_stats.pop("tokens")
                     accumulate(totals, ptx_stats, step_weight)
                 sync_gradients(self, params)
@@ -86,5 +87,6 @@ class PPOUpdate:
             part_loss = aggregate_loss(part.per_token, mask, mode, normalizer)
             loss = loss + (self.value.loss_coef * part_loss if name == "value" else part_loss)
             stats[f"train/{name}_loss"] = part_loss.detach()
-            stats.update({f"train/{key}": aggregate_loss(value, mask, mode, normalizer) for key, value in part.metrics.items()})
+            stats.update({f"train/{key}": aggregate_loss(value, mask, mode, normalizer)
+                          for key, value in part.metrics.items()})
         return loss, stats
