@@ -170,7 +170,7 @@ class PPOModule(PPOUpdate, StageModule):
             episodes = self.generate_rollout(prompts, model=self.policy, num_samples=self.batch.samples_per_prompt)
         generated = episodes.response_lengths.sum() / max(time.perf_counter() - started, 1e-9)
         with eval_mode(self.policy, self.value_model):
-            episodes = self.score_episodes(episodes, prompts, self.policy, self.batch.samples_per_prompt)
+            episodes = self.score_episodes(episodes, prompts, self.policy, self.batch.samples_per_prompt, values=True)
         check_finite("the reward", episodes.scores, where)
         episodes = episodes.with_values(rewards=self.compute_rewards(episodes))
         correction = engine_logprob_correction(episodes, self.correction)
@@ -180,9 +180,10 @@ class PPOModule(PPOUpdate, StageModule):
         metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
         return episodes.with_values(advantages=advantages, returns=returns), metrics
 
-    def score_episodes(self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int) -> Episodes:
+    def score_episodes(self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int,
+                       values: bool = False) -> Episodes:
         """The episodes with their prompt records, ``model``'s log-probs (unless recorded while sampling), reference
-        log-probs, values (in training, with a critic), reward components, scores and per-token KL."""
+        log-probs, ``values`` (with a critic), reward components, scores and per-token KL."""
         records = [record for record in prompts.get("records", []) for _ in range(samples_per_prompt)]
         episodes = episodes.with_values(records=records, tokenizer=self.tokenizer)
         micro, temperature = self.batch.micro_batch_size, self.sampling.temperature
@@ -190,9 +191,9 @@ class PPOModule(PPOUpdate, StageModule):
             logprobs, entropy = in_chunks(episodes, micro, lambda c: logprobs_and_entropy(model, c, temperature))
             episodes = episodes.with_values(logprobs=logprobs, entropy=entropy)
         episodes = episodes.with_values(ref_logprobs=self.reference_logprobs(episodes))
-        if self.value_model is not None and self.training:
-            values = in_chunks(episodes, micro, lambda c: response_values(self.value_model, c))
-            episodes = episodes.with_values(values=values)
+        if values and self.value_model is not None:
+            critic = self.value_model
+            episodes = episodes.with_values(values=in_chunks(episodes, micro, lambda c: response_values(critic, c)))
         components = {reward.name: reward.score(episodes) for reward in self.rewards}
         episodes = episodes.with_values(component_scores=components)
         episodes = episodes.with_values(scores=self.score_responses(episodes))
