@@ -208,3 +208,35 @@ def test_full_tensors_by_layer_gathers_fsdp2_shards(tiny_dir, tmp_path):
     assert streamed.keys() == state.keys()
     for key, value in state.items():
         assert type(streamed[key]) is torch.Tensor and torch.equal(streamed[key], value), key
+
+
+def test_vllm_engine_returns_episodes_with_its_own_log_probs_without_vllm(monkeypatch):
+    """The engine's glue, with a stand-in for vLLM: training rollouts come from the engine (log-probs as the
+    episodes' engine_logprobs, no trainer log-probs), evaluation samples the given model with Hugging Face generate."""
+    import sys
+
+    from lit_rlhf.engines import SamplingSettings
+    from lit_rlhf.engines.vllm import VLLMEngine
+
+    step = lambda token, logprob: {token: SimpleNamespace(logprob=logprob)}  # noqa: E731
+    completions = [SimpleNamespace(token_ids=[5, 1], logprobs=[step(5, -0.5), step(1, -0.25)]),
+                   SimpleNamespace(token_ids=[6, 7, 8], logprobs=[step(6, -1.0), step(7, -2.0), step(8, -3.0)])]
+    calls = []
+    llm = SimpleNamespace(collective_rpc=lambda name, args=(): calls.append(name),
+                          generate=lambda requests, params, use_tqdm: [SimpleNamespace(outputs=completions)])
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: kwargs))
+    engine = VLLMEngine()
+    engine.llm, engine.stale = llm, False
+    prompts = {"input_ids": torch.tensor([[0, 3, 4]]), "attention_mask": torch.tensor([[0, 1, 1]])}
+    settings = SamplingSettings(max_new_tokens=3, temperature=1.0)
+    episodes = engine.generate(torch.nn.Linear(1, 1), prompts, 2, settings, eos_token_id=1, pad_token_id=0)
+    assert calls == ["lit_rlhf_reseed"] and episodes.logprobs is None
+    assert episodes.responses.tolist() == [[5, 1, 0], [6, 7, 8]] and episodes.ended.tolist() == [True, False]
+    assert episodes.engine_logprobs.tolist() == [[-0.5, -0.25, 0.0], [-1.0, -2.0, -3.0]]
+    assert episodes.prompts.tolist() == [[0, 3, 4], [0, 3, 4]]
+
+    hf = []
+    monkeypatch.setattr("lit_rlhf.engines.vllm.hf_generate", lambda *args, **kwargs: hf.append(args[0]) or "hf")
+    model = torch.nn.Linear(1, 1)
+    assert engine.generate(model, prompts, 1, settings, eos_token_id=1, pad_token_id=0, training=False) == "hf"
+    assert hf == [model] and calls == ["lit_rlhf_reseed"]  # evaluation never touches the engine
