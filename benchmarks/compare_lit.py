@@ -94,11 +94,12 @@ def timed_ppo_module_class():
             self.generated_tokens = int(rollout.response_lengths.sum())
             return rollout
 
-        def ppo_update(self, rollout, ptx, where="update"):
+        def ppo_update(self, rollout, ptx, where="update", **kwargs):
             started = time.perf_counter()
-            stats = super().ppo_update(rollout, ptx, where)
+            stats = super().ppo_update(rollout, ptx, where, **kwargs)
             self.update_seconds = time.perf_counter() - started
-            self.update_tokens = int(rollout.attention_mask.sum()) * self.hparams.ppo_epochs
+            self.update_tokens = int(rollout.attention_mask.sum()) * self.batch.ppo_epochs
+            self.last_rollout = rollout  # the benchmark's own record, for the bare-model comparisons below
             return stats
 
     return TimedPPOModule
@@ -110,7 +111,8 @@ def generation_rates(module, prompts: dict, s: dict, repeats: int = 5) -> tuple[
     prompts, called alternately after one warm-up call each, so both see the same process state."""
     import torch
 
-    from lit_rlhf.modules.rollout import eval_mode, response_mask_from_tokens
+    from lit_rlhf.episodes import response_mask_from_tokens
+    from lit_rlhf.modules.rollout import eval_mode
 
     policy, tokenizer, width = module.policy, module.tokenizer, prompts["input_ids"].shape[1]
 
@@ -160,13 +162,15 @@ def run_ppo(ws: Path, settings: dict) -> dict:
     clock = StepClock(s["warmup_rollouts"])
     module = timed_ppo_module_class()(
         policy=str(ws / "policy"), reward_model=str(ws / "reward"), tokenizer=str(ws / "tokenizer"),
-        rollout_batch_size=s["rollout_batch_size"], minibatch_size=s["minibatch_size"], micro_batch_size=s["micro_batch_size"],
-        ppo_epochs=s["ppo_epochs"], max_new_tokens=s["max_new_tokens"], temperature=s["temperature"], kl_coef=s["kl_coef"],
-        kl_estimator="k1", learning_rate=s["learning_rate"], warmup_rollouts=0, max_grad_norm=None, ema_decay=None,
-        gamma_ptx=0.0, seed=0)  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
+        batch={"rollout_batch_size": s["rollout_batch_size"], "minibatch_size": s["minibatch_size"],
+               "micro_batch_size": s["micro_batch_size"], "ppo_epochs": s["ppo_epochs"]},
+        sampling={"max_new_tokens": s["max_new_tokens"], "temperature": s["temperature"]},
+        kl={"coef": s["kl_coef"], "estimator": "k1"}, optimizer={"learning_rate": s["learning_rate"], "warmup_steps": 0},
+        loss={"max_grad_norm": None}, ema_decay=None, ptx={"gamma": 0.0},
+        seed=0)  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
     module.setup_timers()
     data = PromptDataModule(prompts=str(ws / "data/prompts.jsonl"), tokenizer=str(ws / "tokenizer"),
-                            max_prompt_length=s["max_prompt_length"], seed=0)
+                            max_prompt_length=s["max_prompt_length"], seed=0, rollout_batch_size=s["rollout_batch_size"])
     phases = []
 
     def count(module, batch):

@@ -49,8 +49,6 @@ def prompt_batch(n: int):
 
 
 def generation_rounds(dirs: dict[str, str], args) -> dict[str, list[float]]:
-    from types import SimpleNamespace
-
     import torch
 
     from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch
@@ -60,27 +58,28 @@ def generation_rounds(dirs: dict[str, str], args) -> dict[str, list[float]]:
     from lit_rlhf.modules.rollout import in_chunks, logprobs_and_entropy
 
     policy = load_causal_lm(dirs["sft"]).eval()
-    module = SimpleNamespace(policy=policy, hparams=SimpleNamespace(policy=dirs["sft"]), device=torch.device("cpu"), _trainer=None)
     engines = {}
     for dtype in ("float32", "bfloat16"):
         engines[dtype] = VLLMEngine(dtype=dtype, kv_cache_memory_gb=1.0, max_model_len=512)
-        engines[dtype].setup(module)
-        engines[dtype].sync_weights(module)
+        engines[dtype].setup(policy, dirs["sft"])
+        engines[dtype].sync_weights(policy)
     prompts, tokenizer = prompt_batch(args.prompts)
-    settings = SamplingSettings(args.new_tokens, 1.0, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    settings = SamplingSettings(max_new_tokens=args.new_tokens, temperature=1.0, top_p=1.0)
+    special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     warm_up = {k: v[:2] for k, v in prompts.items()}
-    hf_generate(policy, warm_up, 1, settings)  # first calls allocate and pick kernels: not measured
+    hf_generate(policy, warm_up, 1, settings, **special)  # first calls allocate and pick kernels: not measured
     for engine in engines.values():
-        engine.sample(warm_up, 1, settings)
+        engine.sample(warm_up, 1, settings, **special)
     results: dict[str, list[float]] = {}
     for round_index in range(args.rounds):
         torch.manual_seed(round_index)
         started = time.perf_counter()
-        rollout = hf_generate(policy, prompts, 1, settings)
+        rollout = hf_generate(policy, prompts, 1, settings, **special)
         results.setdefault("hf fp32 tokens/s", []).append(float(rollout.response_lengths.sum()) / (time.perf_counter() - started))
         for dtype, engine in engines.items():
             started = time.perf_counter()
-            rollout, engine_logprobs = engine.sample(prompts, 1, settings)
+            rollout = engine.sample(prompts, 1, settings, **special)
+            engine_logprobs = rollout.engine_logprobs
             seconds = time.perf_counter() - started
             results.setdefault(f"vllm {dtype} tokens/s", []).append(float(rollout.response_lengths.sum()) / seconds)
             started = time.perf_counter()
@@ -101,6 +100,7 @@ def ppo_fit(dirs: dict[str, str], engine_name: str, args) -> dict[str, float]:
 
     from lit_rlhf.data import PromptDataModule
     from lit_rlhf.engines.vllm import VLLMEngine
+    from lit_rlhf.episodes import RolloutSummary
     from lit_rlhf.modules import PPOModule
 
     class StepTimes(L.Callback):
@@ -112,12 +112,15 @@ def ppo_fit(dirs: dict[str, str], engine_name: str, args) -> dict[str, float]:
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.seconds.append(time.perf_counter() - self.started)
+            self.engine_metrics = {k: v for k, v in RolloutSummary.from_outputs(outputs).metrics.items() if k.startswith("engine/")}
 
     engine = VLLMEngine(dtype=args.ppo_engine_dtype, kv_cache_memory_gb=1.0, max_model_len=512) if engine_name == "vllm" else None
-    module = PPOModule(policy=dirs["sft"], reward_model=dirs["rm"], engine=engine, rollout_batch_size=args.ppo_episodes,
-                       minibatch_size=args.ppo_episodes // 2, micro_batch_size=args.ppo_episodes // 2,
-                       max_new_tokens=args.new_tokens, gamma_ptx=0.0, ema_decay=None, warmup_rollouts=1, seed=0)
-    data = PromptDataModule(prompts=str(PROMPTS), max_prompt_length=64)
+    half = args.ppo_episodes // 2
+    module = PPOModule(policy=dirs["sft"], reward_model=dirs["rm"], engine=engine,
+                       batch={"rollout_batch_size": args.ppo_episodes, "minibatch_size": half, "micro_batch_size": half},
+                       sampling={"max_new_tokens": args.new_tokens}, ptx={"gamma": 0.0}, ema_decay=None,
+                       optimizer={"warmup_steps": 1}, seed=0)
+    data = PromptDataModule(prompts=str(PROMPTS), max_prompt_length=64, rollout_batch_size=args.ppo_episodes)
     times = StepTimes()
     torch.manual_seed(0)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=args.ppo_rollouts, limit_val_batches=0,
@@ -126,7 +129,7 @@ def ppo_fit(dirs: dict[str, str], engine_name: str, args) -> dict[str, float]:
     trainer.fit(module, datamodule=data)
     steady = times.seconds[1:]  # the first rollout warms up (and, with vLLM, syncs the directory's weights away)
     out = {"episodes/s": args.ppo_episodes / statistics.mean(steady)}
-    out.update({k: float(v) for k, v in module.engine_metrics.items()})
+    out.update({k: float(v) for k, v in times.engine_metrics.items()})
     if engine is not None:
         engine.close()
     return out

@@ -93,9 +93,11 @@ def worker(args: argparse.Namespace) -> None:
     common = dict(model=smollm2_gguf(), learning_rate=2e-5, gradient_checkpointing=args.gradient_checkpointing, lora=lora)
     if args.stage == "ppo":
         gguf = common.pop("model")
-        module = PPOModule(policy=gguf, reward_model=gguf, rollout_batch_size=8, minibatch_size=4, micro_batch_size=4,
-                           max_new_tokens=32, ema_decay=None, gamma_ptx=0.0, **common)
-        data = PromptDataModule(prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0)
+        common["optimizer"] = {"learning_rate": common.pop("learning_rate")}
+        module = PPOModule(policy=gguf, reward_model=gguf, batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4},
+                           sampling={"max_new_tokens": 32}, ema_decay=None, ptx={"gamma": 0.0}, **common)
+        data = PromptDataModule(prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0,
+                                rollout_batch_size=8)
     elif args.stage == "rm":
         lr = common.pop("learning_rate")
         module = RewardModule(**common, optimizer=OptimizerSettings(learning_rate=lr))

@@ -54,11 +54,12 @@ def worker(root: Path, lora: bool, rollouts: int) -> None:
     seed_everything(0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     module = PPOModule(
-        policy=str(root / "sft"), reward_model=str(root / "rm"), rollout_batch_size=8, minibatch_size=4, micro_batch_size=4,
-        max_new_tokens=32, ema_decay=None, gamma_ptx=0.0, warmup_rollouts=1,
+        policy=str(root / "sft"), reward_model=str(root / "rm"),
+        batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4}, sampling={"max_new_tokens": 32},
+        ema_decay=None, ptx={"gamma": 0.0}, optimizer={"warmup_steps": 1},
         lora=LoraOptions(r=16, alpha=32.0, target_modules="all-linear") if lora else None,
     )
-    data = PromptDataModule(prompts=str(root / "prompts.jsonl"), max_prompt_length=32)
+    data = PromptDataModule(prompts=str(root / "prompts.jsonl"), max_prompt_length=32, rollout_batch_size=8)
     gpu = torch.cuda.is_available()
     trainer = Trainer(accelerator="gpu" if gpu else "cpu", devices=world, strategy=FSDP2Strategy() if world > 1 else "auto",
                       max_steps=rollouts, logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -33,9 +33,9 @@ def main() -> None:
     cost = fit(str(RECIPE / "ppo.yaml"), out, "ppo_lora", [
         "--seed_everything", str(args.seed),
         "--model.init_args.policy", str(run / "sft/model"), "--model.init_args.reward_model", str(run / "rm/model"),
-        "--model.init_args.gamma_ptx", "0",
+        "--model.init_args.ptx.gamma", "0",
         "--model.init_args.lora", "{r: 16, alpha: 32, target_modules: all-linear, export: merged}",
-        "--model.init_args.learning_rate", str(args.learning_rate), "--model.init_args.value_learning_rate", str(args.value_learning_rate),
+        "--model.init_args.optimizer.learning_rate", str(args.learning_rate), "--model.init_args.value.learning_rate", str(args.value_learning_rate),
     ], wandb=False, callbacks=[probe_callback(32, 10)])
     metrics = gold_metrics(str(out / "model"), num_prompts=100, num_texts=100, samples_per_prompt=2, max_new_tokens=24)
     kl = last_value(read_csv_metrics(out / "csv/metrics.csv"), f"{PROBE}/kl")

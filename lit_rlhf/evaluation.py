@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,27 +15,8 @@ from lit_rlhf.algorithms.lm import next_token_loss
 from lit_rlhf.data.batching import collate_examples, pad_sequences
 from lit_rlhf.data.tokenize import encode_text
 from lit_rlhf.distributed.generation import sample_continuations
+from lit_rlhf.episodes import Episodes, concat_responses
 from lit_rlhf.models.heads import position_ids_from_mask
-from lit_rlhf.modules.rollout import concat_responses
-
-
-@dataclass
-class SampledEpisodes:
-    """Prompts and sampled responses of one generate call, laid out ``[left-padded prompt | response]``.
-
-    Attributes:
-        input_ids: ``[B, P+R]`` prompt then response tokens (padding after each response's first EOS).
-        attention_mask: ``[B, P+R]`` 1 on prompt tokens and on response tokens up to and including EOS.
-        prompt_length: ``P``: every response starts at this column.
-        response_mask: ``[B, R]`` bool, response tokens up to and including the first EOS.
-        texts: ``B`` decoded responses (special tokens removed).
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    prompt_length: int
-    response_mask: torch.Tensor
-    texts: list[str]
 
 
 @torch.no_grad()
@@ -50,10 +30,11 @@ def sample_episodes(
     top_p: float = 1.0,
     num_return_sequences: int = 1,
     batch_size: int = 32,
-) -> Iterator[SampledEpisodes]:
+) -> Iterator[Episodes]:
     """Sampled responses for each prompt, ``num_return_sequences`` each (adjacent), in prompt order, one
-    :class:`SampledEpisodes` per ``batch_size`` prompts. ``temperature == 0`` decodes greedily. Sampling
-    is the same as in PPO rollouts (:func:`lit_rlhf.distributed.generation.sample_continuations`)."""
+    :class:`~lit_rlhf.episodes.Episodes` (carrying ``tokenizer``) per ``batch_size`` prompts. ``temperature == 0``
+    decodes greedily. Sampling is the same as in PPO rollouts
+    (:func:`lit_rlhf.distributed.generation.sample_continuations`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -67,14 +48,7 @@ def sample_episodes(
                 model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
             )
-            layout = concat_responses(ids, mask, responses, tokenizer.eos_token_id)  # the PPO rollout layout
-            yield SampledEpisodes(
-                input_ids=layout.input_ids,
-                attention_mask=layout.attention_mask,
-                prompt_length=layout.prompt_length,
-                response_mask=layout.response_mask,
-                texts=tokenizer.batch_decode(responses, skip_special_tokens=True),
-            )
+            yield concat_responses(ids, mask, responses, tokenizer.eos_token_id).with_values(tokenizer=tokenizer)
     finally:
         model.train(was_training)
 
@@ -96,11 +70,16 @@ def generate_responses(
         model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         num_return_sequences=num_return_sequences, batch_size=batch_size,
     )
-    return [text for batch in episodes for text in batch.texts]
+    return [text for batch in episodes for text in sampled_texts(batch)]
+
+
+def sampled_texts(episodes: Episodes) -> list[str]:
+    """Each response decoded whole (special tokens removed), as :func:`generate_responses` returns them."""
+    return episodes.tokenizer.batch_decode(episodes.responses, skip_special_tokens=True)
 
 
 @torch.no_grad()
-def response_logprob_sums(model: PreTrainedModel, episodes: SampledEpisodes, temperature: float = 1.0) -> torch.Tensor:
+def response_logprob_sums(model: PreTrainedModel, episodes: Episodes, temperature: float = 1.0) -> torch.Tensor:
     """``[B]`` log-probability of each sampled response under ``model`` (summed over its tokens, EOS
     included), with the logits divided by ``temperature`` as when sampling. The difference of two
     models' sums is the k1 estimate of their sequence KL on these samples (unbiased when the samples
@@ -152,16 +131,13 @@ def evaluated_policy(pl_module: LightningModule, weights: str = "exported") -> I
     """The generative model a stage module evaluates, or None when it has none (a reward model).
 
     ``weights="exported"``: the model as it is exported, i.e. inside the module's ``evaluation_weights()``
-    (the EMA weights swapped in while the block runs, PPO's paper setting) or its ``eval_policy()`` where a
-    module has that instead. ``weights="trained"``: the weights being optimised (``policy`` or ``model``).
+    (the EMA weights swapped in while the block runs, PPO's paper setting). ``weights="trained"``: the weights
+    being optimised (``policy`` or ``model``).
     """
     if weights not in ("exported", "trained"):
         raise ValueError(f"weights must be 'exported' or 'trained', got {weights!r}")
     if weights == "exported" and hasattr(pl_module, "evaluation_weights"):
         with pl_module.evaluation_weights() as model:
             yield _generative(model)
-        return
-    if weights == "exported" and hasattr(pl_module, "eval_policy"):
-        yield _generative(pl_module.eval_policy())
         return
     yield next((m for m in (_generative(getattr(pl_module, name, None)) for name in ("policy", "model")) if m is not None), None)

@@ -58,6 +58,12 @@ class LitRLHFCLI(LightningCLI):
         )
 
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # PPO's data module takes its batch sizes from the module's `batch` group: one place to set them.
+        for size in ("rollout_batch_size", "samples_per_prompt"):
+            parser.link_arguments(f"model.init_args.batch.{size}", f"data.init_args.{size}", apply_on="parse")
+
+
 def run_trainer_command(args: Optional[list[str]], argv: list[str]) -> None:
     """Run ``lit-rlhf <fit|validate|...>``; ``args`` None lets LightningCLI read ``sys.argv`` itself."""
     # The command owns its process, so it may silence this: frozen models (reference, reward) are in eval

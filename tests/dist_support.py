@@ -154,15 +154,16 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
         per_device = 8 // devices
         module = fixed_rollout_module(world, rollout_batch_size=per_device, minibatch_size=per_device,
                                       micro_batch_size=1 if devices > 1 else 8, ptx_micro_batch_size=1 if devices > 1 else 4)
-        data = tiny_data(world, ptx_ratio=0.5)
+        data = tiny_data(world, module, ptx_ratio=0.5)
     elif stage == "ppo":
-        from ppo_support import TINY, tiny_data
+        from ppo_support import TINY, grouped, tiny_data
         from lit_rlhf.modules import PPOModule
 
         world = {name: str(root / "ppo" / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
         cls = _uneven_length_ppo() if uneven else PPOModule
-        module = cls(policy=world["sft"], reward_model=world["rm"], lora=lora_options, output_dir=str(out / "model"), **TINY)
-        data = tiny_data(world)
+        module = cls(policy=world["sft"], reward_model=world["rm"], lora=lora_options, output_dir=str(out / "model"),
+                     **grouped(**TINY))
+        data = tiny_data(world, module)
     else:
         raise ValueError(f"unknown stage {stage}")
     return module, data

@@ -59,16 +59,38 @@ def ppo_world(tmp_path_factory, tiny_dir) -> dict[str, str]:
     return build_world(tmp_path_factory.mktemp("ppo_world"), tiny_dir)
 
 
+def grouped(**settings) -> dict:
+    """PPOModule keyword arguments from flat keys (``kl_coef=...``): each moved key (``lit_rlhf.settings.MOVED_KEYS``)
+    goes into its group (``kl={"coef": ...}``); group mappings given as such are merged; other keys stay flat."""
+    from lit_rlhf.settings import MOVED_KEYS
+
+    arguments: dict = {}
+    for key, value in settings.items():
+        if key in MOVED_KEYS:
+            group, field = MOVED_KEYS[key].split(".")
+            arguments.setdefault(group, {})[field] = value
+        elif isinstance(value, dict) and key in arguments:
+            arguments[key].update(value)
+        else:
+            arguments[key] = dict(value) if isinstance(value, dict) else value
+    return arguments
+
+
 def tiny_module(world: dict[str, str], cls=None, **overrides):
     from lit_rlhf.modules import PPOModule
 
-    return (cls or PPOModule)(policy=world["sft"], reward_model=world["rm"], **{**TINY, **overrides})
+    return (cls or PPOModule)(policy=world["sft"], reward_model=world["rm"], **grouped(**{**TINY, **overrides}))
 
 
-def tiny_data(world: dict[str, str], **overrides):
+def tiny_data(world: dict[str, str], module=None, **overrides):
+    """The tiny prompt data, its batch sizes those of ``module`` (a PPOModule; default: TINY's)."""
     from lit_rlhf.data import PromptDataModule
 
-    settings = dict(prompts=world["prompts.jsonl"], ptx=world["ptx.txt"], ptx_ratio=2, max_prompt_length=32, max_ptx_length=32)
+    batch = module.batch if module is not None else None
+    sizes = dict(rollout_batch_size=batch.rollout_batch_size, samples_per_prompt=batch.samples_per_prompt) if batch else \
+        dict(rollout_batch_size=TINY["rollout_batch_size"])
+    settings = dict(prompts=world["prompts.jsonl"], ptx_text=world["ptx.txt"], ptx_ratio=2, max_prompt_length=32, max_ptx_length=32,
+                    **sizes)
     return PromptDataModule(**{**settings, **overrides})
 
 
@@ -99,8 +121,8 @@ FIXED_RESPONSES = torch.tensor([
 def fixed_rollout_module(world: dict[str, str], **overrides):
     """A PPOModule whose rollouts are rank ``r``'s contiguous share of FIXED_PROMPTS/FIXED_RESPONSES, whatever the
     prompts: the same global rollout however it is split over micro-batches and ranks."""
+    from lit_rlhf.episodes import concat_responses
     from lit_rlhf.modules import PPOModule
-    from lit_rlhf.modules.rollout import concat_responses
 
     class FixedRolloutPPO(PPOModule):
         def generate_rollout(self, prompts, *, model, num_samples=1):
@@ -111,7 +133,7 @@ def fixed_rollout_module(world: dict[str, str], **overrides):
 
     settings = dict(TINY, rollout_batch_size=8, minibatch_size=8, micro_batch_size=8, ppo_epochs=1, max_new_tokens=6,
                     max_grad_norm=None, ema_decay=None)
-    return FixedRolloutPPO(policy=world["sft"], reward_model=world["rm"], **{**settings, **overrides})
+    return FixedRolloutPPO(policy=world["sft"], reward_model=world["rm"], **grouped(**{**settings, **overrides}))
 
 
 class GradientRecorder(L.Callback):

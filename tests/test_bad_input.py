@@ -163,7 +163,7 @@ CASES = [
      {"rm.jsonl": GOOD_RM, "v.jsonl": jsonl({"prompt": "x" * 40, "responses": ["a", "b"]})}, "no validation comparisons left in v.jsonl"),
     # --- PPO data: prompts, ptx and validation files are read before the first rollout -----------------
     ("ppo-prompts-missing", [*PPO, "--data.init_args.prompts", "p.jsonl"], {}, "p.jsonl: file not found"),
-    ("ppo-ptx-missing", [*PPO, "--data.init_args.ptx", "pt.txt"], {}, "pt.txt: file not found"),
+    ("ppo-ptx-missing", [*PPO, "--data.init_args.ptx_text", "pt.txt"], {}, "pt.txt: file not found"),
     ("ppo-prompt-empty", [*PPO, "--data.init_args.prompts", "p.jsonl"], {"p.jsonl": jsonl({"prompt": ""})}, "p.jsonl: record 1: field 'prompt': is empty"),
     ("ppo-val-prompts-bad", [*PPO, "--data.init_args.val_prompts", "v.jsonl"], {"v.jsonl": jsonl({"prompt": 3})}, "v.jsonl: record 1: field 'prompt': expected a string, got int"),
     ("ppo-prompts-non-utf8", [*PPO, "--data.init_args.prompts", "p.jsonl"], {"p.jsonl": b'{"prompt": "\xff"}\n'}, "p.jsonl: record 1: is not UTF-8 text"),

@@ -24,7 +24,7 @@ def test_kl_tracker_logs_distribution_and_stops_with_a_checkpoint(ppo_world, tmp
     module = tiny_module(ppo_world, output_dir=str(tmp_path / "export"))
     trainer = tiny_trainer(tmp_path, max_steps=20, callbacks=[tracker])
     with pytest.raises(TrainingStopped, match=r"at rollout 1 \(global step 2\), above max_kl=-1.0; stopped without exporting"):
-        trainer.fit(module, tiny_data(ppo_world))
+        trainer.fit(module, tiny_data(ppo_world, module))
     assert module.rollouts_done == 1  # stopped after the first rollout
     assert (tmp_path / "kl" / "kl_exceeded.ckpt").exists()
     assert not (tmp_path / "export").exists()
@@ -34,8 +34,8 @@ def test_kl_tracker_logs_distribution_and_stops_with_a_checkpoint(ppo_world, tmp
 def test_kl_tracker_only_warns_without_stop(ppo_world, tmp_path):
     module = tiny_module(ppo_world)
     trainer = tiny_trainer(tmp_path, max_steps=4, callbacks=[KLTracker(max_kl=-1.0, quantiles=(0.5, 0.9))])
-    with pytest.warns(UserWarning, match="raise model.kl_coef"):
-        trainer.fit(module, tiny_data(ppo_world))
+    with pytest.warns(UserWarning, match="raise model.kl.coef"):
+        trainer.fit(module, tiny_data(ppo_world, module))
     assert module.rollouts_done == 2
     for key in ("kl/per_token", "kl/per_sequence", "kl/running_mean", "kl/q50", "kl/q90"):
         assert key in trainer.callback_metrics, key
@@ -43,10 +43,10 @@ def test_kl_tracker_only_warns_without_stop(ppo_world, tmp_path):
 
 def test_pretrain_mix_logger_logs_ptx_stats_gradient_ratio_and_heldout_loss(ppo_world, tmp_path):
     logger = CSVLogger(tmp_path)
-    module = tiny_module(ppo_world, gamma_ptx=2.0)
-    trainer = tiny_trainer(tmp_path, max_steps=6, logger=logger, callbacks=[PretrainMixLogger(grad_norm_every_n_rollouts=2)],
+    module = tiny_module(ppo_world, gamma_ptx=2.0, ptx={"measure_grad_norm_every": 2})  # measured by the module
+    trainer = tiny_trainer(tmp_path, max_steps=6, logger=logger, callbacks=[PretrainMixLogger()],
                            limit_val_batches=1, val_check_interval=1, log_every_n_steps=1)
-    trainer.fit(module, tiny_data(ppo_world, val_text=ppo_world["heldout.txt"]))
+    trainer.fit(module, tiny_data(ppo_world, module, val_text=ppo_world["heldout.txt"]))
     rows = logged_rows(logger)
     ratio_steps = sorted(int(r["step"]) for r in rows if r.get("ptx/grad_norm_ratio"))
     assert ratio_steps == [0, 2]  # measured on rollouts 0 and 2 only, never repeated in between
@@ -84,7 +84,7 @@ def test_sample_logger_sends_tables_to_wandb_every_n_rollouts(ppo_world, tmp_pat
     spy = TableSpy()
     module = tiny_module(ppo_world)
     trainer = tiny_trainer(tmp_path, max_steps=6, logger=spy, callbacks=[SampleLogger(every_n_rollouts=2, num_samples=3)])
-    trainer.fit(module, tiny_data(ppo_world))
+    trainer.fit(module, tiny_data(ppo_world, module))
     assert [step for _, _, _, step in spy.tables] == [2, 6]  # after rollouts 1 and 3 (global steps 2 and 6)
     key, columns, data, _ = spy.tables[0]
     assert key == "samples" and columns == ["step", "prompt", "response", "reward", "kl"] and len(data) == 3
@@ -95,5 +95,5 @@ def test_sample_logger_prints_without_wandb(ppo_world, tmp_path, caplog):
     module = tiny_module(ppo_world)
     trainer = tiny_trainer(tmp_path, max_steps=2, logger=CSVLogger(tmp_path), callbacks=[SampleLogger(every_n_rollouts=1, num_samples=2)])
     with caplog.at_level(logging.INFO):
-        trainer.fit(module, tiny_data(ppo_world))
+        trainer.fit(module, tiny_data(ppo_world, module))
     assert "samples at step 2" in caplog.text and "'sort " in caplog.text

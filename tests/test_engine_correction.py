@@ -14,8 +14,8 @@ import torch
 
 from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
 from lit_rlhf.distributed.export import full_tensors_by_layer
-from lit_rlhf.engines.base import RolloutEngine
-from lit_rlhf.engines.correction import engine_logprob_correction
+from lit_rlhf.engines.correction import RolloutCorrectionSettings, engine_logprob_correction
+from lit_rlhf.episodes import Episodes
 from lit_rlhf.errors import ConfigError
 from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
 
@@ -45,52 +45,66 @@ def test_truncated_importance_weights_are_the_capped_ratio():
         truncated_importance_weights(trainer, engine, cap=0.0)
 
 
-class RecordingEngine(RolloutEngine):
-    trainer_logprobs = False
+def episodes_with(trainer_logprobs: torch.Tensor, engine_logprobs) -> Episodes:
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    return Episodes(ids, torch.ones_like(ids), MASK, MASK.any(1), prompt_length=1, logprobs=trainer_logprobs,
+                    engine_logprobs=engine_logprobs)
 
 
-def rollout_with(advantages: torch.Tensor, trainer_logprobs: torch.Tensor) -> SimpleNamespace:
-    return SimpleNamespace(logprobs=trainer_logprobs, advantages=advantages.clone(), response_mask=MASK)
-
-
-def test_correction_logs_the_mismatch_and_scales_advantages_by_the_tis_weights():
+def test_correction_measures_the_mismatch_and_returns_the_tis_weights():
     trainer = torch.log(torch.tensor([[0.5, 0.2, 1.0], [0.9, 1.0, 1.0]]))
     engine_logprobs = torch.log(torch.tensor([[0.25, 0.4, 1.0], [0.9, 1.0, 1.0]]))
-    advantages = torch.tensor([[1.0, -2.0, 0.0], [3.0, 0.0, 0.0]])
-    engine = RecordingEngine()
+    episodes = episodes_with(trainer, engine_logprobs)
 
-    engine.sampled_logprobs = engine_logprobs
-    rollout = rollout_with(advantages, trainer)
-    metrics = engine_logprob_correction(engine, rollout, truncated_is_cap=None)
-    assert engine.sampled_logprobs is None  # taken once: a later rollout never sees stale engine log-probs
-    assert torch.equal(rollout.advantages, advantages)  # TIS off: advantages untouched
+    correction = engine_logprob_correction(episodes, RolloutCorrectionSettings())
+    assert correction.weights is None  # TIS off: nothing for the advantage step to apply
+    metrics = correction.metrics
     assert metrics["engine/logprob_abs_diff"].item() == pytest.approx((math.log(2) + math.log(2) + 0) / 3, rel=1e-5)
     assert set(metrics) == {"engine/logprob_abs_diff", "engine/logprob_max_abs_diff", "engine/kl"}
 
-    engine.sampled_logprobs = engine_logprobs
-    rollout = rollout_with(advantages, trainer)
-    metrics = engine_logprob_correction(engine, rollout, truncated_is_cap=1.5)
-    # weights: min(0.5/0.25, 1.5) = 1.5, 0.2/0.4 = 0.5, 1 -> advantages 1.5, -1.0, 3.0
-    assert rollout.advantages[MASK].tolist() == pytest.approx([1.5, -1.0, 3.0])
-    assert metrics["engine/tis_weight"].item() == pytest.approx((1.5 + 0.5 + 1.0) / 3)
-    assert metrics["engine/tis_capped"].item() == pytest.approx(1 / 3)
+    correction = engine_logprob_correction(episodes, RolloutCorrectionSettings(truncated_is_cap=1.5))
+    # weights: min(0.5/0.25, 1.5) = 1.5, 0.2/0.4 = 0.5, 1 -> the advantage step multiplies each token's advantage
+    assert correction.weights[MASK].tolist() == pytest.approx([1.5, 0.5, 1.0])
+    assert correction.metrics["engine/tis_weight"].item() == pytest.approx((1.5 + 0.5 + 1.0) / 3)
+    assert correction.metrics["engine/tis_capped"].item() == pytest.approx(1 / 3)
+    assert episodes.advantages is None  # the record it read is unchanged
 
-    assert engine_logprob_correction(engine, rollout_with(advantages, trainer), 2.0) == {}  # nothing recorded: nothing logged
+    nothing = engine_logprob_correction(episodes_with(trainer, None), RolloutCorrectionSettings(truncated_is_cap=2.0))
+    assert nothing.weights is None and nothing.metrics == {}  # nothing recorded: nothing logged
+
+
+def test_ppo_applies_the_tis_weights_in_the_advantage_step(ppo_world):
+    from ppo_support import tiny_module
+
+    class EngineLogprobs(type(tiny_module(ppo_world))):  # an engine whose log-probs are half the trainer's probability
+        def generate_rollout(self, prompts, *, model, num_samples=1):
+            episodes = super().generate_rollout(prompts, model=model, num_samples=num_samples)
+            return episodes.with_values(engine_logprobs=episodes.logprobs - math.log(2))
+
+    prompts = {"input_ids": torch.tensor([[40, 41], [42, 43]]), "attention_mask": torch.ones(2, 2, dtype=torch.long)}
+    results = {}
+    for cap in (None, 1.5):
+        module = tiny_module(ppo_world, cls=EngineLogprobs, truncated_is_cap=cap, max_new_tokens=4)
+        module.configure_model()
+        torch.manual_seed(0)
+        results[cap] = module.make_rollout(prompts)
+    (plain, plain_metrics), (corrected, metrics) = results[None], results[1.5]
+    assert metrics["engine/tis_weight"].item() == pytest.approx(1.5) and "engine/tis_weight" not in plain_metrics
+    torch.testing.assert_close(corrected.advantages, plain.advantages * 1.5)  # capped weight min(2, 1.5)
 
 
 def test_correction_refuses_log_probs_of_another_rollout():
-    engine = RecordingEngine()
-    engine.sampled_logprobs = torch.zeros(2, 5)
     with pytest.raises(RuntimeError, match="shape"):
-        engine_logprob_correction(engine, rollout_with(torch.zeros(2, 3), torch.zeros(2, 3)), None)
+        engine_logprob_correction(episodes_with(torch.zeros(2, 3), torch.zeros(2, 5)), RolloutCorrectionSettings())
 
 
 def test_ppo_module_checks_the_tis_cap(ppo_world):
     from ppo_support import tiny_module
 
-    with pytest.raises(ConfigError, match="truncated_is_cap must be >= 1, got 0.5"):
+    with pytest.raises(ConfigError, match="correction.truncated_is_cap must be >= 1, got 0.5"):
         tiny_module(ppo_world, truncated_is_cap=0.5)
-    assert tiny_module(ppo_world, truncated_is_cap=2.0).hparams.truncated_is_cap == 2.0
+    module = tiny_module(ppo_world, truncated_is_cap=2.0)
+    assert module.correction.truncated_is_cap == module.hparams.correction["truncated_is_cap"] == 2.0
 
 
 def test_full_tensors_by_layer_streams_every_weight_once_layer_by_layer(tiny_dir):
@@ -137,9 +151,8 @@ def test_engine_options_are_checked_when_configured():
 def test_without_vllm_setup_names_the_install_and_nothing_imports_it():
     from lit_rlhf.engines.vllm import VLLMEngine
 
-    module = SimpleNamespace(device=torch.device("cpu"))
     with pytest.raises(ConfigError, match=r'vllm package .*pip install -e "\.\[vllm\]"'):
-        VLLMEngine().setup(module)
+        VLLMEngine().setup(torch.nn.Linear(1, 1), "policy_dir")
     # Importing the package, the engine module and the CLI never imports vllm (it is only needed once selected).
     code = "import sys, lit_rlhf.cli, lit_rlhf.engines.vllm; print('vllm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
@@ -195,3 +208,35 @@ def test_full_tensors_by_layer_gathers_fsdp2_shards(tiny_dir, tmp_path):
     assert streamed.keys() == state.keys()
     for key, value in state.items():
         assert type(streamed[key]) is torch.Tensor and torch.equal(streamed[key], value), key
+
+
+def test_vllm_engine_returns_episodes_with_its_own_log_probs_without_vllm(monkeypatch):
+    """The engine's glue, with a stand-in for vLLM: training rollouts come from the engine (log-probs as the
+    episodes' engine_logprobs, no trainer log-probs), evaluation samples the given model with Hugging Face generate."""
+    import sys
+
+    from lit_rlhf.engines import SamplingSettings
+    from lit_rlhf.engines.vllm import VLLMEngine
+
+    step = lambda token, logprob: {token: SimpleNamespace(logprob=logprob)}  # noqa: E731
+    completions = [SimpleNamespace(token_ids=[5, 1], logprobs=[step(5, -0.5), step(1, -0.25)]),
+                   SimpleNamespace(token_ids=[6, 7, 8], logprobs=[step(6, -1.0), step(7, -2.0), step(8, -3.0)])]
+    calls = []
+    llm = SimpleNamespace(collective_rpc=lambda name, args=(): calls.append(name),
+                          generate=lambda requests, params, use_tqdm: [SimpleNamespace(outputs=completions)])
+    monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: kwargs))
+    engine = VLLMEngine()
+    engine.llm, engine.stale = llm, False
+    prompts = {"input_ids": torch.tensor([[0, 3, 4]]), "attention_mask": torch.tensor([[0, 1, 1]])}
+    settings = SamplingSettings(max_new_tokens=3, temperature=1.0)
+    episodes = engine.generate(torch.nn.Linear(1, 1), prompts, 2, settings, eos_token_id=1, pad_token_id=0)
+    assert calls == ["lit_rlhf_reseed"] and episodes.logprobs is None
+    assert episodes.responses.tolist() == [[5, 1, 0], [6, 7, 8]] and episodes.ended.tolist() == [True, False]
+    assert episodes.engine_logprobs.tolist() == [[-0.5, -0.25, 0.0], [-1.0, -2.0, -3.0]]
+    assert episodes.prompts.tolist() == [[0, 3, 4], [0, 3, 4]]
+
+    hf = []
+    monkeypatch.setattr("lit_rlhf.engines.vllm.hf_generate", lambda *args, **kwargs: hf.append(args[0]) or "hf")
+    model = torch.nn.Linear(1, 1)
+    assert engine.generate(model, prompts, 1, settings, eos_token_id=1, pad_token_id=0, training=False) == "hf"
+    assert hf == [model] and calls == ["lit_rlhf_reseed"]  # evaluation never touches the engine

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -31,15 +30,10 @@ BASE_MODEL = REPO / "lit_rlhf/sandbox/assets/base_model"
 LOGPROB_ATOL = 1e-3
 
 
-def fake_module(policy: torch.nn.Module, policy_dir: Path) -> SimpleNamespace:
-    """What the engine reads from a PPOModule: its policy, the policy's directory and device; no Trainer."""
-    return SimpleNamespace(policy=policy, hparams=SimpleNamespace(policy=str(policy_dir)), device=torch.device("cpu"), _trainer=None)
-
-
 @pytest.fixture(scope="module")
 def engine():
     engine = VLLMEngine(dtype="float32", kv_cache_memory_gb=0.125)
-    engine.setup(fake_module(load_causal_lm(str(BASE_MODEL)), BASE_MODEL))
+    engine.setup(load_causal_lm(str(BASE_MODEL)), str(BASE_MODEL))  # a model and its directory: no module, no Trainer
     yield engine
     engine.close()
 
@@ -52,13 +46,17 @@ def prompts():
 
 
 def greedy(tokenizer, max_new_tokens: int = 10) -> SamplingSettings:
-    return SamplingSettings(max_new_tokens, 0.0, 1.0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0)
 
 
-def policy_greedy(policy, prompts, settings):
+def special(tokenizer) -> dict:
+    return {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+
+
+def policy_greedy(policy, prompts, settings, tokenizer):
     from lit_rlhf.engines import hf_generate
 
-    rollout = hf_generate(policy.eval(), dict(prompts), 1, settings)
+    rollout = hf_generate(policy.eval(), dict(prompts), 1, settings, **special(tokenizer))
     return rollout.responses, rollout.logprobs, rollout
 
 
@@ -74,8 +72,9 @@ def nudged(policy: torch.nn.Module, seed: int, scale: float = 0.05) -> torch.nn.
 
 def assert_engine_matches(engine, policy, prompts, tokenizer):
     settings = greedy(tokenizer)
-    rollout, engine_logprobs = engine.sample(dict(prompts), 1, settings)
-    tokens, hf_logprobs, _ = policy_greedy(policy, prompts, settings)
+    rollout = engine.sample(dict(prompts), 1, settings, **special(tokenizer))
+    engine_logprobs = rollout.engine_logprobs
+    tokens, hf_logprobs, _ = policy_greedy(policy, prompts, settings, tokenizer)
     assert torch.equal(rollout.responses, tokens)
     trainer_logprobs = response_logprobs(policy, rollout, 0.0)  # the trainer's scoring forward of the same tokens
     mask = rollout.response_mask
@@ -86,15 +85,15 @@ def assert_engine_matches(engine, policy, prompts, tokenizer):
 def test_weight_sync_makes_the_engine_sample_the_updated_policy(engine, prompts):
     batch, tokenizer = prompts
     policy = load_causal_lm(str(BASE_MODEL))
-    engine.sync_weights(fake_module(policy, BASE_MODEL))
+    engine.sync_weights(policy)
     assert_engine_matches(engine, policy, batch, tokenizer)  # before the update: the directory's weights
 
     nudged(policy, seed=1)
-    stale, _ = engine.sample(dict(batch), 1, greedy(tokenizer))
-    tokens, _, _ = policy_greedy(policy, batch, greedy(tokenizer))
+    stale = engine.sample(dict(batch), 1, greedy(tokenizer), **special(tokenizer))
+    tokens, _, _ = policy_greedy(policy, batch, greedy(tokenizer), tokenizer)
     assert not torch.equal(stale.responses, tokens), "the update should change the greedy continuation"
 
-    engine.sync_weights(fake_module(policy, BASE_MODEL))
+    engine.sync_weights(policy)
     assert_engine_matches(engine, policy, batch, tokenizer)
 
 
@@ -105,17 +104,19 @@ def test_lora_policy_syncs_its_merged_weights(engine, prompts):
     batch, tokenizer = prompts
     policy = apply_lora(load_causal_lm(str(BASE_MODEL)), LoraOptions(r=4, alpha=8))
     nudged(policy, seed=2, scale=0.2)  # only the adapters train: B leaves zero, so the merged weights move
-    engine.sync_weights(fake_module(policy, BASE_MODEL))
+    engine.sync_weights(policy)
     assert_engine_matches(engine, policy, batch, tokenizer)
 
 
 def test_sampling_settings_behave_like_the_hf_engine(engine, prompts):
     batch, tokenizer = prompts
     policy = load_causal_lm(str(BASE_MODEL))
-    engine.sync_weights(fake_module(policy, BASE_MODEL))
-    settings = SamplingSettings(7, 1.0, 0.9, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine.sync_weights(policy)
+    settings = SamplingSettings(max_new_tokens=7, temperature=1.0, top_p=0.9)
     torch.manual_seed(0)
-    rollout, logprobs = engine.sample(dict(batch), 3, settings)
+    rollout = engine.sample(dict(batch), 3, settings, **special(tokenizer))
+    logprobs = rollout.engine_logprobs
+    assert rollout.logprobs is None  # the engine's log-probs are not the trainer's: PPO scores the tokens itself
     assert len(rollout) == 3 * len(batch["input_ids"])
     assert torch.equal(rollout.prompts, batch["input_ids"].repeat_interleave(3, 0))  # samples of a prompt are adjacent
     assert rollout.responses.shape[1] <= 7
@@ -150,8 +151,8 @@ def run_ppo(dirs: dict[str, str], name: str, *extra: str) -> list[dict[str, str]
     args = [
         "fit", "--config", str(REPO / "configs/ppo.yaml"), "--config", str(REPO / "configs/engine/vllm.yaml"),
         f"--model.init_args.policy={dirs['sft']}", f"--model.init_args.reward_model={dirs['rm']}",
-        "--model.init_args.rollout_batch_size=8", "--model.init_args.minibatch_size=4", "--model.init_args.micro_batch_size=4",
-        "--model.init_args.max_new_tokens=12", f"--model.init_args.output_dir={out / 'model'}",
+        "--model.init_args.batch.rollout_batch_size=8", "--model.init_args.batch.minibatch_size=4", "--model.init_args.batch.micro_batch_size=4",
+        "--model.init_args.sampling.max_new_tokens=12", f"--model.init_args.output_dir={out / 'model'}",
         "--model.init_args.engine.init_args.kv_cache_memory_gb=0.125",
         "--data.init_args.max_prompt_length=48", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
         "--trainer.limit_val_batches=1", "--data.init_args.val_batch_size=8",
@@ -167,7 +168,7 @@ def run_ppo(dirs: dict[str, str], name: str, *extra: str) -> list[dict[str, str]
 def test_ppo_fit_with_the_vllm_engine_from_yaml(sandbox_stage_dirs):
     """PPO with the engine selected by a second --config, truncated importance sampling on (one fit: engines are slow
     to start on 2 cores)."""
-    rows = [r for r in run_ppo(sandbox_stage_dirs, "fit", "--model.init_args.truncated_is_cap=2.0") if r.get("engine/logprob_abs_diff")]
+    rows = [r for r in run_ppo(sandbox_stage_dirs, "fit", "--model.init_args.correction.truncated_is_cap=2.0") if r.get("engine/logprob_abs_diff")]
     assert len(rows) == 3  # one row per rollout, each with the engine-vs-trainer mismatch
     for row in rows:
         # Same fp32 weights in both (synced before each rollout): the mismatch is kernel noise.

@@ -37,9 +37,9 @@ STAGES = {
            "--data.init_args.center_on", "sft_val.jsonl", "--data.init_args.batch_size", "4"],
     # 3 rollouts of 4 episodes, 2 optimizer steps each, with ptx.
     "ppo": ["--config", "configs/ppo.yaml", "--model.init_args.policy", str(SANDBOX / "base_model"),
-            "--model.init_args.reward_model", str(SANDBOX / "base_model"), "--model.init_args.rollout_batch_size", "4",
-            "--model.init_args.minibatch_size", "2", "--model.init_args.micro_batch_size", "2", "--model.init_args.max_new_tokens", "6",
-            "--model.init_args.ptx_micro_batch_size", "4", "--data.init_args.ptx_ratio", "1", "--data.init_args.val_text", "null",
+            "--model.init_args.reward_model", str(SANDBOX / "base_model"), "--model.init_args.batch.rollout_batch_size", "4",
+            "--model.init_args.batch.minibatch_size", "2", "--model.init_args.batch.micro_batch_size", "2", "--model.init_args.sampling.max_new_tokens", "6",
+            "--model.init_args.ptx.micro_batch_size", "4", "--data.init_args.ptx_ratio", "1", "--data.init_args.val_text", "null",
             "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0"],
 }
 RUN_TIMEOUT_S = 400

@@ -188,8 +188,9 @@ def test_every_stage_builds_its_models_from_the_gguf(tiny_gguf):
     path, reference = tiny_gguf["path"], _embedding(tiny_gguf["reference"])
     sft = SFTModule(model=path)
     rm = RewardModule(model=path)
-    ppo = PPOModule(policy=path, reward_model=path, value_model=path, rollout_batch_size=2, minibatch_size=2, micro_batch_size=2,
-                    max_new_tokens=4, ema_decay=None, gamma_ptx=0.0)
+    ppo = PPOModule(policy=path, reward_model=path, value={"model": path},
+                    batch={"rollout_batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2}, sampling={"max_new_tokens": 4},
+                    ema_decay=None, ptx={"gamma": 0.0})
     for module, expected_models in ((sft, 1), (rm, 1), (ppo, 4)):  # PPO: policy, KL reference, reward, value
         module.configure_model()
         backbones = [m for m in module.modules() if isinstance(m, LlamaModel)]
@@ -207,9 +208,10 @@ def test_ppo_fit_from_the_gguf(tiny_gguf, tmp_path):
     path = tiny_gguf["path"]
     # chat prompts: their rendered text holds <|im_end|>, which is also the pad and eos id
     prompts = [{"messages": [{"role": "user", "content": text}]} for text in ("sort the letters", "count 1 2 3", "hello", "the fox")]
-    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "prompts.jsonl", prompts)), ptx_ratio=0.0)
-    ppo = PPOModule(policy=path, reward_model=path, rollout_batch_size=4, minibatch_size=2, micro_batch_size=2, max_new_tokens=4,
-                    ema_decay=None, gamma_ptx=0.0, learning_rate=1e-2, warmup_rollouts=0)
+    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "prompts.jsonl", prompts)), ptx_ratio=0.0, rollout_batch_size=4)
+    ppo = PPOModule(policy=path, reward_model=path, batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
+                    sampling={"max_new_tokens": 4}, ema_decay=None, ptx={"gamma": 0.0},
+                    optimizer={"learning_rate": 1e-2, "warmup_steps": 0})
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path))
     trainer.fit(ppo, data)

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from lit_rlhf.modules.guards import TrainingStopped
-from lit_rlhf.modules.rollout import Rollout
+from lit_rlhf.episodes import Episodes
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 
 def checkpoint_after_two_steps(world, tmp_path, **overrides):
     module = tiny_module(world, **overrides)
     trainer = tiny_trainer(tmp_path / "first", max_steps=2)
-    trainer.fit(module, tiny_data(world))
+    trainer.fit(module, tiny_data(world, module))
     path = tmp_path / "two_steps.ckpt"
     trainer.save_checkpoint(path)
     return path
@@ -25,7 +25,7 @@ def test_resume_applies_a_changed_learning_rate_and_kl_coef(ppo_world, tmp_path)
     path = checkpoint_after_two_steps(ppo_world, tmp_path, learning_rate=3e-3, kl_coef=0.02)
     module = tiny_module(ppo_world, learning_rate=1e-5, kl_coef=0.5)
     trainer = tiny_trainer(tmp_path / "resumed", max_steps=4, max_epochs=5)  # the first fit ended its epoch at max_steps
-    trainer.fit(module, tiny_data(ppo_world), ckpt_path=str(path))
+    trainer.fit(module, tiny_data(ppo_world, module), ckpt_path=str(path))
     policy_group = trainer.optimizers[0].param_groups[0]
     assert policy_group["initial_lr"] == pytest.approx(1e-5)
     assert policy_group["lr"] <= 1e-5 * (1 + 1e-9)  # warm-up multiplier applied to the new peak, not the old 3e-3
@@ -36,13 +36,14 @@ def test_resume_applies_a_changed_learning_rate_and_kl_coef(ppo_world, tmp_path)
 def test_resume_keeps_the_checkpoint_values_when_nothing_changed(ppo_world, tmp_path):
     path = checkpoint_after_two_steps(ppo_world, tmp_path, learning_rate=3e-3)
     trainer = tiny_trainer(tmp_path / "resumed", max_steps=4, max_epochs=5)  # the first fit ended its epoch at max_steps
-    trainer.fit(tiny_module(ppo_world, learning_rate=3e-3), tiny_data(ppo_world), ckpt_path=str(path))
+    module = tiny_module(ppo_world, learning_rate=3e-3)
+    trainer.fit(module, tiny_data(ppo_world, module), ckpt_path=str(path))
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(3e-3)
 
 
 def test_nan_guard_stops_without_exporting_over_a_good_model(ppo_world, tmp_path):
     class NaNAfterFirstRollout(type(tiny_module(ppo_world))):
-        def score_responses(self, rollout: Rollout) -> torch.Tensor:
+        def score_responses(self, rollout: Episodes) -> torch.Tensor:
             scores = super().score_responses(rollout)
             return scores * float("nan") if self.rollouts_done >= 1 else scores
 
@@ -50,14 +51,14 @@ def test_nan_guard_stops_without_exporting_over_a_good_model(ppo_world, tmp_path
     good.mkdir()
     (good / "marker").write_text("a good model")
     module = tiny_module(ppo_world, cls=NaNAfterFirstRollout, output_dir=str(good))
-    with pytest.raises(TrainingStopped, match=r"the reward is NaN or inf at rollout 1 \(global step 2\).*lower learning_rate"):
-        tiny_trainer(tmp_path, max_steps=6).fit(module, tiny_data(ppo_world))
+    with pytest.raises(TrainingStopped, match=r"the reward is NaN or inf at rollout 1 \(global step 2\).*lower optimizer.learning_rate"):
+        tiny_trainer(tmp_path, max_steps=6).fit(module, tiny_data(ppo_world, module))
     assert [p.name for p in good.iterdir()] == ["marker"]
 
 
 def ppo_cli_args(world, *extra):
-    overrides = dict(policy=world["sft"], reward_model=world["rm"], rollout_batch_size=4, minibatch_size=2, micro_batch_size=2,
-                     max_new_tokens=6, ptx_micro_batch_size=8)
+    overrides = {"policy": world["sft"], "reward_model": world["rm"], "batch.rollout_batch_size": 4, "batch.minibatch_size": 2,
+                 "batch.micro_batch_size": 2, "sampling.max_new_tokens": 6, "ptx.micro_batch_size": 8}
     args = ["fit", "--config", "configs/ppo.yaml", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
             "--data.init_args.prompts", world["prompts.jsonl"]]
     return args + [f"--model.init_args.{k}={v}" for k, v in overrides.items()] + list(extra)

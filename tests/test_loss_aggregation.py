@@ -35,7 +35,7 @@ def test_each_mode_is_exact_over_any_split(mode, expected):
 def first_step_gradients(world, tmp_path, **overrides) -> dict[str, torch.Tensor]:
     module = fixed_rollout_module(world, **overrides)
     recorder = GradientRecorder()
-    tiny_trainer(tmp_path, max_steps=1, callbacks=[recorder]).fit(module, tiny_data(world, ptx_ratio=0.5))
+    tiny_trainer(tmp_path, max_steps=1, callbacks=[recorder]).fit(module, tiny_data(world, module, ptx_ratio=0.5))
     return recorder.steps[0]
 
 

@@ -13,20 +13,21 @@ from lit_rlhf.settings import OptimizerSettings
 from ppo_support import ppo_world, tiny_module  # noqa: F401
 
 PPO_CASES = [
-    ({"micro_batch_size": 0}, "micro_batch_size must be >= 1, got 0"),
-    ({"minibatch_size": -2}, "minibatch_size must be >= 1, got -2"),
-    ({"max_new_tokens": 0}, "max_new_tokens must be >= 1, got 0"),
-    ({"ppo_epochs": 0}, "ppo_epochs must be >= 1, got 0"),
+    ({"micro_batch_size": 0}, "batch.micro_batch_size must be >= 1, got 0"),
+    ({"minibatch_size": -2}, "batch.minibatch_size must be >= 1, got -2"),
+    ({"max_new_tokens": 0}, "sampling.max_new_tokens must be >= 1, got 0"),
+    ({"ppo_epochs": 0}, "batch.ppo_epochs must be >= 1, got 0"),
     ({"ema_decay": 1.5}, r"ema_decay must be in \[0, 1\), got 1.5"),
-    ({"clip_range": -0.2}, r"clip_range must be > 0, got -0.2"),
-    ({"temperature": -1.0}, "temperature must be >= 0, got -1"),
-    ({"kl_coef": -1.0}, "kl_coef must be >= 0, got -1"),
-    ({"learning_rate": -1.0}, "learning_rate must be > 0, got -1"),
-    ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0"),
-    ({"lam": 1.5}, r"lam must be in \[0, 1\], got 1.5"),
-    ({"gamma_ptx": -1.0}, "gamma_ptx must be >= 0, got -1"),
-    ({"warmup_start": 0.0}, r"warmup_start must be in \(0, 1\], got 0"),
-    ({"rollout_batch_size": 6, "minibatch_size": 4}, "rollout_batch_size must be a multiple of minibatch_size"),
+    ({"clip_range": -0.2}, r"loss.clip_range must be > 0, got -0.2"),
+    ({"temperature": -1.0}, "sampling.temperature must be >= 0, got -1"),
+    ({"kl_coef": -1.0}, "kl.coef must be >= 0, got -1"),
+    ({"learning_rate": -1.0}, "optimizer.learning_rate must be > 0, got -1"),
+    ({"top_p": 0.0}, r"sampling.top_p must be in \(0, 1\], got 0"),
+    ({"lam": 1.5}, r"advantage.lam must be in \[0, 1\], got 1.5"),
+    ({"gamma_ptx": -1.0}, "ptx.gamma must be >= 0, got -1"),
+    ({"warmup_start": 1.5}, r"optimizer.warmup_start must be in \[0, 1\], got 1.5"),
+    ({"rollout_batch_size": 6, "minibatch_size": 4}, "batch.rollout_batch_size must be a multiple of batch.minibatch_size"),
+    ({"kl": {"coef": 0.1, "typo": 1}}, "typo: unknown option of KLSettings"),
 ]
 
 

@@ -33,7 +33,7 @@ def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
     torch.manual_seed(0)
     (batch,) = sample_episodes(model, tokenizer, prompts, max_new_tokens=6, num_return_sequences=2, batch_size=8)
     sums = response_logprob_sums(model, batch)
-    for row in range(len(batch.texts)):  # unpadded: the prompt's real tokens, then the response up to its first EOS
+    for row in range(len(batch)):  # unpadded: the prompt's real tokens, then the response up to its first EOS
         keep = batch.attention_mask[row].bool()
         ids = batch.input_ids[row][keep].unsqueeze(0)
         n_response = int(batch.response_mask[row].sum())
@@ -42,7 +42,7 @@ def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
 
 
 def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir):
-    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe, score_samples
+    from lit_rlhf.sandbox.callbacks import GoldProxyKLProbe, score_samples
 
     tokenizer = load_tokenizer(str(BASE_MODEL_DIR), padding_side="left")
     base = load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
@@ -97,7 +97,7 @@ def test_evaluated_policy_is_the_exported_one_unless_asked_for_the_trained_one()
 
 
 def test_probe_refuses_bad_options():
-    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe
+    from lit_rlhf.sandbox.callbacks import GoldProxyKLProbe
 
     with pytest.raises(ValueError, match="every_n_rollouts"):
         GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), every_n_rollouts=0)
@@ -141,7 +141,7 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
 
     # The probe measured the policy as exported (the EMA weights, not the trained ones): measuring the
     # exported directory again with the same seed reproduces the last point exactly.
-    from lit_rlhf.callbacks.gold_score import GoldProxyKLProbe
+    from lit_rlhf.sandbox.callbacks import GoldProxyKLProbe
 
     probe = GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=4, samples_per_prompt=2)
     probe._reference, probe._reward_model = load_causal_lm(str(BASE_MODEL_DIR), trainable=False), load_scalar_model(str(rm), trainable=False)

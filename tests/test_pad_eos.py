@@ -179,10 +179,11 @@ def test_ppo_response_mask_ends_at_the_first_sampled_eos(world, tmp_path):
                             tokenizer=str(world["root"] / "tokenizer"), val_batch_size=4)
     data.setup("fit")
     batch = next(iter(data.val_dataloader()[-1]))
-    module = PPOModule(policy=world["sft"], reward_model=world["rm"], rollout_batch_size=8, samples_per_prompt=2, minibatch_size=4,
-                       micro_batch_size=4, max_new_tokens=8, ema_decay=None, gamma_ptx=0.0, seed=3)
+    module = PPOModule(policy=world["sft"], reward_model=world["rm"],
+                       batch={"rollout_batch_size": 8, "samples_per_prompt": 2, "minibatch_size": 4, "micro_batch_size": 4},
+                       sampling={"max_new_tokens": 8}, ema_decay=None, ptx={"gamma": 0.0}, seed=3)
     module.configure_model()
-    rollout = module.make_rollout(batch)
+    rollout, _ = module.make_rollout(batch)
 
     responses, mask = rollout.responses.tolist(), rollout.response_mask.tolist()
     ends = []

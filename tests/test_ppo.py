@@ -15,12 +15,14 @@ from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules import PPOModule
 from lit_rlhf.modules.guards import TrainingStopped
-from lit_rlhf.modules.rollout import Rollout, concat_responses, response_mask_from_tokens, response_values
+from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses, response_mask_from_tokens
+from lit_rlhf.modules.rollout import response_values
 from ppo_support import REWARD_BIAS, changed, one_cpu_thread, ppo_world, snapshot, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 
 def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_path):
-    module, data = tiny_module(ppo_world), tiny_data(ppo_world)
+    module = tiny_module(ppo_world)
+    data = tiny_data(ppo_world, module)
     trainer = tiny_trainer(tmp_path, max_steps=4)  # 2 rollouts x 2 optimizer steps
     module.configure_model()
     models = {"policy": module.policy, "value_model": module.value_model, "reference_model": module.reference_model,
@@ -50,7 +52,7 @@ def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_
 class RewardsLetterA(PPOModule):
     """A task a random tiny model can learn in a few rollouts: reward = 10 x the share of 'a' in the response."""
 
-    def score_responses(self, rollout: Rollout) -> torch.Tensor:
+    def score_responses(self, rollout: Episodes) -> torch.Tensor:
         target = self.tokenizer.convert_tokens_to_ids("a")
         hits = ((rollout.responses == target) & rollout.response_mask).sum(1)
         return 10 * hits / rollout.response_mask.sum(1)
@@ -60,8 +62,9 @@ def test_ppo_raises_the_reward_it_is_given(ppo_world, tmp_path):
     scores = []
     module = tiny_module(ppo_world, cls=RewardsLetterA, gamma_ptx=0.0, rollout_batch_size=12, minibatch_size=4,
                          micro_batch_size=4, max_new_tokens=8, learning_rate=1e-2, ema_decay=None)
-    record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, *a: scores.append(float(m.last_rollout.scores.mean()))})
-    tiny_trainer(tmp_path, max_steps=45, max_epochs=100, callbacks=[record()]).fit(module, tiny_data(ppo_world))
+    record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, outputs, *a: scores.append(
+        float(RolloutSummary.from_outputs(outputs).episodes.scores.mean()))})
+    tiny_trainer(tmp_path, max_steps=45, max_epochs=100, callbacks=[record()]).fit(module, tiny_data(ppo_world, module))
     assert len(scores) == 15
     assert sum(scores[:3]) / 3 < 1.0 and sum(scores[-3:]) / 3 > 4.0, scores
 
@@ -71,22 +74,27 @@ def test_gamma_ptx_changes_the_update_and_zero_is_plain_ppo(ppo_world, tmp_path)
     for gamma_ptx in (0.0, 5.0):
         torch.manual_seed(0)
         module = tiny_module(ppo_world, gamma_ptx=gamma_ptx, ema_decay=None)
-        tiny_trainer(tmp_path / str(gamma_ptx), max_steps=2).fit(module, tiny_data(ppo_world))
+        summaries = []
+        record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(
+            RolloutSummary.from_outputs(outputs))})
+        tiny_trainer(tmp_path / str(gamma_ptx), max_steps=2, callbacks=[record()]).fit(module, tiny_data(ppo_world, module))
         weights[gamma_ptx] = snapshot(module.policy)
-        assert ("ptx/loss" in module.last_stats) == (gamma_ptx > 0)
+        assert ("ptx/loss" in summaries[-1].stats) == (gamma_ptx > 0) and summaries[-1].ptx_gamma == gamma_ptx
     assert any(not torch.equal(weights[0.0][k], weights[5.0][k]) for k in weights[0.0])
 
 
 def test_checkpoint_holds_only_trained_state_and_loads_without_frozen_models(ppo_world, tmp_path):
     module = tiny_module(ppo_world, target_kl=1.0)
     trainer = tiny_trainer(tmp_path, max_steps=2, enable_checkpointing=True)
-    trainer.fit(module, tiny_data(ppo_world))
+    trainer.fit(module, tiny_data(ppo_world, module))
     path = tmp_path / "c.ckpt"
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
     prefixes = {key.split(".")[0] for key in checkpoint["state_dict"]}
     assert prefixes == {"policy", "value_model", "ema"}
-    assert checkpoint["ppo"]["rollouts_done"] == 1 and checkpoint["ppo"]["data_position"] == (0, 1)
+    assert checkpoint["ppo"]["rollouts_done"] == 1 and "data_position" not in checkpoint["ppo"]  # the data module's
+    assert checkpoint["hyper_parameters"]["kl"]["target"] == 1.0  # groups as plain dicts: loads with weights_only
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["batch"]["rollout_batch_size"] == 4
     assert checkpoint["ppo"]["kl_controller"]["beta"] == module.kl_controller.beta
 
     fresh = tiny_module(ppo_world, target_kl=1.0)
@@ -101,7 +109,7 @@ def test_checkpoint_holds_only_trained_state_and_loads_without_frozen_models(ppo
 
 def test_nan_reward_stops_with_a_clear_message_and_no_checkpoint(ppo_world, tmp_path):
     class BrokenReward(PPOModule):
-        def score_responses(self, rollout: Rollout) -> torch.Tensor:
+        def score_responses(self, rollout: Episodes) -> torch.Tensor:
             return torch.full((len(rollout),), float("nan"))
 
     module = tiny_module(ppo_world, cls=BrokenReward)
@@ -109,7 +117,7 @@ def test_nan_reward_stops_with_a_clear_message_and_no_checkpoint(ppo_world, tmp_
     before = snapshot(module.policy)
     trainer = tiny_trainer(tmp_path, max_steps=4, enable_checkpointing=True)
     with pytest.raises(TrainingStopped, match="reward is NaN or inf at rollout 0"):
-        trainer.fit(module, tiny_data(ppo_world))
+        trainer.fit(module, tiny_data(ppo_world, module))
     assert not changed(before, module.policy)
     assert not list(tmp_path.rglob("*.ckpt"))
 
@@ -163,7 +171,7 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
 
     module.generate_rollout = spy
     prompts = {"input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45]]), "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])}
-    rollout = module.make_rollout(prompts)
+    rollout, _ = module.make_rollout(prompts)
     assert seen_modes == [False] and module.policy.training  # eval while generating, train again after
     assert rollout.prompt_length == 4 and rollout.values.shape == rollout.response_mask.shape
     # policy == reference before any update (sampling-time log-probs come from the KV-cached pass: float noise)
@@ -212,12 +220,10 @@ def test_a_generate_override_without_log_probs_gets_them_from_a_forward_pass(ppo
     original = module.generate_rollout
 
     def without_logprobs(prompts, *, model, num_samples=1):
-        rollout = original(prompts, model=model, num_samples=num_samples)
-        rollout.logprobs = rollout.entropy = None
-        return rollout
+        return original(prompts, model=model, num_samples=num_samples).with_values(logprobs=None, entropy=None)
 
     module.generate_rollout = without_logprobs
-    rollout = module.make_rollout({"input_ids": torch.tensor([[40, 41]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)})
+    rollout, _ = module.make_rollout({"input_ids": torch.tensor([[40, 41]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)})
     with torch.no_grad():
         expected, _ = logprobs_and_entropy(module.policy.eval(), rollout, 1.0)
     assert torch.allclose(rollout.logprobs, expected, atol=1e-6)
@@ -227,6 +233,7 @@ def test_missing_eos_penalty_applies_only_to_unfinished_responses(ppo_world):
     module = tiny_module(ppo_world, missing_eos_penalty=2.0)
     module.configure_model()
     rollout = concat_responses(torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long), torch.tensor([[50, 1], [50, 51]]), 1)
+    rollout = rollout.with_values(component_scores={"reward_model": module.rewards[0].score(rollout)})
     scores = module.score_responses(rollout)
     assert torch.allclose(scores, rollout.component_scores["reward_model"] - torch.tensor([0.0, 2.0]))
 
@@ -238,8 +245,9 @@ def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):
 
     from lit_rlhf.cli import main
 
-    overrides = {"policy": ppo_world["sft"], "reward_model": ppo_world["rm"], **{k: v for k, v in
-                 dict(rollout_batch_size=4, minibatch_size=2, micro_batch_size=2, max_new_tokens=6, ptx_micro_batch_size=8).items()}}
+    overrides = {"policy": ppo_world["sft"], "reward_model": ppo_world["rm"], "batch.rollout_batch_size": 4,
+                 "batch.minibatch_size": 2, "batch.micro_batch_size": 2, "sampling.max_new_tokens": 6,
+                 "ptx.micro_batch_size": 8}
     args = ["fit", "--config", "configs/ppo.yaml", "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false"]
     args += [f"--model.init_args.{k}={v}" for k, v in overrides.items()]
     args += ["--data.init_args.prompts", ppo_world["prompts.jsonl"], "--data.init_args.val_prompts", ppo_world["prompts.jsonl"],

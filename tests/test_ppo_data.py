@@ -56,18 +56,17 @@ def test_resume_skips_the_consumed_rollouts_of_its_epoch_only():
     assert batches(sampler, 1) == full
 
 
-def attach(data: PromptDataModule, tokenizer, prompts_per_rollout: int, rollout_batch_size: int, position=None) -> None:
-    module = SimpleNamespace(tokenizer=tokenizer, prompts_per_rollout=prompts_per_rollout, data_position=position,
-                             hparams=SimpleNamespace(rollout_batch_size=rollout_batch_size))
-    data.trainer = SimpleNamespace(lightning_module=module, world_size=1, global_rank=0)
+def attach(data: PromptDataModule, tokenizer) -> None:
+    """A Trainer stand-in: one device, a module with the tokenizer (the batch sizes are the data module's own)."""
+    data.trainer = SimpleNamespace(lightning_module=SimpleNamespace(tokenizer=tokenizer), world_size=1, global_rank=0)
 
 
 def test_batches_pair_left_padded_prompts_with_their_ptx_sequences(tmp_path, tiny_tokenizer):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ab"}, {"prompt": "abcd"}] * 4
                           + [{"messages": [{"role": "user", "content": "hi"}]}] * 2)
     (tmp_path / "t.txt").write_text("some text\nmore text here\n")
-    data = PromptDataModule(prompts, ptx=str(tmp_path / "t.txt"), ptx_ratio=2)
-    attach(data, tiny_tokenizer, prompts_per_rollout=2, rollout_batch_size=4)
+    data = PromptDataModule(prompts, ptx_text=str(tmp_path / "t.txt"), ptx_ratio=2, rollout_batch_size=4, samples_per_prompt=2)
+    attach(data, tiny_tokenizer)
     data.setup("fit")
     loader = data.train_dataloader()
     assert isinstance(loader, CombinedLoader) and loader._mode == "min_size"
@@ -83,10 +82,12 @@ def test_batches_pair_left_padded_prompts_with_their_ptx_sequences(tmp_path, tin
     assert "<|user|>hi\n<|assistant|>" in rendered  # messages go through the chat template with its generation prompt
 
 
-def test_resume_position_comes_from_the_module(tmp_path, tiny_tokenizer):
+def test_resume_position_comes_from_the_data_modules_own_state(tmp_path, tiny_tokenizer):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(8)])
-    data = PromptDataModule(prompts)
-    attach(data, tiny_tokenizer, 2, 2, position=(0, 3))
+    data = PromptDataModule(prompts, rollout_batch_size=2)
+    attach(data, tiny_tokenizer)
+    data.load_state_dict({"data_position": {"prompts": {"epoch": 0, "batches": 3, "num_items": 8, "batch_size": 2,
+                                                        "num_replicas": 1}}})
     data.setup("fit")
     loader = data.train_dataloader()
     assert "ptx" not in loader.iterables  # no ptx data: plain PPO batches
@@ -96,8 +97,8 @@ def test_resume_position_comes_from_the_module(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize("truncation", ["left", "drop", "error"])
 def test_long_prompt_policy(tmp_path, tiny_tokenizer, truncation):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abcdefgh"}, {"prompt": "ab"}])
-    data = PromptDataModule(prompts, max_prompt_length=4, truncation=truncation)
-    attach(data, tiny_tokenizer, 1, 1)
+    data = PromptDataModule(prompts, max_prompt_length=4, truncation=truncation, rollout_batch_size=1)
+    attach(data, tiny_tokenizer)
     if truncation == "error":
         with pytest.raises(RecordError, match=r"p.jsonl: record 1: prompt is 8 tokens long"):
             data.setup("fit")
@@ -109,13 +110,18 @@ def test_long_prompt_policy(tmp_path, tiny_tokenizer, truncation):
 
 def test_bad_records_and_too_few_prompts(tmp_path, tiny_tokenizer):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "no prompt field"}])
-    data = PromptDataModule(bad)
-    attach(data, tiny_tokenizer, 1, 1)
+    data = PromptDataModule(bad, rollout_batch_size=1)
+    attach(data, tiny_tokenizer)
     with pytest.raises(RecordError, match=r"bad.jsonl: record 2: field 'prompt': missing"):
         data.setup("fit")
     few = write_jsonl(tmp_path / "few.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
-    data = PromptDataModule(few)
-    attach(data, tiny_tokenizer, 4, 4)
+    data = PromptDataModule(few, rollout_batch_size=4)
+    attach(data, tiny_tokenizer)
     data.setup("fit")
     with pytest.raises(ConfigError, match="cannot fill one rollout"):
+        data.train_dataloader()
+    data = PromptDataModule(few)  # no batch sizes: the CLI links them, Python code passes them
+    attach(data, tiny_tokenizer)
+    data.setup("fit")
+    with pytest.raises(ConfigError, match="needs rollout_batch_size"):
         data.train_dataloader()

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_rlhf.episodes import RolloutSummary
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 STEPS_PER_ROLLOUT = 2
@@ -27,9 +28,10 @@ class Recorder(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         metrics = {k: float(trainer.callback_metrics[k]) for k in COMPARED}
-        metrics["ptx/loss"] = float(pl_module.last_stats["ptx/loss"])
-        metrics["prompts"] = pl_module.last_rollout.prompts.tolist()
-        self.rows[pl_module.rollouts_done] = metrics
+        summary = RolloutSummary.from_outputs(outputs)
+        metrics["ptx/loss"] = float(summary.stats["ptx/loss"])
+        metrics["prompts"] = summary.episodes.prompts.tolist()
+        self.rows[summary.index] = metrics
 
 
 def run(world, root, rollouts: int, ckpt_path=None):
@@ -38,7 +40,7 @@ def run(world, root, rollouts: int, ckpt_path=None):
     checkpoints = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=STEPS_PER_ROLLOUT)
     trainer = tiny_trainer(root, max_steps=rollouts * STEPS_PER_ROLLOUT, max_epochs=10, enable_checkpointing=True,
                            callbacks=[checkpoints, recorder])
-    trainer.fit(module, tiny_data(world), ckpt_path=ckpt_path)
+    trainer.fit(module, tiny_data(world, module), ckpt_path=ckpt_path)
     return module, trainer, recorder.rows
 
 
@@ -65,4 +67,6 @@ def test_resumed_run_repeats_the_uninterrupted_run(ppo_world, tmp_path, straight
         for (key, a), b in zip(getattr(module, name).state_dict().items(), getattr(full_module, name).state_dict().values()):
             assert torch.allclose(a, b, atol=1e-6), f"{name}.{key} differs after resume"
     assert module.kl_controller.beta == pytest.approx(full_module.kl_controller.beta)
-    assert module.data_position == full_module.data_position == (1, 2)
+    # The data module's checkpoint state holds the position (epoch, rollouts consumed): the one place a resume reads.
+    position = torch.load(tmp_path / "last.ckpt", weights_only=False)["PromptDataModule"]["data_position"]["prompts"]
+    assert (position["epoch"], position["batches"]) == (1, 2)

@@ -149,10 +149,11 @@ def _ppo_export(root, precision: str, ema_decay, keep: dict | None = None):
 
     L.seed_everything(0)
     out = root / f"ppo-{precision}-{ema_decay}"
-    module = PPOModule(policy=str(root / "start"), reward_model=str(root / "rm"), rollout_batch_size=4, minibatch_size=2,
-                       micro_batch_size=2, max_new_tokens=4, gamma_ptx=0.0, learning_rate=1e-4, warmup_rollouts=0,
+    module = PPOModule(policy=str(root / "start"), reward_model=str(root / "rm"),
+                       batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
+                       sampling={"max_new_tokens": 4}, ptx={"gamma": 0.0}, optimizer={"learning_rate": 1e-4, "warmup_steps": 0},
                        ema_decay=ema_decay, output_dir=str(out))
-    data = PromptDataModule(prompts=str(root / "prompts.jsonl"), ptx_ratio=0.0)
+    data = PromptDataModule(prompts=str(root / "prompts.jsonl"), ptx_ratio=0.0, rollout_batch_size=4)
     trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=4, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
                         default_root_dir=str(root))

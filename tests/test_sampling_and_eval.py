@@ -61,13 +61,13 @@ def test_sample_refuses_k_below_two(sandbox_model_dir, tmp_path, capsys):
 
 def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
     """The callback's numbers are the labeler's: an oracle 'model' scores 1, an empty one 0."""
-    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:10]])
     evaluation = GoldScoreEvaluation(prompts=str(prompts), num_prompts=10)
     answers = {r.data["prompt"]: " " + r.data["answer"] for r in evaluation.records}
 
-    import lit_rlhf.callbacks.gold_score as module
+    import lit_rlhf.sandbox.callbacks as module
 
     def oracle(model, tokenizer, prompts, **kwargs):
         return [answers[p] for p in prompts]
@@ -88,8 +88,8 @@ def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
 
 def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_path, sandbox_model_dir):
     """T=1 evaluation scores all samples_per_prompt responses; the same seed gives the same number."""
-    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
-    import lit_rlhf.callbacks.gold_score as module
+    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
+    import lit_rlhf.sandbox.callbacks as module
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:6]])
     evaluation = GoldScoreEvaluation(prompts=str(prompts), num_prompts=6, temperature=1.0, samples_per_prompt=4, max_new_tokens=8)

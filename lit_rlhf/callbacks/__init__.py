@@ -5,12 +5,12 @@
 - :class:`PretrainMixLogger`: the PPO-ptx mix: ptx loss, gamma_ptx, ptx/PPO gradient-norm ratio, and
   the held-out pretraining loss each validation (the "alignment tax").
 - :class:`SampleLogger`: a table of prompt / response / reward / KL every N rollouts.
-- :class:`GoldScoreEvaluation`: the sandbox labeler's gold score of the policy at every validation.
+
+The sandbox's gold-score callbacks live with the sandbox: :mod:`lit_rlhf.sandbox.callbacks`.
 """
 
-from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
 from lit_rlhf.callbacks.kl_tracker import KLTracker
 from lit_rlhf.callbacks.pretrain_mix import PretrainMixLogger
 from lit_rlhf.callbacks.samples import SampleLogger
 
-__all__ = ["GoldScoreEvaluation", "KLTracker", "PretrainMixLogger", "SampleLogger"]
+__all__ = ["KLTracker", "PretrainMixLogger", "SampleLogger"]

@@ -11,6 +11,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.algorithms import masked_mean, masked_sum
+from lit_rlhf.episodes import RolloutSummary
 from lit_rlhf.modules.guards import TrainingStopped
 
 CHECKPOINT_NAME = "kl_exceeded.ckpt"
@@ -19,8 +20,8 @@ CHECKPOINT_NAME = "kl_exceeded.ckpt"
 class KLTracker(Callback):
     """Logs the KL of each rollout to the reference, and acts when it passes a bound.
 
-    Reads ``pl_module.last_rollout.kl`` (the per-token estimate the reward uses, see the module's
-    ``kl_estimator``) after every rollout and logs ``kl/per_token`` (mean over response tokens),
+    Reads the rollout's per-token KL (``outputs["rollout"].episodes.kl``: the estimate the reward uses, see the
+    module's ``kl.estimator``) after every rollout and logs ``kl/per_token`` (mean over response tokens),
     ``kl/per_sequence`` (mean over episodes of each response's summed KL), ``kl/running_mean``
     (mean of ``kl/per_sequence`` over all rollouts so far, kept across resumes) and
     ``kl/q<percent>`` quantiles of the per-sequence KL.
@@ -53,9 +54,10 @@ class KLTracker(Callback):
         self.count = 0
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        rollout = getattr(pl_module, "last_rollout", None)
-        if rollout is None or rollout.kl is None:
+        summary = RolloutSummary.from_outputs(outputs)
+        if summary is None or summary.episodes.kl is None:
             return
+        rollout = summary.episodes
         mask = rollout.response_mask
         per_sequence = masked_sum(rollout.kl, mask, dim=1).float()
         mean_kl = float(trainer.strategy.reduce(per_sequence.mean(), reduce_op="mean"))  # one decision for all ranks
@@ -70,21 +72,21 @@ class KLTracker(Callback):
         metrics.update({f"kl/q{round(q * 100)}": v for q, v in zip(self.quantiles, values)})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(rollout))
         if self.max_kl is not None and mean_kl > self.max_kl:
-            self._exceeded(trainer, pl_module, mean_kl)
+            self._exceeded(trainer, summary.index, mean_kl)
 
-    def _exceeded(self, trainer: Trainer, pl_module: LightningModule, mean_kl: float) -> None:
-        where = f"rollout {getattr(pl_module, 'rollouts_done', '?')} (global step {trainer.global_step})"
+    def _exceeded(self, trainer: Trainer, rollouts_done: int, mean_kl: float) -> None:
+        where = f"rollout {rollouts_done} (global step {trainer.global_step})"
         message = f"KL to the reference is {mean_kl:.3f} nats per sequence at {where}, above max_kl={self.max_kl}"
         if not self.stop_on_exceed:
-            rank_zero_warn(f"{message}; raise model.kl_coef or set a target_kl to pull it back.")
+            rank_zero_warn(f"{message}; raise model.kl.coef or set a kl.target to pull it back.")
             return
         path = Path(self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
         trainer.save_checkpoint(path / CHECKPOINT_NAME)  # collective: every rank reaches here (reduced decision)
         # Raising (not should_stop) keeps every later checkpoint save and the export from running: last.ckpt stays
         # the last good state and output_dir keeps whatever good model it held.
         raise TrainingStopped(f"{message}; stopped without exporting. The diverged state is {path / CHECKPOINT_NAME}; "
-                              "resume from the last good checkpoint (--ckpt_path last) with a larger kl_coef or a lower "
-                              "learning_rate (new values apply on resume).")
+                              "resume from the last good checkpoint (--ckpt_path last) with a larger kl.coef or a lower "
+                              "optimizer.learning_rate (new values apply on resume).")
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "count": self.count}

@@ -9,11 +9,12 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_rlhf.algorithms import masked_sum
+from lit_rlhf.episodes import Episodes, RolloutSummary
 
 COLUMNS = ["step", "prompt", "response", "reward", "kl"]
 
 
-def sample_rows(rollout, tokenizer, num_samples: int, step: int) -> list[list[Any]]:
+def sample_rows(rollout: Episodes, tokenizer, num_samples: int, step: int) -> list[list[Any]]:
     """The first ``num_samples`` episodes of a rollout as table rows (padding removed)."""
     kl = masked_sum(rollout.kl, rollout.response_mask, dim=1)
     prompt_mask = rollout.attention_mask[:, : rollout.prompt_length].bool()
@@ -47,11 +48,11 @@ class SampleLogger(Callback):
         self.print_without_wandb = print_without_wandb
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        rollout = getattr(pl_module, "last_rollout", None)
-        done = getattr(pl_module, "rollouts_done", batch_idx + 1)
-        if trainer.sanity_checking or not trainer.is_global_zero or rollout is None or (done - 1) % self.every:
+        summary = RolloutSummary.from_outputs(outputs)
+        if trainer.sanity_checking or not trainer.is_global_zero or summary is None or (summary.index - 1) % self.every:
             return
-        rows = sample_rows(rollout, pl_module.tokenizer, self.num_samples, trainer.global_step)
+        episodes = summary.episodes
+        rows = sample_rows(episodes, episodes.tokenizer or pl_module.tokenizer, self.num_samples, trainer.global_step)
         wandb = next((logger for logger in trainer.loggers if isinstance(logger, WandbLogger)), None)
         if wandb is not None:
             wandb.log_table(key=self.key, columns=COLUMNS, data=rows, step=trainer.global_step)

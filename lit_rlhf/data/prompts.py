@@ -6,10 +6,10 @@ its optimizer steps (right-padded, loss on every token). The ptx stream cycles o
 for as long as the prompts last, so the prompts alone decide the epoch length.
 
 Exact resume: both loaders draw from :class:`RolloutSampler`, whose order is a pure function of
-(seed, epoch, position) and whose epochs hold a whole number of rollouts. ``PPOModule`` keeps
-``data_position`` = (epoch, rollouts consumed) in its checkpoint; on resume the samplers skip
-exactly those rollouts of that epoch, so the run continues with the batch the interrupted run
-would have drawn next. Lightning alone restarts a plain DataLoader from the top of the epoch.
+(seed, epoch, position) and whose epochs hold a whole number of rollouts. The data module alone keeps
+the position (epoch, rollouts consumed) in its checkpoint state (:class:`~lit_rlhf.data.common.StageDataModule`);
+on resume the samplers skip exactly those rollouts of that epoch, so the run continues with the batch
+the interrupted run would have drawn next. Lightning alone restarts a plain DataLoader from the top of the epoch.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lit_rlhf.data.common import DropCounter, StageDataModule, resolve_tokenizer
 from lit_rlhf.data.formats import DataFormat, convert_records
 from lit_rlhf.data.records import DataSource, FieldMap, Record, get_str, read_records
 from lit_rlhf.data.tokenize import Example, encode_text, fit_to_length, render_prompt
-from lit_rlhf.errors import ConfigError
+from lit_rlhf.errors import ConfigError, check_option
 
 
 class RolloutSampler(ResumableSampler):
@@ -118,14 +118,15 @@ def encode_texts(records: list[Record], tokenizer, fields: FieldMap, max_length:
 class PromptDataModule(StageDataModule):
     """Prompts for PPO rollouts, pretraining text for PPO-ptx, and optional validation data.
 
-    Batch sizes come from the attached ``PPOModule`` (one source of truth): each training batch holds
-    ``prompts_per_rollout`` prompts and ``round(ptx_ratio * rollout_batch_size)`` pretraining sequences,
-    which the module spreads over the rollout's optimizer steps.
+    Each training batch holds ``rollout_batch_size / samples_per_prompt`` prompts and
+    ``round(ptx_ratio * rollout_batch_size)`` pretraining sequences, which the module spreads over the rollout's
+    optimizer steps. ``lit-rlhf fit`` links both sizes from ``model.init_args.batch`` (one source of truth, no
+    YAML to keep in step); in Python pass the ``PPOModule``'s ``batch`` sizes.
 
     Args:
         prompts: Prompt records, ``{"prompt"}`` or ``{"messages"}`` (rendered with the chat template and its
             generation prompt): a .jsonl/.json/.parquet/.csv file or ``datasets.load_dataset`` keyword arguments.
-        ptx: Pretraining records ``{"text"}`` or a .txt file (one example a line). Unset: plain PPO.
+        ptx_text: Pretraining records ``{"text"}`` or a .txt file (one example a line). Unset: plain PPO.
         val_prompts: Prompts whose sampled responses are scored each validation (reward and KL). Optional.
         val_text: Held-out pretraining text whose LM loss is measured each validation. Optional.
         tokenizer: Tokenizer directory. Default: the LightningModule's.
@@ -138,6 +139,8 @@ class PromptDataModule(StageDataModule):
         ptx_ratio: Pretraining sequences per episode (paper 8); 0 loads no ptx data.
         val_batch_size: Validation batch size (prompts or text sequences).
         seed: Seed of the prompt and ptx order. Default: the run's ``seed_everything``.
+        rollout_batch_size: Episodes per rollout per device (linked from ``model.init_args.batch.rollout_batch_size``).
+        samples_per_prompt: Responses per prompt (linked from ``model.init_args.batch.samples_per_prompt``).
         format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
             public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``, ``alpaca``, ``sharegpt``
             for ``prompts`` and ``val_prompts``; any layout gives its prompts
@@ -147,7 +150,7 @@ class PromptDataModule(StageDataModule):
     def __init__(
         self,
         prompts: DataSource,
-        ptx: Optional[DataSource] = None,
+        ptx_text: Optional[DataSource] = None,
         val_prompts: Optional[DataSource] = None,
         val_text: Optional[DataSource] = None,
         tokenizer: Optional[str] = None,
@@ -159,6 +162,8 @@ class PromptDataModule(StageDataModule):
         val_batch_size: int = 32,
         seed: Optional[int] = None,
         format: DataFormat = "auto",
+        rollout_batch_size: Optional[int] = None,
+        samples_per_prompt: int = 1,
     ):
         super().__init__(tokenizer, fields, seed)
         self.train_prompts: list[tuple[list[int], dict]] = []
@@ -178,7 +183,7 @@ class PromptDataModule(StageDataModule):
                 encoded = encode_prompts(records, self.tokenizer, fields, hp.max_prompt_length, hp.truncation, counter)
                 counter.report(split, len(encoded))
                 setattr(self, f"{split}_prompts" if split == "train" else "val_prompts", encoded)
-        for attribute, source in (("ptx_examples", hp.ptx if hp.ptx_ratio > 0 else None), ("val_texts", hp.val_text)):
+        for attribute, source in (("ptx_examples", hp.ptx_text if hp.ptx_ratio > 0 else None), ("val_texts", hp.val_text)):
             if source is not None:
                 counter = DropCounter("PPO ptx text")
                 examples = encode_texts(read_records(source), self.tokenizer, self.fields, hp.max_ptx_length, counter)
@@ -188,30 +193,32 @@ class PromptDataModule(StageDataModule):
             raise ConfigError(f"no prompts left in {hp.prompts} after applying truncation={hp.truncation!r}")
 
     def rollout_sizes(self) -> tuple[int, int]:
-        """(prompts, episodes) per rollout per device, from the attached LightningModule."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if not hasattr(module, "prompts_per_rollout"):
-            raise ConfigError("PromptDataModule takes its batch sizes from a PPOModule; attach it to a Trainer running one")
-        return module.prompts_per_rollout, module.hparams.rollout_batch_size
+        """(prompts, episodes) per rollout per device."""
+        episodes, samples = self.hparams.rollout_batch_size, self.hparams.samples_per_prompt
+        if episodes is None:
+            raise ConfigError("PromptDataModule needs rollout_batch_size (and samples_per_prompt): lit-rlhf fit links "
+                              "them from model.init_args.batch; in Python pass the PPOModule's batch sizes")
+        check_option("rollout_batch_size", episodes, min=1, integer=True)
+        check_option("samples_per_prompt", samples, min=1, integer=True)
+        if episodes % samples:
+            raise ConfigError(f"rollout_batch_size must be a multiple of samples_per_prompt ({episodes}, {samples})")
+        return episodes // samples, episodes
 
     def train_dataloader(self) -> CombinedLoader:
         hp, trainer = self.hparams, self.trainer
         prompts_per_rollout, episodes = self.rollout_sizes()
         replicas, rank = trainer.world_size, trainer.global_rank
-        resume = getattr(trainer.lightning_module, "data_position", None)
         prompt_sampler = RolloutSampler(len(self.train_prompts), prompts_per_rollout, num_replicas=replicas, rank=rank, seed=hp.seed)
         if prompt_sampler.batches_per_epoch == 0:
             raise ConfigError(
                 f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each of "
-                f"{replicas} device(s); lower model.rollout_batch_size or add prompts"
+                f"{replicas} device(s); lower model.batch.rollout_batch_size or add prompts"
             )
-        prompt_sampler.resume = resume
         loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
         if self.ptx_examples:
             ptx_batch = max(1, round(hp.ptx_ratio * episodes))
             ptx_sampler = RolloutSampler(len(self.ptx_examples), ptx_batch, num_replicas=replicas, rank=rank,
                                          seed=hp.seed + 1, batches_per_epoch=prompt_sampler.batches_per_epoch)
-            ptx_sampler.resume = resume
             loaders["ptx"] = self._loader(self.ptx_examples, ptx_sampler, ptx_batch, collate_examples)
         return CombinedLoader(loaders, mode="min_size")
 
@@ -228,5 +235,5 @@ class PromptDataModule(StageDataModule):
         collate = partial(collate, pad_id=self.tokenizer.pad_token_id)
         if sampler is None:
             return self.eval_loader(items, batch_size, collate)
-        # The data module checkpoints the loaders' position too (the same one as the module's data_position).
+        # The loaders' position goes into the data module's checkpoint state: the one place a resume reads it from.
         return self.resumable_loader("ptx" if sampler.batches_per_epoch_fixed is not None else "prompts", items, batch_size, collate, sampler)

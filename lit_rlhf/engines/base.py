@@ -1,47 +1,65 @@
-"""The rollout-engine interface: how PPO's responses are sampled, and how the engine learns the policy's new weights."""
+"""The rollout-engine interface: how PPO's responses are sampled, and how the engine learns the policy's new weights.
+
+An engine generates from a model, prompts and :class:`SamplingSettings`; it never sees the training module.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 from torch import Tensor
+
+from lit_rlhf.episodes import Episodes
+from lit_rlhf.errors import check_option
 
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    """How responses are sampled (the same for every engine)."""
+    """How responses are sampled (the same for every engine).
 
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    eos_token_id: int
-    pad_token_id: int
-    batch_size: Optional[int] = None  # prompts x samples per generate call; None: all at once
+    Attributes:
+        max_new_tokens: Longest response.
+        temperature: Sampling temperature (paper 1); log-probs are taken at the same temperature; 0 = greedy.
+        top_p: Nucleus sampling threshold (1 = the full distribution).
+        generation_batch_size: Episodes per ``generate`` call. Default: the whole rollout at once.
+        missing_eos_penalty: Subtracted from the score of responses that never reach EOS. Unset: none.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    generation_batch_size: Optional[int] = None
+    missing_eos_penalty: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        check_option("sampling.max_new_tokens", self.max_new_tokens, min=1, integer=True)
+        check_option("sampling.temperature", self.temperature, min=0)
+        check_option("sampling.top_p", self.top_p, min=0, max=1, min_open=True)
+        check_option("sampling.generation_batch_size", self.generation_batch_size, min=1, integer=True)
+        check_option("sampling.missing_eos_penalty", self.missing_eos_penalty, min=0)
 
 
 class RolloutEngine:
-    """Samples a rollout batch's responses for a policy module.
+    """Samples a rollout batch's responses from a policy model.
 
-    An engine returns a :class:`~lit_rlhf.modules.rollout.Rollout` laid out as
-    ``[left-padded prompt | right-padded response]`` with the sampled tokens' log-probs when it has them:
-    ``trainer_logprobs=True`` when those are exactly the training model's (then PPO's ratio uses them and no
-    scoring forward is needed); an engine with other kernels (vLLM) sets it False and PPO scores the tokens
-    with the training model itself.
+    :meth:`generate` returns :class:`~lit_rlhf.episodes.Episodes` laid out as
+    ``[left-padded prompt | right-padded response]``. An engine whose log-probs are exactly the training model's
+    (Hugging Face ``generate`` on the model itself) fills ``logprobs`` (and ``entropy``), so PPO needs no scoring
+    forward; an engine with other kernels (vLLM) fills ``engine_logprobs`` instead, and PPO scores the tokens with
+    the training model, logs the mismatch and optionally corrects for it (:mod:`lit_rlhf.engines.correction`).
     """
 
-    #: Whether the log-probs an engine records are the training model's own (no scoring forward needed).
-    trainer_logprobs: bool = True
-    #: An engine with ``trainer_logprobs=False`` leaves its own ``[B, R]`` log-probs of the last rollout's tokens
-    #: here (0 on padding); PPO takes them once to log the engine-trainer mismatch and for truncated IS.
-    sampled_logprobs: Optional[Tensor] = None
+    def setup(self, policy: torch.nn.Module, source: str) -> None:
+        """Called once after the policy is built (and sharded); ``source`` is the directory it was loaded from."""
 
-    def setup(self, module) -> None:
-        """Called once from the module's ``configure_model`` after its models are built (and sharded)."""
-
-    def generate(self, module, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings):
-        """``num_samples`` responses per prompt (adjacent rows) as a Rollout."""
+    def generate(self, model: torch.nn.Module, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings,
+                 *, eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+        """``num_samples`` responses per prompt (adjacent rows). ``training``: a training rollout, which an engine
+        may sample from the weights it holds (loaded by :meth:`sync_weights`); False (evaluation): sample from
+        ``model`` exactly as given (e.g. its EMA weights)."""
         raise NotImplementedError
 
-    def sync_weights(self, module) -> None:
+    def sync_weights(self, policy: torch.nn.Module) -> None:
         """Called after each rollout's optimizer steps: load the policy's current weights into the engine."""

@@ -11,7 +11,7 @@ from torch import Tensor
 from lit_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from lit_rlhf.distributed.generation import sample_continuations
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
-from lit_rlhf.modules.rollout import Rollout, concat_responses, pad_columns
+from lit_rlhf.episodes import Episodes, concat_responses, pad_columns
 
 
 class SampledTokenLogprobs:
@@ -21,7 +21,7 @@ class SampledTokenLogprobs:
     ``generate`` runs custom processors before its sampling warpers (temperature, top-p), and the
     sampling config of :func:`lit_rlhf.distributed.generation.sample_continuations` neutralises every other
     processor, so the scores seen here are the raw logits: the log-probs are those of the full
-    distribution at ``temperature``, exactly what :func:`lit_rlhf.modules.rollout.response_logits` gives (tested). Step ``t``
+    distribution at ``temperature``, exactly what the trainer's scoring forward pass gives (tested). Step ``t``
     sees the token of step ``t - 1`` at the end of ``input_ids``; :meth:`finish` takes the last one.
     """
 
@@ -53,28 +53,30 @@ class SampledTokenLogprobs:
 
 
 @torch.no_grad()
-def hf_generate(model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings) -> Rollout:
-    """``num_samples`` responses per prompt (adjacent rows) from ``model``, laid out as a :class:`Rollout` with the
-    sampled tokens' log-probs and the entropy recorded while sampling (no second forward pass)."""
+def hf_generate(model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *, eos_token_id: int,
+                pad_token_id: int) -> Episodes:
+    """``num_samples`` responses per prompt (adjacent rows) from ``model`` as :class:`~lit_rlhf.episodes.Episodes` with
+    the sampled tokens' log-probs and the entropy recorded while sampling (no second forward pass)."""
     ids = prompts["input_ids"].repeat_interleave(num_samples, dim=0)
     mask = prompts["attention_mask"].repeat_interleave(num_samples, dim=0)
-    chunk = settings.batch_size or len(ids)
+    chunk = settings.generation_batch_size or len(ids)
     recorders = [SampledTokenLogprobs(settings.temperature) for _ in range(math.ceil(len(ids) / chunk))]
     responses = [
         sample_continuations(model, i, m, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                             top_p=settings.top_p, eos_token_id=settings.eos_token_id, pad_token_id=settings.pad_token_id,
+                             top_p=settings.top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                              logits_processor=[recorder])
         for i, m, recorder in zip(ids.split(chunk), mask.split(chunk), recorders)
     ]
-    rollout = concat_responses(ids, mask, pad_columns(responses, settings.pad_token_id), settings.eos_token_id)
+    episodes = concat_responses(ids, mask, pad_columns(responses, pad_token_id), eos_token_id)
     recorded = [recorder.finish(out) for recorder, out in zip(recorders, responses)]
-    rollout.logprobs, rollout.entropy = (pad_columns(list(parts), 0.0) for parts in zip(*recorded))
-    return rollout
+    logprobs, entropy = (pad_columns(list(parts), 0.0) for parts in zip(*recorded))
+    return episodes.with_values(logprobs=logprobs, entropy=entropy)
 
 
 class HFEngine(RolloutEngine):
     """Hugging Face ``generate`` on the training model itself (the default): no weight sync needed, and the
     log-probs recorded while sampling are the trainer's own."""
 
-    def generate(self, module, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings) -> Rollout:
-        return hf_generate(model, prompts, num_samples, settings)
+    def generate(self, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *,
+                 eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+        return hf_generate(model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)

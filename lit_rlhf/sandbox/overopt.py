@@ -11,7 +11,7 @@ rising while the gold score peaks and falls. The sandbox's gold labeler plays th
    best-of-n (by proxy) expectation for every n is the unbiased estimator over subsets of the samples,
    its KL ``log n - (n-1)/n`` beside a sampled (plug-in) estimate;
 3. **RL**: one longer PPO run and one PPO-ptx run of ``configs/ppo.yaml`` with
-   :class:`~lit_rlhf.callbacks.gold_score.GoldProxyKLProbe`: gold, proxy and KL of the same (EMA)
+   :class:`~lit_rlhf.sandbox.callbacks.GoldProxyKLProbe`: gold, proxy and KL of the same (EMA)
    policy on the same held-out samples every ``probe_every`` rollouts;
 4. **fits and report**: ``d (alpha - beta d)`` for best-of-n and ``d (alpha - beta log d)`` for RL
    fitted to the gains over the SFT policy (least squares, R^2), ``overopt.md`` / ``overopt.json``
@@ -36,7 +36,7 @@ from lit_rlhf.sandbox.scaling_fits import Fit, best_of_n_weights, bon_kl, bon_kl
 FAST = {
     "rm": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
     "ppo": ["--trainer.limit_val_batches", "0", "--data.init_args.val_text", "null",
-            "--model.init_args.rollout_batch_size", "8", "--model.init_args.minibatch_size", "8"],
+            "--model.init_args.batch.rollout_batch_size", "8", "--model.init_args.batch.minibatch_size", "8"],
     "steps_per_rollout": 1,
 }
 
@@ -48,7 +48,7 @@ def best_of_n_curve(
     with the analytic and the sampled KL to the SFT policy. Every sample is the SFT policy's at T = 1."""
     import torch
 
-    from lit_rlhf.callbacks.gold_score import score_samples
+    from lit_rlhf.sandbox.callbacks import score_samples
     from lit_rlhf.data.records import read_records
     from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from lit_rlhf.sandbox.labeler import GoldLabeler
@@ -237,7 +237,7 @@ def overopt(
         probe_samples: Samples per held-out prompt per measurement.
         bon_prompts: Held-out prompts of the best-of-n sweep.
         bon_samples: SFT samples per prompt for best-of-n (n = 1, 2, 4, ... up to this).
-        ptx: Also run PPO-ptx (``gamma_ptx`` of configs/ppo.yaml).
+        ptx: Also run PPO-ptx (``ptx.gamma`` of configs/ppo.yaml).
         fast: For tests: 2 RM steps, rollouts of 8 episodes, no PPO validation (pair it with small ``rollouts``,
             ``probe_*`` and ``bon_*``); the numbers are then meaningless.
         wandb: Also log each stage to Weights & Biases (offline unless WANDB_MODE=online).
@@ -279,14 +279,14 @@ def overopt(
     print(f"[overopt] best-of-n: {time.perf_counter() - started:.0f} s", flush=True)
 
     curves: dict[str, tuple[str, list[dict[str, float]], dict]] = {"best-of-n": ("bon", bon, fit_curve("bon", bon))}
-    runs = [("PPO", "ppo", ["--model.init_args.gamma_ptx", "0"])] + ([("PPO-ptx", "ppo_ptx", [])] if ptx else [])
+    runs = [("PPO", "ppo", ["--model.init_args.ptx.gamma", "0"])] + ([("PPO-ptx", "ppo_ptx", [])] if ptx else [])
     for title, name, extra in runs:
         history = root / name / "probe.jsonl"
         history.unlink(missing_ok=True)  # a rerun starts a fresh curve
         probe = probe_callback(probe_prompts, probe_every, probe_samples, history_file=history)
         overrides = seed_args + [
             "--model.init_args.policy", sft_dir, "--model.init_args.reward_model", rm_dir,
-            "--model.init_args.kl_coef", str(kl_coef), "--model.init_args.learning_rate", str(learning_rate),
+            "--model.init_args.kl.coef", str(kl_coef), "--model.init_args.optimizer.learning_rate", str(learning_rate),
             "--trainer.max_epochs", "1000", "--trainer.max_steps", str(rollouts * size.get("steps_per_rollout", steps_per_rollout(f"{configs}/ppo.yaml"))),
             "--trainer.check_val_every_n_epoch", "1000",  # the probe measures; no per-epoch validation needed
         ] + extra + size.get("ppo", [])
@@ -306,9 +306,11 @@ def overopt(
 
 
 def steps_per_rollout(config: str) -> int:
-    """Optimizer steps per rollout of a PPO config: ``ppo_epochs x rollout_batch_size / minibatch_size``
-    (``trainer.max_steps`` counts optimizer steps, the curve counts rollouts)."""
+    """Optimizer steps per rollout of a PPO config: ``ppo_epochs x rollout_batch_size / minibatch_size`` of its
+    ``batch`` group (``trainer.max_steps`` counts optimizer steps, the curve counts rollouts)."""
     import yaml
 
-    args = yaml.safe_load(Path(config).read_text())["model"]["init_args"]
-    return int(args.get("ppo_epochs", 1)) * int(args["rollout_batch_size"]) // int(args["minibatch_size"])
+    from lit_rlhf.modules.ppo_settings import RolloutBatchSettings
+
+    batch = RolloutBatchSettings(**yaml.safe_load(Path(config).read_text())["model"]["init_args"].get("batch", {}))
+    return batch.ppo_epochs * batch.rollout_batch_size // batch.minibatch_size

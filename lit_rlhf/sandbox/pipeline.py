@@ -110,7 +110,7 @@ def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: 
     from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, SAMPLED_TEMPERATURE
 
     return {
-        "class_path": "lit_rlhf.callbacks.gold_score.GoldProxyKLProbe",
+        "class_path": "lit_rlhf.sandbox.callbacks.GoldProxyKLProbe",
         "init_args": {
             "prompts": str(DATA_DIR / "prompts_eval.jsonl"),
             "every_n_rollouts": every_n_rollouts,
@@ -154,7 +154,7 @@ def run(
         configs: Directory holding sft.yaml, rm.yaml and ppo.yaml (and dpo.yaml when ``stages`` has dpo);
             ``configs/recipes/smollm2-135m`` runs the pipeline on a real pretrained model.
         base_model: The model SFT starts from (any model source), also evaluated as the report's base row.
-        stages: Policies trained after the reward model: ppo_ptx (the config's gamma_ptx), ppo (gamma_ptx 0), dpo.
+        stages: Policies trained after the reward model: ppo_ptx (the config's ptx.gamma), ppo (ptx.gamma 0), dpo.
         samples_per_prompt: Responses sampled from the SFT policy per prompt for the labeler to rank (K).
         sample_prompts: Label only the first this many training prompts (unset: all 1000).
         max_new_tokens: Longest sampled response, in tokens, when sampling comparisons and evaluating.
@@ -201,7 +201,7 @@ def run(
 
     ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
     for name in [stage for stage in stages if stage != "dpo"]:
-        extra = ["--model.init_args.gamma_ptx", "0"] if name == "ppo" else []
+        extra = ["--model.init_args.ptx.gamma", "0"] if name == "ppo" else []
         probe = probe_callback(probe_prompts, probe_every)
         costs[POLICY_LABELS[name]] = fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
 

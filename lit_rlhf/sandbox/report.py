@@ -29,7 +29,7 @@ MAX_NEW_TOKENS = 24  # as in the PPO rollouts and the RM's comparisons
 def gold_evaluations(num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT, max_new_tokens: int = MAX_NEW_TOKENS) -> list:
     """The two gold evaluations of every policy: sampled at T=1 (``gold/...``, with the held-out
     pretraining loss) and greedy (``gold_greedy/...``)."""
-    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
 
     prompts = str(DATA_DIR / "prompts_eval.jsonl")
     return [
@@ -78,7 +78,7 @@ def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
 
 def probe_points(rows: list[dict[str, float]]) -> list[tuple[float, float, float]]:
     """``(KL, gold, proxy)`` of every probe measurement in a PPO run's metrics: all three from the same
-    policy's samples (:class:`~lit_rlhf.callbacks.gold_score.GoldProxyKLProbe`), in training order."""
+    policy's samples (:class:`~lit_rlhf.sandbox.callbacks.GoldProxyKLProbe`), in training order."""
     return [(r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r.get(f"{PROBE}/proxy", math.nan)) for r in rows if f"{PROBE}/kl" in r]
 
 

@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from lit_rlhf.rewards import Reward, RewardBatch
+from lit_rlhf.episodes import Episodes
+from lit_rlhf.rewards import Reward
 from lit_rlhf.sandbox.labeler import GoldLabeler, clean_response
 
 
@@ -26,9 +27,9 @@ class GoldReward(Reward):
         super().__init__(weight=weight, name=name)
         self.labeler = GoldLabeler()
 
-    def forward(self, batch: RewardBatch) -> Tensor:
-        records = batch.records or [{"prompt": p} for p in batch.prompts]
-        return torch.tensor([self.labeler.score(record, response) for record, response in zip(records, batch.responses)])
+    def forward(self, episodes: Episodes) -> Tensor:
+        records = episodes.records or [{"prompt": p} for p in episodes.prompt_texts]
+        return torch.tensor([self.labeler.score(record, response) for record, response in zip(records, episodes.response_texts)])
 
 
 def exact_answer(prompt: str, response: str, record: dict) -> float:

@@ -1,13 +1,14 @@
-"""Gold-score evaluation: does the policy actually get better, and what does it cost?
+"""The sandbox's callbacks. Gold-score evaluation: does the policy actually get better, and what does it cost?
 
 With real humans the gold score is what InstructGPT's labelers measured after training; in the
-sandbox a gold labeler scores any response, so every validation can report it. The callback also
-reports the LM loss on held-out pretraining text: the "alignment tax" that PPO-ptx pays back.
+sandbox the gold labeler (:class:`~lit_rlhf.sandbox.labeler.GoldLabeler`) scores any response, so every
+validation can report it (:class:`GoldScoreEvaluation`, with the LM loss on held-out pretraining text: the
+"alignment tax" that PPO-ptx pays back), and :class:`GoldProxyKLProbe` measures gold score, proxy (RM) score
+and KL to SFT of one policy on the same samples (reward over-optimisation curves).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +20,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
-from lit_rlhf.evaluation import generate_responses, lm_loss_on_texts, evaluated_policy, response_logprob_sums, sample_episodes
+from lit_rlhf.evaluation import (
+    evaluated_policy, generate_responses, lm_loss_on_texts, response_logprob_sums, sample_episodes, sampled_texts,
+)
 from lit_rlhf.models.heads import sequence_rewards
 from lit_rlhf.models.loading import load_causal_lm, load_scalar_model
-
-
-def load_object(path: str):
-    """``package.module.Name`` -> the object."""
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+from lit_rlhf.sandbox.labeler import GoldLabeler
 
 
 class GoldScoreEvaluation(Callback):
@@ -36,8 +34,7 @@ class GoldScoreEvaluation(Callback):
     generative model (SFT, PPO); for others it logs nothing but the held-out loss is skipped too.
 
     Args:
-        prompts: Held-out prompt records; the labeler reads their fields (the sandbox's carry the answer).
-        labeler: Import path of a class with ``score(record, response) -> float``.
+        prompts: Held-out prompt records; the gold labeler reads their fields (the sandbox's carry the answer).
         heldout_text: Held-out pretraining text (``.txt`` or ``{"text"}`` records) for the alignment-tax loss.
         num_prompts: Evaluate the first ``num_prompts`` prompts.
         num_texts: Evaluate the first ``num_texts`` held-out texts.
@@ -57,7 +54,6 @@ class GoldScoreEvaluation(Callback):
     def __init__(
         self,
         prompts: str,
-        labeler: str = "lit_rlhf.sandbox.labeler.GoldLabeler",
         heldout_text: Optional[str] = None,
         num_prompts: int = 200,
         num_texts: int = 200,
@@ -72,7 +68,7 @@ class GoldScoreEvaluation(Callback):
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
         self.records = read_records(prompts)[:num_prompts]
-        self.labeler = load_object(labeler)()
+        self.labeler = GoldLabeler()
         self.texts = [r.data["text"] for r in read_records(heldout_text)[:num_texts]] if heldout_text else []
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -161,11 +157,12 @@ def score_samples(
     )
     first_prompt = 0
     for batch in episodes:
-        indices = [first_prompt + i // samples_per_prompt for i in range(len(batch.texts))]
-        first_prompt += len(batch.texts) // samples_per_prompt
+        texts = sampled_texts(batch)
+        indices = [first_prompt + i // samples_per_prompt for i in range(len(texts))]
+        first_prompt += len(texts) // samples_per_prompt
         scored.prompt_index += indices
-        scored.texts += batch.texts
-        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, batch.texts)]
+        scored.texts += texts
+        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, texts)]
         if reward_model is not None:
             scored.proxy += sequence_rewards(reward_model, batch.input_ids, batch.attention_mask, centered=True).tolist()
         if reference is not None:
@@ -188,8 +185,7 @@ class GoldProxyKLProbe(Callback):
     update: the SFT policy) is measured when training starts.
 
     Args:
-        prompts: Held-out prompt records; the labeler reads their fields.
-        labeler: Import path of a class with ``score(record, response) -> float``.
+        prompts: Held-out prompt records; the gold labeler reads their fields.
         every_n_rollouts: Measure after every this many rollouts (training steps), and after the last one.
         num_prompts: Evaluate the first ``num_prompts`` prompts.
         samples_per_prompt: Responses sampled per prompt; more lowers the noise of all three means.
@@ -210,7 +206,6 @@ class GoldProxyKLProbe(Callback):
     def __init__(
         self,
         prompts: str,
-        labeler: str = "lit_rlhf.sandbox.labeler.GoldLabeler",
         every_n_rollouts: int = 4,
         num_prompts: int = 100,
         samples_per_prompt: int = 4,
@@ -229,7 +224,7 @@ class GoldProxyKLProbe(Callback):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (the KL is of the sampling distribution), got {temperature}")
         self.records = read_records(prompts)[:num_prompts]
-        self.labeler = load_object(labeler)()
+        self.labeler = GoldLabeler()
         self.every_n_rollouts, self.samples_per_prompt = every_n_rollouts, samples_per_prompt
         self.max_new_tokens, self.temperature, self.which = max_new_tokens, temperature, policy
         self.reference_source, self.reward_source = reference, reward_model
