@@ -27,10 +27,12 @@ T = TypeVar("T")
 
 
 def settings(cls: type[T], value: Optional[T | Mapping[str, Any]], default: Optional[T] = None) -> T:
-    """``value`` as a ``cls`` instance: an instance as it is, a mapping (YAML, a checkpoint's hparams) by its
-    fields (unknown keys refused in one line), None as ``default`` (or ``cls()``)."""
+    """``value`` as a ``cls`` instance: an instance as it is; a mapping (YAML, a checkpoint's hparams) as its fields
+    over ``default``'s (or the class defaults), unknown keys refused in one line; None as ``default`` (or ``cls()``).
+    A stage whose defaults differ from the class's (PPO's optimizer) passes them as ``default``."""
+    default = default if default is not None else cls()
     if value is None:
-        return default if default is not None else cls()
+        return default
     if isinstance(value, cls):
         return value
     if isinstance(value, Mapping):
@@ -38,7 +40,7 @@ def settings(cls: type[T], value: Optional[T | Mapping[str, Any]], default: Opti
         unknown = sorted(set(value) - names)
         if unknown:
             raise ConfigError(f"{unknown[0]}: unknown option of {cls.__name__}; its options: {', '.join(sorted(names))}")
-        return cls(**value)
+        return dataclasses.replace(default, **value)
     raise ConfigError(f"expected {cls.__name__} or a mapping of its options, got {type(value).__name__}")
 
 

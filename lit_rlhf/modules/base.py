@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, Optional
 
 import torch
@@ -110,12 +110,12 @@ class StageModule(LightningModule):
     #: Attributes (and prefixes of state-dict keys) of models that are never trained nor checkpointed.
     frozen_models: tuple[str, ...] = ()
 
-    def save_settings_and_hyperparameters(self, **groups: Any) -> None:
-        """``save_hyperparameters()`` of the calling constructor's arguments, with each settings group in
-        ``groups`` (name -> the typed group the module keeps) stored as a plain dict: a checkpoint then loads with
+    def save_settings_and_hyperparameters(self, ignore: Sequence[str] = (), **groups: Any) -> None:
+        """``save_hyperparameters()`` of the calling constructor's arguments but ``ignore``, with each settings group
+        in ``groups`` (name -> the typed group the module keeps) stored as a plain dict: a checkpoint then loads with
         ``torch.load(weights_only=True)``, and ``load_from_checkpoint`` passes the dicts back to the constructor,
         which coerces them with :func:`~lit_rlhf.settings.settings`."""
-        self.save_hyperparameters(ignore=list(groups), frame=inspect.currentframe().f_back)
+        self.save_hyperparameters(ignore=[*ignore, *groups], frame=inspect.currentframe().f_back)
         self.save_hyperparameters({name: as_hparams(group) for name, group in groups.items()})
 
     def init_stage(self, model_source: str, tokenizer: Optional[str], lora: Optional[LoraOptions], output_dir: Optional[str]) -> None:

@@ -42,7 +42,6 @@ from lit_rlhf.modules.rollout import (eval_mode, in_chunks, logprobs_and_entropy
                                      rollout_metrics)
 from lit_rlhf.random_state import rng_states, seeded, set_rng_states
 from lit_rlhf.rewards import Reward, RewardContext, RewardModelScore
-from lit_rlhf.settings import as_hparams
 
 class PPOModule(PPOUpdate, StageModule):
     """Optimise an SFT policy against rewards with PPO, plus pretraining gradients (PPO-ptx); GRPO and RLOO by setting.
@@ -89,10 +88,7 @@ class PPOModule(PPOUpdate, StageModule):
         for name, settings in groups.items():  # typed groups, read from here
             setattr(self, name, settings)
         check_option("ema_decay", ema_decay, min=0, max=1, max_open=True)
-        # Hyperparameters hold the groups as plain dicts (checkpoints load with weights_only): the arguments are
-        # rebound to them before save_hyperparameters reads them (the CLI hands it its own config, dicts already).
-        batch, sampling, kl, advantage, loss, value, optimizer, ptx, correction = map(as_hparams, groups.values())
-        self.save_hyperparameters(ignore=["rewards", "engine"])
+        self.save_settings_and_hyperparameters(ignore=("rewards", "engine"), **groups)
         self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
         self.engine = engine or HFEngine()
         self.uses_critic = self.advantage.uses_critic

@@ -10,10 +10,8 @@ In YAML each group is a mapping under ``model.init_args``::
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal, Optional, TypeVar
+from typing import Any, Literal, Optional
 
 from lit_rlhf.algorithms import LossAggregation
 from lit_rlhf.engines.base import SamplingSettings
@@ -26,7 +24,6 @@ __all__ = ["AdvantageSettings", "KLSettings", "OptimizerSettings", "PolicyLossSe
            "RolloutBatchSettings", "RolloutCorrectionSettings", "SamplingSettings", "ValueSettings", "PPO_OPTIMIZER",
            "PPO_GROUPS", "check_ppo_settings", "group", "ppo_groups", "scalar_model_sources"]
 
-T = TypeVar("T")
 
 #: PPO's optimizer defaults (paper): a 10-rollout linear warm-up from 1/10 of the LR, then constant.
 PPO_OPTIMIZER = OptimizerSettings(learning_rate=1e-5, warmup_steps=10, warmup_start=0.1, min_lr_ratio=1.0)
@@ -177,19 +174,6 @@ class PtxSettings:
         check_option("ptx.measure_grad_norm_every", self.measure_grad_norm_every, min=0, integer=True)
 
 
-def group(cls: type[T], value: Any, default: Optional[T] = None) -> T:
-    """``value`` as a ``cls`` group (:func:`lit_rlhf.settings.settings`); a mapping's missing keys take ``default``'s
-    values when one is given (PPO's optimizer defaults are not :class:`OptimizerSettings`'s own)."""
-    if isinstance(value, Mapping) and default is not None:
-        names = {spec.name for spec in fields(cls)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown option of {cls.__name__}; its options: "
-                              f"{', '.join(sorted(names))}")
-        return dataclasses.replace(default, **value)
-    return settings(cls, value, default)
-
-
 #: PPOModule's settings groups, by constructor argument.
 PPO_GROUPS: dict[str, type] = {
     "batch": RolloutBatchSettings, "sampling": SamplingSettings, "kl": KLSettings, "advantage": AdvantageSettings,
@@ -201,7 +185,7 @@ PPO_GROUPS: dict[str, type] = {
 def ppo_groups(**given: Any) -> dict[str, Any]:
     """Every group of :data:`PPO_GROUPS` as its type (a mapping's missing keys take the defaults, PPO's own for the
     optimizer), checked one by one and then together (:func:`check_ppo_settings`)."""
-    groups = {name: group(cls, given.get(name), PPO_OPTIMIZER if cls is OptimizerSettings else None)
+    groups = {name: settings(cls, given.get(name), PPO_OPTIMIZER if cls is OptimizerSettings else None)
               for name, cls in PPO_GROUPS.items()}
     check_ppo_settings(groups["batch"], groups["advantage"], groups["value"])
     return groups
