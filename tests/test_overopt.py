@@ -151,11 +151,14 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     for p in ppo:
         assert f"| {int(p['rollout'])} | {p['kl']:.3f} | {p['kl'] ** 0.5:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" in md
 
-    # The figure: one panel per curve (best-of-n, PPO) of 5.2 x 4.2 inches at 110 dpi, each with its gold (orange)
-    # and proxy (blue) points and the measured gold peak (red star).
+    # The figure: one panel per curve (best-of-n, PPO) of 5.2 x 4.2 inches at 110 dpi. Best-of-n: gold (orange) and
+    # proxy (blue) points with their fitted curves (measured: ~1000 pixels each), the measured gold peak (red star,
+    # ~280 with its legend entry). PPO's two steps leave every point at KL 0: its star (on the gold points) and
+    # proxy points (measured: 283 red, 124 blue).
     from figure_support import assert_plot
 
-    assert_plot(root / "overopt.png", (1144, 462), [["tab:orange", "tab:blue", "tab:red"]] * 2)
+    assert_plot(root / "overopt.png", (1144, 462), [{"tab:orange": 300, "tab:blue": 300, "tab:red": 150},
+                                                     {"tab:red": 150, "tab:blue": 80}])
 
     # The probe measured the policy as exported (the EMA weights, not the trained ones): measuring the
     # exported directory again with the same seed reproduces the last point exactly.
@@ -183,8 +186,10 @@ def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):
     from figure_support import TAB, assert_plot, colour_pixels
 
     # 10 x 4 inches at 100 dpi; gold on the left, proxy on the right, one colour per run (C0 blue, then C1 orange).
-    one = assert_plot(plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png"), (1000, 400), [["tab:blue"], ["tab:blue"]])
+    # (Each line across a panel: ~1000 pixels of its colour, measured; its legend entry alone: ~100.)
+    one = assert_plot(plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png"), (1000, 400), [{"tab:blue": 300}] * 2)
     assert colour_pixels(one, TAB["tab:orange"]) == 0  # one run: one colour (the check tells series apart)
     ptx = [dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3}) for r in rows if "probe/kl" in r]
-    assert_plot(plot_gold_vs_kl({"PPO": rows, "PPO-ptx": ptx}, tmp_path / "two.png"), (1000, 400), [["tab:blue", "tab:orange"]] * 2)
+    two = plot_gold_vs_kl({"PPO": rows, "PPO-ptx": ptx}, tmp_path / "two.png")
+    assert_plot(two, (1000, 400), [{"tab:blue": 300, "tab:orange": 300}] * 2)
     assert plot_gold_vs_kl({"PPO": rows[1:2]}, tmp_path / "none.png") is None
