@@ -38,11 +38,11 @@ def assert_plot(path: Path, size: tuple[int, int], panels: list[dict[str, int]])
     assert (image.shape[1], image.shape[0]) == size, f"{path.name}: {image.shape[1]}x{image.shape[0]}, expected {size}"
     distinct = len(np.unique(image.reshape(-1, 3), axis=0))
     non_white = float((image.min(axis=-1) < 250).mean())
-    assert distinct >= 20 and 0.02 < non_white < 0.9, f"{path.name} looks blank: {distinct} colours, {non_white:.1%} ink"
+    assert distinct >= 20 and 0.02 < non_white < 0.9, f"{path.name} blank? {distinct} colours, {non_white:.1%} ink"
     width = image.shape[1] // len(panels)
     for i, minimum in enumerate(panels):
         panel = image[:, i * width:(i + 1) * width]
         for name, at_least in minimum.items():
             count = colour_pixels(panel, TAB[name])
-            assert count >= at_least, f"{path.name}: panel {i} has {count} {name} pixels, expected >= {at_least} (a series not drawn?)"
+            assert count >= at_least, f"{path.name}: panel {i}: {count} {name} pixels < {at_least} (series not drawn?)"
     return image

@@ -45,7 +45,8 @@ def fit(root: Path, config: str, out: str, seed: int, *args: str, extra_config: 
     os.chdir(root)
     try:
         configs = ["--config", f"configs/{config}"] + (["--config", extra_config] if extra_config else [])
-        main(["fit", *configs, "--seed_everything", str(seed), "--trainer.logger", "false", "--trainer.callbacks", "null",
+        main(["fit", *configs, "--seed_everything", str(seed),
+              "--trainer.logger", "false", "--trainer.callbacks", "null",
               "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
               "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
               "--model.init_args.output_dir", str(root / out), *args])
@@ -74,8 +75,9 @@ def labeled_comparisons(model_dir: Path, prompts: str, out_dir: Path, *, limit: 
     from lit_rlhf.sampling import sample_responses
     from lit_rlhf.sandbox.labeling import label_samples
 
-    samples = sample_responses(model=str(model_dir), prompts=str(REPO_ROOT / prompts), out=str(out_dir / "samples.jsonl"),
-                               k=k, limit=limit, max_new_tokens=24, temperature=1.0, seed=seed)
+    samples = sample_responses(model=str(model_dir), prompts=str(REPO_ROOT / prompts),
+                               out=str(out_dir / "samples.jsonl"), k=k, limit=limit, max_new_tokens=24,
+                               temperature=1.0, seed=seed)
     label_samples(str(samples), str(out_dir), seed=seed)
     return out_dir
 

@@ -80,7 +80,8 @@ def test_dpo_raises_heldout_preference_accuracy(sandbox_sft):
     heldout = labeled_comparisons(sft, EVAL_PROMPTS, root / "heldout", limit=HELDOUT_PROMPTS, k=4, seed=SEED)
     heldout_files = [str(heldout / "train.jsonl"), str(heldout / "val.jsonl")]  # both halves: all held-out prompts
     trained = fit(root, "dpo.yaml", "dpo", SEED, "--model.init_args.policy", str(sft),
-                  "--data.init_args.train", str(train / "train.jsonl"), "--data.init_args.val", str(train / "val.jsonl"),
+                  "--data.init_args.train", str(train / "train.jsonl"),
+                  "--data.init_args.val", str(train / "val.jsonl"),
                   "--trainer.max_steps", str(DPO_STEPS), *option_args(OVERRIDES["dpo"]))
     reference_accuracy, pairs = preference_accuracy(sft, sft, heldout_files)
     assert reference_accuracy == 0.5 and pairs > 300  # every implicit reward of the reference itself is exactly 0

@@ -145,11 +145,13 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     assert bon == best_of_n_curve(str(BASE_MODEL_DIR), str(rm), str(DATA_DIR / "prompts_eval.jsonl"), 4, 4, 24, seed=0)
     for title, form in (("best-of-n", "bon"), ("PPO", "rl")):
         curve = results["curves"][title]
-        assert json.dumps(curve["fits"], sort_keys=True) == json.dumps(fit_curve(form, curve["points"]), sort_keys=True), title
+        refitted = fit_curve(form, curve["points"])
+        assert json.dumps(curve["fits"], sort_keys=True) == json.dumps(refitted, sort_keys=True), title
     for p in bon:  # the table shows the same numbers
         assert f"| {p['n']} | {p['kl']:.3f} | {p['kl_sampled']:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" in md
     for p in ppo:
-        assert f"| {int(p['rollout'])} | {p['kl']:.3f} | {p['kl'] ** 0.5:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" in md
+        kl, gold, proxy = p["kl"], p["gold"], p["proxy"]
+        assert f"| {int(p['rollout'])} | {kl:.3f} | {kl ** 0.5:.3f} | {gold:.3f} | {proxy:.3f} |" in md
 
     # The figure: one panel per curve (best-of-n, PPO) of 5.2 x 4.2 inches at 110 dpi. Best-of-n: gold (orange) and
     # proxy (blue) points with their fitted curves (measured: ~1000 pixels each), the measured gold peak (red star,
@@ -189,7 +191,8 @@ def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):
     # (Each line across a panel: ~1000 pixels of its colour, measured; its legend entry alone: ~100.)
     one = assert_plot(plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png"), (1000, 400), [{"tab:blue": 300}] * 2)
     assert colour_pixels(one, TAB["tab:orange"]) == 0  # one run: one colour (the check tells series apart)
-    ptx = [dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3}) for r in rows if "probe/kl" in r]
+    ptx = [dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3})
+           for r in rows if "probe/kl" in r]
     two = plot_gold_vs_kl({"PPO": rows, "PPO-ptx": ptx}, tmp_path / "two.png")
     assert_plot(two, (1000, 400), [{"tab:blue": 300, "tab:orange": 300}] * 2)
     assert plot_gold_vs_kl({"PPO": rows[1:2]}, tmp_path / "none.png") is None

@@ -26,11 +26,11 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
     # and the table shows the json's gold scores.
     from lit_rlhf.sandbox.report import last_value, probe_points, read_csv_metrics
 
-    metrics_files = {"PPO (no ptx)": "ppo", "PPO-ptx": "ppo_ptx", "DPO": "dpo"}
-    curves = {label: probe_points(read_csv_metrics(runs / stage / "csv/metrics.csv")) for label, stage in metrics_files.items()}
-    for label, stage in metrics_files.items():
-        assert len(curves[label]) >= 2, label  # the probe measured the SFT policy at the start and the trained one at the end
-        assert report["final_kl"][label] == last_value(read_csv_metrics(runs / stage / "csv/metrics.csv"), "probe/kl") == curves[label][-1][0]
+    for label, stage in {"PPO (no ptx)": "ppo", "PPO-ptx": "ppo_ptx", "DPO": "dpo"}.items():
+        rows = read_csv_metrics(runs / stage / "csv/metrics.csv")
+        points = probe_points(rows)
+        assert len(points) >= 2, label  # the probe measured the SFT policy at the start and the trained one at the end
+        assert report["final_kl"][label] == last_value(rows, "probe/kl") == points[-1][0], label
     for label, metrics in report["policies"].items():
         assert f"| {label} | {metrics['gold/score']:.3f} |" in (runs / "report.md").read_text(), label
     # The figure those points are drawn in: 10 x 4 inches at 100 dpi, gold left and proxy right, one colour per run in
