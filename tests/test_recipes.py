@@ -57,7 +57,9 @@ def test_recipe_runs_smollm2_through_every_stage(in_scratch_dir):
 #: The README's headline for the whole recipe (seeds 0 and 1, measured: sampled gold score SFT 0.469 / 0.401, PPO
 #: 0.702 / 0.682, gains +0.23 / +0.28, on 100 held-out prompts x 2 samples: a difference's standard error ~0.04).
 #: At the --fast sizes above (6 SFT steps, 4 RM steps on ~20 comparisons, 2 PPO optimizer steps = half a rollout at
-#: the warm-up LR, 16 prompts x 2 samples) PPO's policy is the SFT policy up to noise: no size there can carry it.
+#: the warm-up LR, 16 prompts x 2 samples) PPO's policy is the SFT policy up to noise. Measured (seed 0, --fast, 31
+#: min wall on 2 shared, loaded cores): SFT 0.340, PPO 0.340 (KL to SFT 0.006: the same samples), so the fast test
+#: cannot assert it; a size between the two was not measured.
 PPO_OVER_SFT = 0.10
 
 
