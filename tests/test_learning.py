@@ -36,8 +36,8 @@ OVERRIDES = {
     "sft": {},
     # configs/grpo.yaml as shipped (8 samples per prompt, 64 episodes per rollout, 4 updates per rollout, KL as a
     # k3 loss term) with a larger LR and one warm-up rollout, for 12 rollouts. LR 1e-3 overshoots (gold fell).
-    "grpo": {"learning_rate": 2.0e-4, "warmup_rollouts": 1},
-    "dpo": {"learning_rate": 1.0e-4},
+    "grpo": {"optimizer.learning_rate": 2.0e-4, "optimizer.warmup_steps": 1},
+    "dpo": {"optimizer.learning_rate": 1.0e-4},
 }
 SFT_STEPS = 60
 RL_STEPS = 48  # optimizer steps: 12 rollouts of 64 episodes
@@ -68,7 +68,7 @@ def test_critic_free_rl_raises_the_gold_score_it_is_given(sandbox_sft, estimator
     (root / "gold_reward.yaml").write_text(
         "model:\n  init_args:\n    rewards:\n      - {class_path: lit_rlhf.sandbox.GoldReward}\n")
     trained = fit(root, "grpo.yaml", estimator, SEED, "--model.init_args.policy", str(sft),
-                  "--model.init_args.advantage_estimator", estimator, "--trainer.max_steps", str(RL_STEPS),
+                  "--model.init_args.advantage.estimator", estimator, "--trainer.max_steps", str(RL_STEPS),
                   *option_args(OVERRIDES["grpo"]), extra_config="gold_reward.yaml")
     gold = gold_score(trained, EVAL_PROMPTS_N, EVAL_SAMPLES)
     assert gold > sft_gold + RL_MARGIN, f"{estimator}: gold {gold:.3f} vs SFT {sft_gold:.3f} (needs +{RL_MARGIN})"
