@@ -208,3 +208,15 @@ def __getattr__(name: str):
         globals()["Trainer"] = _trainer_class()
         return globals()["Trainer"]
     raise AttributeError(name)
+
+
+def engine_dtype(dtype: str, config: Any, on_gpu: bool) -> str:
+    """A rollout engine's dtype: ``auto`` is the model directory's dtype, except that bfloat16 becomes float32 where
+    the device does not compute it natively (:func:`bf16_native`); an explicit bfloat16 there is said in one line."""
+    device = "cuda" if on_gpu else "cpu"
+    if dtype != "auto":
+        if dtype == "bfloat16" and not bf16_native(device):
+            warn_emulated("engine dtype bfloat16")
+        return dtype
+    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    return "float32" if saved == "bfloat16" and not bf16_native(device) else saved

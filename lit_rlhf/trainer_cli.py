@@ -4,6 +4,7 @@ chosen by ``class_path``. Kept apart from :mod:`lit_rlhf.cli` so that the other 
 
 from __future__ import annotations
 
+import os
 import warnings
 from argparse import RawDescriptionHelpFormatter
 from typing import Optional
@@ -79,6 +80,7 @@ def run_trainer_command(args: Optional[list[str]], argv: list[str]) -> None:
     # PPO checkpoints the state after its rollout's optimizer steps on purpose (a resume continues from there).
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     OneLineErrorParser.command_args = argv
+    OneLineErrorParser.command_dir = os.getcwd()  # config errors name their file even from a subdirectory
     try:
         LitRLHFCLI(args=args)
     finally:
