@@ -95,16 +95,28 @@ def _trained_model_source(module: Any) -> Optional[str]:
     return None
 
 
+def existing_ancestor(directory: Path) -> Path:
+    """``directory`` or its nearest ancestor that exists (where the run's first write would land)."""
+    for path in (directory, *directory.parents):
+        if path.exists():
+            return path
+    return Path("/")
+
+
 def _write_test(directory: Path, option: str, shown: str) -> None:
-    probe = directory / f".lit-rlhf-write-test-{os.getpid()}"
+    """Write and remove a probe file in ``directory`` (or, if it does not exist yet, where it would be created):
+    nothing is left behind."""
+    where = existing_ancestor(directory)
+    probe = where / f".lit-rlhf-write-test-{os.getpid()}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        if not where.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
         with open(probe, "wb") as f:
             f.write(b"x")
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise NotWritable(f"{option} '{shown}': cannot write to {directory} ({e.strerror or e}); choose a writable directory "
+        raise NotWritable(f"{option} '{shown}': cannot write to {where} ({e.strerror or e}); choose a writable directory "
                           "(checked before the first step, so no training was lost)") from None
     finally:
         try:
@@ -136,18 +148,19 @@ def check_disk(trainer: Trainer, module: Any) -> None:
     """Lock, write-test and free-space check of every directory this run writes (rank 0)."""
     targets = writable_targets(trainer, module)
     for option, shown, directory, _ in targets:
-        acquire(shown if option == "model.output_dir" else directory, option)
+        _write_test(directory, option, shown)
+    for option, shown, directory, _ in targets:
+        acquire(Path(shown) if option == "model.output_dir" else directory, option)
     if not trainer.is_global_zero:
         return
-    needed: dict[int, tuple[int, list[str]]] = {}
+    needed: dict[int, tuple[int, list[str], Path]] = {}
     for option, shown, directory, size in targets:
-        _write_test(directory, option, shown)
-        device = os.stat(directory).st_dev
-        total, names = needed.get(device, (0, []))
-        needed[device] = (total + size, names + [shown])
-    for device, (size, names) in needed.items():
-        directory = next(d for _, _, d, _ in targets if os.stat(d).st_dev == device)
-        free = _free_bytes(directory)
+        where = existing_ancestor(directory)
+        device = os.stat(where).st_dev
+        total, names, _ = needed.get(device, (0, [], where))
+        needed[device] = (total + size, names + [shown], where)
+    for size, names, where in needed.values():
+        free = _free_bytes(where)
         if size and free < size:
             raise NotWritable(
                 f"{', '.join(names)}: {_gib(free)} free on that filesystem, but a checkpoint and the export of this model "

@@ -9,6 +9,7 @@ killed run is taken over without any cleanup (the file, holding the last holder'
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -50,8 +51,10 @@ def acquire(directory: str | Path, what: str) -> Path:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
         os.close(fd)
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            return path  # a filesystem without flock: no lock rather than a false "in use"
         raise DirectoryLocked(
             f"{what} '{directory}' is in use by another run: {_holder(path)} holds {path}. Wait for it to end, stop "
             f"it, or give this run another {what}"

@@ -173,13 +173,15 @@ class DropCounter:
 
     def add(self, reason: str, record: Any = None) -> None:
         self.reasons[reason] += 1
-        if record is not None and len(self.records.setdefault(reason, [])) < self.NAMED:
-            self.records[reason].append(f"{record.source}:{record.index}")
+        named = self.records.setdefault(reason, []) if record is not None else []
+        where = f"{record.source}:{record.index}" if record is not None else None
+        if where is not None and len(named) <= self.NAMED and where not in named:  # one more than shown: "..."
+            named.append(where)
 
     def _describe(self, reason: str, n: int) -> str:
         named = self.records.get(reason, [])
-        more = f", ..." if n > len(named) else ""
-        return f"{n} {reason}" + (f" ({', '.join(named)}{more})" if named else "")
+        more = ", ..." if len(named) > self.NAMED else ""
+        return f"{n} {reason}" + (f" ({', '.join(named[:self.NAMED])}{more})" if named else "")
 
     def report(self, split: str, kept: int) -> dict[str, int]:
         if self.reasons:
