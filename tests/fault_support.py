@@ -31,13 +31,24 @@ class KillAndRecord(Callback):
         during: ``step``: before training step ``at_step + 1`` (after the checkpoints of step ``at_step``);
             ``checkpoint``: inside the checkpoint save at step ``at_step``, before anything is written;
             ``validation``: as the validation after step ``at_step`` starts (its checkpoint is written);
-            ``export``: inside ``save_pretrained`` of the final export, after its config file is written.
+            ``export``: inside ``save_pretrained`` of the final export, after its config file is written;
+            ``swap``: between the two renames that move a finished export into place on a filesystem without an
+            atomic exchange (the previous model moved aside, the complete new one not yet in place).
     """
 
-    def __init__(self, record: str, at_step: int = -1, during: Literal["step", "checkpoint", "validation", "export"] = "step"):
+    def __init__(self, record: str, at_step: int = -1,
+                 during: Literal["step", "checkpoint", "validation", "export", "swap"] = "step"):
         self.record, self.at_step, self.during = record, at_step, during
 
     def setup(self, trainer, pl_module, stage) -> None:
+        if self.during == "swap" and self.at_step >= 0:
+            from lit_rlhf import atomic
+
+            def first_rename_then_die(temp, target):
+                os.replace(target, atomic._temp_beside(target, "old"))  # the fallback's first rename ...
+                kill_now()  # ... and the process dies before the second
+
+            atomic._swap_into_place = first_rename_then_die
         if self.during == "export" and self.at_step >= 0:
             from transformers import PreTrainedModel
 

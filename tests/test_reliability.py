@@ -400,9 +400,14 @@ def test_ppo_data_problems_are_reported_before_any_model_loads(in_scratch_dir, c
     assert len(errors) == 1 and expected.format(prompts=ppo_world["prompts.jsonl"]) in errors[0], errors
 
 
-def test_ppo_runs_print_no_manual_optimization_checkpoint_warning(in_scratch_dir, capsys, ppo_world):
-    code, out = run_cli(ppo_args(ppo_world, "--trainer.max_steps", "2"), capsys)
+def test_ppo_runs_print_no_manual_optimization_checkpoint_warning(in_scratch_dir, capsys, recwarn, ppo_world):
+    every_2 = in_scratch_dir / "ckpt.yaml"
+    every_2.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+                       "      init_args: {dirpath: runs/ppo/checkpoints, save_last: true, every_n_train_steps: 2}\n")
+    code, out = run_cli(ppo_args(ppo_world, "--config", str(every_2), "--trainer.max_steps", "4"), capsys)
     assert code == 0, out[-2000:]
+    assert (in_scratch_dir / "runs/ppo/checkpoints/last.ckpt").is_file()
+    assert not [w for w in recwarn if "manual optimization" in str(w.message)]
     assert "manual optimization" not in out
 
 
