@@ -149,10 +149,10 @@ def check_disk(trainer: Trainer, module: Any) -> None:
     targets = writable_targets(trainer, module)
     for option, shown, directory, _ in targets:
         _write_test(directory, option, shown)
+    if not trainer.is_global_zero:  # the run's other processes (DDP ranks) share rank 0's locks
+        return
     for option, shown, directory, _ in targets:
         acquire(Path(shown) if option == "model.output_dir" else directory, option)
-    if not trainer.is_global_zero:
-        return
     needed: dict[int, tuple[int, list[str], Path]] = {}
     for option, shown, directory, size in targets:
         where = existing_ancestor(directory)

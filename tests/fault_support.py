@@ -84,3 +84,20 @@ class KillAndRecord(Callback):
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class HoldAtStep(Callback):
+    """Waits after training step ``at_step`` until the file ``release`` exists (at most ``timeout_s``): keeps a run
+    alive, mid-training, while a test starts another process beside it."""
+
+    def __init__(self, release: str, at_step: int = 1, timeout_s: float = 300.0):
+        self.release, self.at_step, self.timeout_s = release, at_step, timeout_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step:
+            return
+        import time
+
+        deadline = time.monotonic() + self.timeout_s
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.2)

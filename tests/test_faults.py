@@ -276,13 +276,16 @@ def test_kill_between_the_export_renames_is_recovered_by_the_next_stage(tmp_path
 
 def test_a_second_run_on_the_same_directories_meets_one_line_naming_the_first(tmp_path):
     root = workdir(tmp_path)
-    first = start(root, "sft", log="first.log", name="first")
+    release = root / "release"
+    hold = {"class_path": "fault_support.HoldAtStep", "init_args": {"release": str(release), "at_step": 1}}
+    first = start(root, "sft", log="first.log", name="first", callbacks=(hold,))
     lock = root / "runs/sft/.lit-rlhf-lock.checkpoints"
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while not (root / "sft_steps.jsonl").exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # the first run is training
+        time.sleep(0.5)  # the first run is training (held after its first step until the second run has ended)
     second = start(root, "sft", log="second.log", name="second")
     second_code = second.wait(timeout=RUN_TIMEOUT_S)
+    release.write_text("go")
     first_code = first.wait(timeout=RUN_TIMEOUT_S)
     errors = stopped_lines(root, "second.log", "lit-rlhf: error:")
     measured("4 two-runs-one-directory", f"first exit {first_code}, second exit {second_code} with {len(errors)} line(s) naming PID "
