@@ -48,6 +48,16 @@ def check_checkpoint_file(path: str | Path) -> None:
         )
 
 
+def _os_error_in(error: BaseException) -> "OSError | None":
+    """The OSError in ``error``'s chain (itself, its cause or context), if any."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, OSError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to ``.NAME.tmp-PID`` beside the checkpoint, fsync, rename; one-line errors on write and load."""
 
@@ -63,10 +73,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, target)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch's zip writer turns a failed write (ENOSPC) into a RuntimeError
             temp.unlink(missing_ok=True)
+            cause = _os_error_in(e)
+            if cause is None:
+                raise
             raise CheckpointWriteFailed(
-                f"cannot write checkpoint {target}: {e.strerror or e}; nothing was half-written and the previous "
+                f"cannot write checkpoint {target}: {cause.strerror or cause}; nothing was half-written and the previous "
                 "checkpoints are kept. Free space (or fix permissions) and resume with --ckpt_path last"
             ) from e
         try:  # the rename itself is durable once the directory is synced
