@@ -65,9 +65,20 @@ def lines_starting(text: str, prefix: str) -> list[str]:
 # 1. SFT, RM and DPO (every automatically optimized stage) stop on a NaN/inf gradient: exit 3, one line, no export.
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm"])
+def dpo_args(*extra: str) -> list[str]:
+    import shutil
+
+    args = rm_args()
+    shutil.copytree(REPO_ROOT / SANDBOX / "base_model", "policy")
+    return ["fit", "--config", "configs/dpo.yaml", "--model.init_args.policy", "policy", "--trainer.logger", "false",
+            "--trainer.enable_progress_bar", "false", "--data.init_args.train", "rm.jsonl", "--data.init_args.val", "null",
+            "--data.init_args.batch_size", "4", *extra]
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
 def test_nan_from_a_huge_learning_rate_stops_with_exit_3_and_exports_nothing(in_scratch_dir, capsys, stage):
-    args = (sft_args if stage == "sft" else rm_args)("--model.init_args.learning_rate", "1000", "--trainer.max_epochs", "3")
+    make_args = {"sft": sft_args, "rm": rm_args, "dpo": dpo_args}[stage]
+    args = make_args("--model.init_args.learning_rate", "1000", "--trainer.max_epochs", "3")
     code, out = run_cli(args, capsys)
     assert code == 3, out[-3000:]
     stopped = lines_starting(out, "lit-rlhf: stopped:")
