@@ -2,7 +2,7 @@
 calls these hooks):
 
 - callbacks on every run: the finite-gradient guard (:mod:`lit_rlhf.guards`) and plain progress lines when
-  output is not a terminal (:mod:`lit_rlhf.callbacks.progress`);
+  output is not a terminal (:mod:`lit_rlhf.progress`);
 - before the classes are built: ``trainer.precision: auto`` resolved for this hardware (:mod:`lit_rlhf.precision`)
   and exports a killed run left missing restored (:func:`lit_rlhf.atomic.recover_directory`);
 - before ``fit``: PPO's data checked against its rollout size and ``gamma_ptx`` (before any model loads), the
@@ -18,7 +18,7 @@ from lit_rlhf.errors import ConfigError
 
 
 def default_callbacks() -> list:
-    from lit_rlhf.callbacks.progress import PlainProgress
+    from lit_rlhf.progress import PlainProgress
     from lit_rlhf.guards import FiniteGradientGuard
 
     return [FiniteGradientGuard(), PlainProgress()]

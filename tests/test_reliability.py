@@ -432,7 +432,7 @@ from ppo_support import ppo_world  # noqa: E402,F401  (the session fixture)
 def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scratch_dir, capsys):
     progress = in_scratch_dir / "progress.yaml"
     progress.write_text("trainer:\n  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}\n"
-                        "  callbacks:\n    - class_path: lit_rlhf.callbacks.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n")
+                        "  callbacks:\n    - class_path: lit_rlhf.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n")
     args = sft_args("--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1")
     at = args.index("--trainer.logger")
     code, out = run_cli([*args[:at], *args[at + 2:], "--config", str(progress)], capsys)
@@ -445,7 +445,7 @@ def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scra
 
 
 def test_progress_flushes_the_loggers_at_its_rhythm():
-    from lit_rlhf.callbacks.progress import PlainProgress
+    from lit_rlhf.progress import PlainProgress
 
     class Logger:
         saved = 0
