@@ -124,6 +124,11 @@ def summary_table(request):
     yield
 
 
+def tail(line: str, n: int = 110) -> str:
+    """The end of a one-line message (the part after the long temporary paths)."""
+    return line if len(line) <= n else "..." + line[-n:]
+
+
 def measured(case: str, text: str) -> None:
     SUMMARY.append((case, text))
     print(f"{case}: {text}")
@@ -148,7 +153,9 @@ def assert_same_run(root: Path, reference: Path, stage: str) -> None:
     a, b = exported_weights(root, stage), exported_weights(reference, stage)
     assert a.keys() == b.keys()
     worst = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-    measured(f"resume {root.name}", f"{stage}: {len(got)} steps compared, largest exported-weight difference {worst}")
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    case = test[test.index("[") + 1 : -1] if "[" in test else test.removeprefix("test_")[:40]
+    measured(f"0 kill+resume {case}", f"{stage}: {len(got)} steps compared, largest exported-weight difference {worst}")
     assert worst == 0.0, f"{stage}: exported weights differ by up to {worst}"
     if stage == "rm":
         config = json.loads((root / "runs/rm/model/config.json").read_text())
@@ -253,7 +260,7 @@ def test_explicit_checkpoint_path_resume_applies_the_changed_learning_rate(tmp_p
     final = torch.load(root / "runs/sft/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     lr = final["optimizer_states"][0]["param_groups"][0]["initial_lr"]
     lines = stopped_lines(root, "resume.log", "lit-rlhf: resuming from")
-    measured("2 explicit-ckpt-path-new-lr", f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: {lines[0][-70:] if lines else None}")
+    measured("2 explicit-ckpt-path-new-lr", f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: {tail(lines[0], 80) if lines else None}")
     assert lr == pytest.approx(1e-5)
     assert len(lines) == 1 and "learning_rate = 1e-05 (checkpoint: 0.002)" in lines[0]
 
@@ -268,7 +275,7 @@ def test_kill_between_the_export_renames_is_recovered_by_the_next_stage(tmp_path
     code = fit(root, "rm", extra=("--model.init_args.model", "runs/sft/model", "--model.init_args.tokenizer", "null"))
     restored = stopped_lines(root, "rm.log", "lit-rlhf: ")
     measured("3 kill-between-export-renames", f"after the kill: target missing {missing}, temporaries {left}; RM stage reading it: exit {code}, "
-             f"{restored[0][restored[0].find('restored'):][:60] if restored else 'no note'}")
+             f"{tail(restored[0], 90) if restored else 'no note'}")
     assert missing and left == [".model.old", ".model.tmp"]
     assert code == 0 and any("restored the complete new export" in line for line in restored)
     assert (target / "lit_rlhf_export.json").is_file()
@@ -326,7 +333,7 @@ def test_a_full_disk_never_leaves_a_truncated_checkpoint(straight, tmp_path, sma
     truncated = [p.name for p in files if not zipfile.is_zipfile(p)]
     errors = stopped_lines(root, "sft.log", "lit-rlhf: error:")
     temporaries = [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
-    measured("5 full-disk-checkpoint", f"exit {code}, {len(errors)} line(s) ({errors[0][16:90] if errors else ''}...), checkpoints {[p.name for p in files]}, "
+    measured("5 full-disk-checkpoint", f"exit {code}, {len(errors)} line(s) ({tail(errors[0], 140) if errors else ''}), checkpoints {[p.name for p in files]}, "
              f"truncated {truncated}, temporaries left {temporaries}")
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0]
     assert files and not truncated and not temporaries
@@ -341,7 +348,7 @@ def test_a_read_only_checkpoint_directory_is_found_before_the_first_step(tmp_pat
     seconds = time.monotonic() - started
     errors = stopped_lines(root, "sft.log", "lit-rlhf: error:")
     steps = len((root / "sft_steps.jsonl").read_text().splitlines()) if (root / "sft_steps.jsonl").exists() else 0
-    measured("5 read-only-checkpoint-dir", f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: {errors[0][16:100] if errors else ''}")
+    measured("5 read-only-checkpoint-dir", f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: {tail(errors[0]) if errors else ''}")
     assert code == 2 and steps == 0 and len(errors) == 1 and "Read-only file system" in errors[0]
 
 
@@ -353,7 +360,7 @@ def test_resuming_from_a_truncated_last_checkpoint_is_one_line(tmp_path):
     code = fit(root, "sft", ckpt_path="last", log="resume.log")
     text = (root / "resume.log").read_text()
     errors = stopped_lines(root, "resume.log", "lit-rlhf: error:")
-    measured("5 truncated-last-ckpt-resume", f"exit {code}, {len(errors)} line, traceback: {'Traceback' in text}: {errors[0][16:100] if errors else ''}")
+    measured("5 truncated-last-ckpt-resume", f"exit {code}, {len(errors)} line, traceback: {'Traceback' in text}: {tail(errors[0], 150) if errors else ''}")
     assert code == 2 and len(errors) == 1 and "last.ckpt is truncated" in errors[0] and "Traceback" not in text
 
 
@@ -363,7 +370,7 @@ def test_ppo_with_too_few_prompts_fails_before_its_models_load(tmp_path):
     code = fit(root, "ppo", extra=("--data.init_args.prompts", "few.jsonl"))
     text = (root / "ppo.log").read_text()
     errors = stopped_lines(root, "ppo.log", "lit-rlhf: error:")
-    measured("6 ppo-too-few-prompts", f"exit {code}, {len(text.splitlines())} output lines, {len(errors)} error line: {errors[0][16:100] if errors else ''}")
+    measured("6 ppo-too-few-prompts", f"exit {code}, {len(text.splitlines())} output lines, {len(errors)} error line: {errors[0] if errors else ''}")
     assert code == 2 and len(errors) == 1 and "2 prompts in few.jsonl cannot fill one rollout of 4 prompts" in errors[0]
     assert "Total params" not in text  # no model summary: nothing was loaded
 
