@@ -25,6 +25,8 @@ _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
 _GROUP_NOT_ACCEPTED = re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'")
 _EXPECTED = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
+_LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)")
+_GROUP_OPTION = re.compile(r"(?:Group|Subcommand) '([\w.]+)' does not accept option '([\w.]+)'")
 
 
 class OneLineErrorParser(LightningArgumentParser):
@@ -32,6 +34,8 @@ class OneLineErrorParser(LightningArgumentParser):
 
     #: The command's arguments, to find which ``--config`` file a bad key came from (set by the CLI).
     command_args: Sequence[str] = ()
+    #: The directory the command started in: jsonargparse parses a config file from inside its own directory.
+    command_dir: Optional[str] = None
 
     def error(self, message: str, ex: Optional[Exception] = None):
         if not self.exit_on_error:  # jsonargparse trying alternatives internally: keep its behaviour
@@ -57,6 +61,14 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         if key.startswith("model.") and key.rsplit(".", 1)[-1] in MOVED_KEYS:
             return _moved(key, argv)
         return f"{name}: unknown option{_did_you_mean(name, options)}"
+    group_option = _GROUP_OPTION.search(message)
+    if group_option:  # a key under a group (trainer, data, ...) that it does not have
+        group, name = group_option.groups()
+        key = name if group == "fit" or "." in name else f"{group}.{name}"
+        valid = [option.lstrip("-") for option in options if option.startswith(f"--{key.split('.')[0]}.")]
+        if key.startswith("trainer."):
+            valid += [f"trainer.{name}" for name in _init_arguments("lightning.pytorch.trainer.trainer.Trainer")]
+        return f"{_origin(key, argv)}{key}: unknown option{_did_you_mean(key, valid)}"
     keys = _PARSER_KEY.findall(message)
     class_path = _CLASS_PATH.search(message)
     not_accepted = _NOT_ACCEPTED.search(message)
@@ -77,6 +89,11 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         group, name = keys[0], keys[-1]
         key = f"{group}.init_args.{name}" if class_path and name != group else name
         return f"{_origin(key, argv)}{key}: expected {_type_name(expected.group(1))}, got {expected.group(2).strip()!r}"
+    literal = _LITERAL.search(message)
+    if keys and literal:  # a value outside an option's choices
+        group, name = keys[0], keys[-1]
+        key = f"{group}.init_args.{name}" if class_path and name != group else name
+        return f"{_origin(key, argv)}{key}: must be one of {literal.group(1)}, got {literal.group(2).strip()!r}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     detail = next((line for line in lines[1:] if not line.startswith(("Does not validate", "Subtypes", "Errors", "- Expected", "Given value"))), "")
     return " ".join(part for part in (lines[0] if lines else message, detail) if part).strip() + " (see `--help`)"
@@ -151,8 +168,9 @@ def _origin(key: str, argv: Sequence[str]) -> str:
 
 
 def _load_yaml(path: str) -> Any:
+    start = OneLineErrorParser.command_dir
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return yaml.safe_load((Path(start) / path if start else Path(path)).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return None
 

@@ -15,7 +15,9 @@ value in float32 before it is rounded again. Moments are float32. Memory per low
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -110,3 +112,111 @@ def effective_weight(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor:
     value = param.detach().float()
     return value + compensation.float() if compensation is not None else value
 
+
+
+# ----------------------------------------------------------------------------------------------
+# Which precision the hardware computes natively.
+#
+# bfloat16 on a CPU without native bf16 arithmetic (AVX512-BF16 or AMX) is emulated and several times slower
+# than float32 (issue 25 measured a 2-core AVX2 EPYC: float32 ~50 s per forward+backward of SmolLM2-135M on
+# 16x192 tokens, bf16 autocast over 800 s for two steps; vLLM's bf16 generation 0.19x its fp32). ``auto`` picks
+# bf16 only where it is native, and any bf16 setting that will be emulated is said once at start-up.
+
+#: ``trainer.precision: auto`` (the lit-rlhf command and :class:`Trainer`): ``bf16-mixed`` where native, else ``32-true``.
+AUTO = "auto"
+
+_warned: set[str] = set()
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_native(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` (default: CUDA if available, else the CPU) computes bfloat16 natively: a CUDA GPU
+    that supports it (Ampere or newer), or a CPU with AVX512-BF16 or AMX-BF16."""
+    kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if kind != "cpu":
+        return True  # other accelerators (MPS, XLA): their own business
+    flags = cpu_flags()
+    if flags:
+        return bool({"avx512_bf16", "amx_bf16"} & flags)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return "AMX" in capability or capability == "AVX512_BF16"
+
+
+def _device_of(accelerator: Optional[str]) -> Optional[str]:
+    if accelerator in ("cpu", "cuda", "gpu"):
+        return "cuda" if accelerator == "gpu" else accelerator
+    return None
+
+
+def resolve_precision(precision: Any, accelerator: Optional[str] = None) -> Any:
+    """``auto`` -> ``bf16-mixed`` where :func:`bf16_native`, else ``32-true``; any other value unchanged. A bf16
+    setting that this hardware emulates is said in one line (once per process)."""
+    device = _device_of(accelerator)
+    if precision == AUTO:
+        return "bf16-mixed" if bf16_native(device) else "32-true"
+    if isinstance(precision, str) and precision.startswith("bf16") and not bf16_native(device):
+        warn_emulated(f"precision {precision}")
+    return precision
+
+
+def warn_emulated(what: str) -> None:
+    """One line: ``what`` computes in bfloat16, which this hardware emulates."""
+    if what in _warned:
+        return
+    _warned.add(what)
+    print(f"lit-rlhf: {what}: this {describe_hardware()} has no native bfloat16, so bf16 runs emulated and several times "
+          "slower than float32; use `auto` (or 32-true / float32) here", file=sys.stderr, flush=True)
+
+
+def describe_hardware() -> str:
+    if torch.cuda.is_available():
+        return f"GPU ({torch.cuda.get_device_name()})"
+    return f"CPU (torch capability {torch.backends.cpu.get_cpu_capability()})"
+
+
+def _trainer_class():
+    from lightning.fabric.connector import _PRECISION_INPUT
+    from lightning.pytorch import Trainer as LightningTrainer
+    from typing import Literal, Union
+
+    class Trainer(LightningTrainer):
+        """Lightning's Trainer whose ``precision`` also takes ``auto`` (:func:`resolve_precision`): the class the
+        ``lit-rlhf`` command builds, so ``trainer.precision: auto`` works in YAML."""
+
+        def __init__(self, *, precision: Optional[Union[_PRECISION_INPUT, Literal["auto"]]] = None, **kwargs):
+            super().__init__(precision=resolve_precision(precision, kwargs.get("accelerator")), **kwargs)
+
+    Trainer.__module__ = __name__
+    return Trainer
+
+
+def __getattr__(name: str):
+    if name == "Trainer":  # built on first use, so importing the optimizer above does not import Lightning
+        globals()["Trainer"] = _trainer_class()
+        return globals()["Trainer"]
+    raise AttributeError(name)
+
+
+def engine_dtype(dtype: str, config: Any, on_gpu: bool) -> str:
+    """A rollout engine's dtype: ``auto`` is the model directory's dtype, except that bfloat16 becomes float32 where
+    the device does not compute it natively (:func:`bf16_native`); an explicit bfloat16 there is said in one line."""
+    device = "cuda" if on_gpu else "cpu"
+    if dtype != "auto":
+        if dtype == "bfloat16" and not bf16_native(device):
+            warn_emulated("engine dtype bfloat16")
+        return dtype
+    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    return "float32" if saved == "bfloat16" and not bf16_native(device) else saved

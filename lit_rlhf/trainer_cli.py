@@ -4,6 +4,7 @@ chosen by ``class_path``. Kept apart from :mod:`lit_rlhf.cli` so that the other 
 
 from __future__ import annotations
 
+import os
 import warnings
 from argparse import RawDescriptionHelpFormatter
 from typing import Optional
@@ -14,6 +15,7 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from lit_rlhf.cli_errors import OneLineErrorParser
 from lit_rlhf.resume import PendingValidation
+from lit_rlhf import reliability
 
 DESCRIPTION = """\
 lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a config:
@@ -44,6 +46,7 @@ class LitRLHFCLI(LightningCLI):
         super().__init__(
             model_class=LightningModule,
             datamodule_class=LightningDataModule,
+            trainer_class=reliability.trainer_class(),  # takes `trainer.precision: auto` (lit_rlhf.precision)
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
@@ -52,10 +55,21 @@ class LitRLHFCLI(LightningCLI):
             parser_kwargs={"description": DESCRIPTION, "formatter_class": RawDescriptionHelpFormatter},
             parser_class=OneLineErrorParser,  # configuration errors as one line, not the usage text
             # Added to the config's callbacks: a resumed run first runs a validation the interrupted one still owed.
-            trainer_defaults={"callbacks": [PendingValidation()]},
+            trainer_defaults={"callbacks": [PendingValidation(), *reliability.default_callbacks()]},
             args=args,
             run=run,
         )
+
+    # Reliability (lit_rlhf.reliability): resume options win, interrupted exports restored, disks checked first.
+    def _parse_ckpt_path(self) -> None:
+        """Not LightningCLI's merge of a checkpoint file's hyperparameters over the config: the command line and
+        config win on every resume, and ``before_fit`` prints each option that differs from the checkpoint's."""
+
+    def before_instantiate_classes(self) -> None:
+        reliability.before_instantiate(self)
+
+    def before_fit(self) -> None:
+        reliability.before_fit(self)
 
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -69,5 +83,11 @@ def run_trainer_command(args: Optional[list[str]], argv: list[str]) -> None:
     # The command owns its process, so it may silence this: frozen models (reference, reward) are in eval
     # mode on purpose. Library code leaves process-wide warning filters alone.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+    # PPO checkpoints the state after its rollout's optimizer steps on purpose (a resume continues from there).
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     OneLineErrorParser.command_args = argv
-    LitRLHFCLI(args=args)
+    OneLineErrorParser.command_dir = os.getcwd()  # config errors name their file even from a subdirectory
+    try:
+        LitRLHFCLI(args=args)
+    finally:
+        reliability.after_command()

@@ -31,13 +31,24 @@ class KillAndRecord(Callback):
         during: ``step``: before training step ``at_step + 1`` (after the checkpoints of step ``at_step``);
             ``checkpoint``: inside the checkpoint save at step ``at_step``, before anything is written;
             ``validation``: as the validation after step ``at_step`` starts (its checkpoint is written);
-            ``export``: inside ``save_pretrained`` of the final export, after its config file is written.
+            ``export``: inside ``save_pretrained`` of the final export, after its config file is written;
+            ``swap``: between the two renames that move a finished export into place on a filesystem without an
+            atomic exchange (the previous model moved aside, the complete new one not yet in place).
     """
 
-    def __init__(self, record: str, at_step: int = -1, during: Literal["step", "checkpoint", "validation", "export"] = "step"):
+    def __init__(self, record: str, at_step: int = -1,
+                 during: Literal["step", "checkpoint", "validation", "export", "swap"] = "step"):
         self.record, self.at_step, self.during = record, at_step, during
 
     def setup(self, trainer, pl_module, stage) -> None:
+        if self.during == "swap" and self.at_step >= 0:
+            from lit_rlhf import atomic
+
+            def first_rename_then_die(temp, target):
+                os.replace(target, atomic._temp_beside(target, "old"))  # the fallback's first rename ...
+                kill_now()  # ... and the process dies before the second
+
+            atomic._swap_into_place = first_rename_then_die
         if self.during == "export" and self.at_step >= 0:
             from transformers import PreTrainedModel
 
@@ -73,3 +84,20 @@ class KillAndRecord(Callback):
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
+
+
+class HoldAtStep(Callback):
+    """Waits after training step ``at_step`` until the file ``release`` exists (at most ``timeout_s``): keeps a run
+    alive, mid-training, while a test starts another process beside it."""
+
+    def __init__(self, release: str, at_step: int = 1, timeout_s: float = 300.0):
+        self.release, self.at_step, self.timeout_s = release, at_step, timeout_s
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.at_step:
+            return
+        import time
+
+        deadline = time.monotonic() + self.timeout_s
+        while not os.path.exists(self.release) and time.monotonic() < deadline:
+            time.sleep(0.2)

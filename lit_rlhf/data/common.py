@@ -160,21 +160,43 @@ def split_records(
 
 
 class DropCounter:
-    """Counts records dropped by a documented policy, and logs them once, so nothing vanishes silently."""
+    """Counts records dropped or truncated by a documented policy, and logs them once (naming the first few
+    records of each reason), so nothing vanishes or changes silently."""
+
+    #: Records named per reason in the warning.
+    NAMED = 3
 
     def __init__(self, stage: str):
         self.stage = stage
         self.reasons: Counter[str] = Counter()
+        self.records: dict[str, list[str]] = {}
 
-    def add(self, reason: str) -> None:
+    def add(self, reason: str, record: Any = None) -> None:
         self.reasons[reason] += 1
+        named = self.records.setdefault(reason, []) if record is not None else []
+        where = f"{record.source}:{record.index}" if record is not None else None
+        if where is not None and len(named) <= self.NAMED and where not in named:  # one more than shown: "..."
+            named.append(where)
+
+    def _describe(self, reason: str, n: int) -> str:
+        named = self.records.get(reason, [])
+        more = ", ..." if len(named) > self.NAMED else ""
+        return f"{n} {reason}" + (f" ({', '.join(named[:self.NAMED])}{more})" if named else "")
 
     def report(self, split: str, kept: int) -> dict[str, int]:
         if self.reasons:
-            detail = ", ".join(f"{n} {reason}" for reason, n in self.reasons.items())
-            rank_zero_warn(f"{self.stage} {split}: dropped {sum(self.reasons.values())} records ({detail}); kept {kept}.")
+            truncated = {r: n for r, n in self.reasons.items() if r.endswith("(kept)")}
+            dropped = {r: n for r, n in self.reasons.items() if r not in truncated}
+            parts = []
+            if dropped:
+                parts.append(f"dropped {sum(dropped.values())} records: " + "; ".join(self._describe(r, n) for r, n in dropped.items()))
+            if truncated:
+                parts.append(f"truncated {sum(truncated.values())} sequences and kept them: "
+                             + "; ".join(self._describe(r, n) for r, n in truncated.items()))
+            rank_zero_warn(f"{self.stage} {split}: {'. '.join(parts)}. Using {kept} records.")
         else:
             rank_zero_info(f"{self.stage} {split}: {kept} records.")
         counts = {f"{split}/dropped_{reason.replace(' ', '_')}": n for reason, n in self.reasons.items()}
         self.reasons.clear()
+        self.records.clear()
         return counts

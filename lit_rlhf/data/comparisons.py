@@ -167,6 +167,16 @@ def _pair_responses(record: Record, chosen_name: str, rejected_name: str) -> lis
 # Tokenisation
 
 
+#: Why a record is dropped under ``truncation: left`` when trimming its whole prompt would still not fit a response.
+RESPONSE_TOO_LONG = "response alone fills max_length (dropped: left truncation only trims the prompt)"
+
+
+def response_fills_length(examples: list, max_length: int, truncation: str) -> bool:
+    """Whether ``left`` truncation would have to cut into a response (plus eos) or leave no prompt token: it trims the
+    prompt's start only, so such a record is dropped (counted and named) instead of silently losing its prompt."""
+    return truncation == "left" and any(example.num_loss_tokens >= max_length for example in examples)
+
+
 def encode_comparisons(
     records: list[Record],
     tokenizer: PreTrainedTokenizerBase,
@@ -185,13 +195,16 @@ def encode_comparisons(
         except ComparisonError as e:
             if on_invalid == "error":
                 raise
-            counter.add(e.reason)
+            counter.add(e.reason, record)
             continue
         # Drops are counted per record below: a group loses no single response (that could leave only ties).
-        fitted = [fit_to_length(encode_prompt_response(tokenizer, comparison.prompt, response), max_length, truncation, record,
-                                counter if truncation != "drop" else None) for response in comparison.responses]
+        encoded = [encode_prompt_response(tokenizer, comparison.prompt, response) for response in comparison.responses]
+        if response_fills_length(encoded, max_length, truncation):
+            counter.add(RESPONSE_TOO_LONG, record)
+            continue
+        fitted = [fit_to_length(example, max_length, truncation, record, counter if truncation != "drop" else None) for example in encoded]
         if any(example is None for example in fitted):
-            counter.add("over max_length")
+            counter.add("over max_length", record)
             continue
         # Response tokens (EOS included) at the end of each sequence: what DPO's sequence log-probs sum over.
         response_lengths = [example.num_loss_tokens for example in fitted]
@@ -225,7 +238,11 @@ def encode_demonstrations(
                 f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or '{fields('messages')}' "
                 f"(record has: {', '.join(sorted(record.data)) or 'none'})",
             )
-        example = fit_to_length(encode_prompt_response(tokenizer, prompt, response), max_length, truncation, record, counter)
+        example = encode_prompt_response(tokenizer, prompt, response)
+        if response_fills_length([example], max_length, truncation):
+            counter.add(RESPONSE_TOO_LONG, record)
+            continue
+        example = fit_to_length(example, max_length, truncation, record, counter)
         if example is not None:
             sequences.append(example.input_ids)
     return sequences
@@ -291,7 +308,8 @@ class RewardDataModule(StageDataModule):
             Canonical names: prompt, messages, responses, ranks, chosen, rejected, response (center_on).
         max_length: Longest prompt + response in tokens.
         truncation: Policy for longer sequences: ``left`` drops tokens from the start of the prompt (the
-            response end, where the reward is read, is kept), ``drop`` drops the whole prompt group, ``error`` stops.
+            response end, where the reward is read, is kept; a group with a response that alone fills ``max_length``
+            is dropped, counted and named), ``drop`` drops the whole prompt group, ``error`` stops.
         on_invalid: Invalid records (K < 2, a repeated or empty response, bad ranks, only ties, missing fields):
             ``error`` stops with the file, record and field; ``drop`` skips them, counted by reason and logged.
         batch_size: Prompts per device per step (the paper counts RM batches in prompts); each brings all its K responses.

@@ -97,11 +97,24 @@ def _read_jsonl(path: Path) -> list[Record]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise RecordError(str(path), line_no, None, f"not valid JSON ({e.msg} at column {e.colno})") from None
+            raise RecordError(str(path), line_no, None, f"not valid JSON ({e.msg} at column {e.colno}){_whole_json_hint(path, records)}") from None
         if not isinstance(data, dict):
-            raise RecordError(str(path), line_no, None, f"expected a JSON object, got {type(data).__name__}")
+            raise RecordError(str(path), line_no, None, f"expected a JSON object, got {type(data).__name__}{_whole_json_hint(path, records)}")
         records.append(Record(data, str(path), line_no))
     return records
+
+
+def _whole_json_hint(path: Path, records_so_far: list) -> str:
+    """A hint when a ``.jsonl`` file that failed on its first record is one JSON document (e.g. a pretty-printed array)."""
+    if records_so_far:
+        return ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    kind = "array" if isinstance(data, list) else "document"
+    return (f"; the whole file is one JSON {kind}, not JSON Lines (one object a line): name it "
+            f"{path.with_suffix('.json').name} (.json), or write one object per line")
 
 
 def _read_json(path: Path) -> list[Record]:

@@ -69,10 +69,10 @@ def fit_to_length(example: Example, max_length: int, truncation: str, record: Re
         raise record.error(None, f"{what} is {length} tokens long, over {option}={max_length}")
     if truncation == "drop":
         if counter is not None:
-            counter.add(f"over {option}")
+            counter.add(f"over {option}", record)
         return None
     if counter is not None:
-        counter.add(f"{what}s truncated on the {truncation} (kept)")
+        counter.add(f"{what}s truncated on the {truncation} (kept)", record)
     kept = slice(length - max_length, length) if truncation == "left" else slice(0, max_length)
     return Example(example.input_ids[kept], example.labels[kept])
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.engines.hf import hf_generate
+from lit_rlhf.precision import engine_dtype
 from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict, unwrap
 from lit_rlhf.episodes import Episodes, concat_responses
@@ -153,7 +154,7 @@ class VLLMEngine(RolloutEngine):
 
     def llm_arguments(self, model_dir: str, config, on_gpu: bool) -> dict[str, Any]:
         """The ``vllm.LLM`` keyword arguments for a policy directory whose Hugging Face config is ``config``."""
-        dtype = self.dtype if self.dtype != "auto" else str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
+        dtype = engine_dtype(self.dtype, config, on_gpu)  # auto: the directory's, float32 where bf16 is not native
         self.weights_dtype = getattr(torch, dtype, None)
         max_model_len = self.max_model_len or config.max_position_embeddings
         kv_gb = self.kv_cache_memory_gb if self.kv_cache_memory_gb is not None else (None if on_gpu else 1.0)
