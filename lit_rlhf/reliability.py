@@ -47,20 +47,20 @@ def before_instantiate(cli: Any) -> None:
 
 
 def check_ppo_data(module: Any, datamodule: Any, world_size: int) -> None:
-    """PPO's data problems found before its models load: no ptx data for ``gamma_ptx > 0``, too few prompts for one
+    """PPO's data problems found before its models load: no ptx data for ``ptx.gamma > 0``, too few prompts for one
     rollout. Runs once the data module has read and validated its records (its own errors come first)."""
-    hp = getattr(module, "hparams", {})
+    ptx = getattr(module, "ptx", None)  # PPOModule's typed ptx group; other stages have none
     prompts = getattr(datamodule, "train_prompts", None)
-    if "gamma_ptx" not in hp or prompts is None:
+    if ptx is None or prompts is None or not hasattr(datamodule, "rollout_sizes"):
         return
-    data = datamodule.hparams
-    if hp["gamma_ptx"] > 0 and not getattr(datamodule, "ptx_examples", None):
-        raise ConfigError(f"model.gamma_ptx={hp['gamma_ptx']} needs pretraining data: set data.init_args.ptx (and "
-                          "ptx_ratio > 0), or model.gamma_ptx: 0 for plain PPO")
-    per_rollout = getattr(module, "prompts_per_rollout", None)
-    if per_rollout and len(prompts) < per_rollout * world_size:
-        raise ConfigError(f"{len(prompts)} prompts in {data.get('prompts')} cannot fill one rollout of {per_rollout} prompts "
-                          f"on each of {world_size} device(s); lower model.rollout_batch_size or add prompts")
+    if ptx.gamma > 0 and not getattr(datamodule, "ptx_examples", None):
+        raise ConfigError(f"model.ptx.gamma={ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
+                          "ptx_ratio > 0), or model.ptx.gamma: 0 for plain PPO")
+    per_rollout, _ = datamodule.rollout_sizes()
+    if len(prompts) < per_rollout * world_size:
+        raise ConfigError(f"{len(prompts)} prompts in {datamodule.hparams.get('prompts')} cannot fill one rollout of "
+                          f"{per_rollout} prompts on each of {world_size} device(s); lower "
+                          "model.batch.rollout_batch_size or add prompts")
 
 
 class EarlyDataChecks(Callback):

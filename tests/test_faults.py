@@ -240,7 +240,7 @@ def test_nan_stops_before_the_export_and_keeps_finite_checkpoints(tmp_path, stag
     root = workdir(tmp_path)
     previous = root / f"runs/{stage}/model"
     shutil.copytree(SANDBOX / "base_model", previous)  # a good model an earlier run exported
-    code = fit(root, stage, extra=("--model.init_args.learning_rate", "1000"))
+    code = fit(root, stage, extra=("--model.init_args.optimizer.learning_rate", "1000"))
     lines = stopped_lines(root, f"{stage}.log", "lit-rlhf: stopped:")
     checkpoints = sorted((root / f"runs/{stage}/checkpoints").glob("*.ckpt"))
     finite = all(all_finite(p) for p in checkpoints)
@@ -256,7 +256,7 @@ def test_explicit_checkpoint_path_resume_applies_the_changed_learning_rate(tmp_p
     root = workdir(tmp_path)
     assert fit(root, "sft", at_step=3, during="step") == -signal.SIGKILL
     explicit = str(root / "runs/sft/checkpoints/last.ckpt")
-    assert fit(root, "sft", ckpt_path=explicit, extra=("--model.init_args.learning_rate", "1e-05"), log="resume.log") == 0
+    assert fit(root, "sft", ckpt_path=explicit, extra=("--model.init_args.optimizer.learning_rate", "1e-05"), log="resume.log") == 0
     final = torch.load(root / "runs/sft/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     lr = final["optimizer_states"][0]["param_groups"][0]["initial_lr"]
     lines = stopped_lines(root, "resume.log", "lit-rlhf: resuming from")

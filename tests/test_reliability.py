@@ -78,7 +78,7 @@ def dpo_args(*extra: str) -> list[str]:
 @pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
 def test_nan_from_a_huge_learning_rate_stops_with_exit_3_and_exports_nothing(in_scratch_dir, capsys, stage):
     make_args = {"sft": sft_args, "rm": rm_args, "dpo": dpo_args}[stage]
-    args = make_args("--model.init_args.learning_rate", "1000", "--trainer.max_epochs", "3")
+    args = make_args("--model.init_args.optimizer.learning_rate", "1000", "--trainer.max_epochs", "3")
     code, out = run_cli(args, capsys)
     assert code == 3, out[-3000:]
     stopped = lines_starting(out, "lit-rlhf: stopped:")
@@ -113,14 +113,14 @@ def test_the_guard_checks_gradients_before_the_step():
 
 
 def test_explicit_checkpoint_path_keeps_the_new_learning_rate_and_prints_the_change(in_scratch_dir, capsys):
-    code, out = run_cli(sft_args("--model.init_args.learning_rate", "0.003", "--trainer.max_steps", "2"), capsys)
+    code, out = run_cli(sft_args("--model.init_args.optimizer.learning_rate", "0.003", "--trainer.max_steps", "2"), capsys)
     assert code == 0, out[-3000:]
     last = in_scratch_dir / "runs/sft/checkpoints/last.ckpt"
-    code, out = run_cli(sft_args("--model.init_args.learning_rate", "1e-05", "--trainer.max_steps", "4", "--ckpt_path", str(last)), capsys)
+    code, out = run_cli(sft_args("--model.init_args.optimizer.learning_rate", "1e-05", "--trainer.max_steps", "4", "--ckpt_path", str(last)), capsys)
     assert code == 0, out[-3000:]
     resumed = torch.load(last, weights_only=False, map_location="cpu")
     assert resumed["global_step"] == 4
-    assert resumed["hyper_parameters"]["learning_rate"] == pytest.approx(1e-5)
+    assert resumed["hyper_parameters"]["optimizer"]["learning_rate"] == pytest.approx(1e-5)
     assert resumed["optimizer_states"][0]["param_groups"][0]["initial_lr"] == pytest.approx(1e-5)
     changed = lines_starting(out, "lit-rlhf: resuming from")
     assert len(changed) == 1 and "learning_rate = 1e-05 (checkpoint: 0.003)" in changed[0], out[-2000:]
@@ -388,15 +388,15 @@ def test_config_and_data_messages_are_one_clear_line(in_scratch_dir, capsys, ext
 def ppo_args(world, *extra):
     return ["fit", "--config", "configs/ppo.yaml", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
             "--model.init_args.policy", world["sft"], "--model.init_args.reward_model", world["rm"], "--data.init_args.prompts",
-            world["prompts.jsonl"], "--data.init_args.ptx", world["ptx.txt"], "--data.init_args.val_text", "null",
-            "--model.init_args.rollout_batch_size", "4", "--model.init_args.minibatch_size", "2", "--model.init_args.micro_batch_size", "2",
-            "--model.init_args.max_new_tokens", "4", "--model.init_args.ptx_micro_batch_size", "8", *extra]
+            world["prompts.jsonl"], "--data.init_args.ptx_text", world["ptx.txt"], "--data.init_args.val_text", "null",
+            "--model.init_args.batch.rollout_batch_size", "4", "--model.init_args.batch.minibatch_size", "2", "--model.init_args.batch.micro_batch_size", "2",
+            "--model.init_args.sampling.max_new_tokens", "4", "--model.init_args.ptx.micro_batch_size", "8", *extra]
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--model.init_args.rollout_batch_size", "16", "--model.init_args.minibatch_size", "4"],
+    (["--model.init_args.batch.rollout_batch_size", "16", "--model.init_args.batch.minibatch_size", "4"],
      "12 prompts in {prompts} cannot fill one rollout of 16 prompts"),
-    (["--data.init_args.ptx", "null"], "model.gamma_ptx=1.0 needs pretraining data"),
+    (["--data.init_args.ptx_text", "null"], "model.ptx.gamma=1.0 needs pretraining data"),
 ], ids=["too-few-prompts", "gamma-ptx-without-ptx"])
 def test_ppo_data_problems_are_reported_before_any_model_loads(in_scratch_dir, capsys, monkeypatch, ppo_world, extra, expected):
     from lit_rlhf.modules.ppo import PPOModule
@@ -405,7 +405,7 @@ def test_ppo_data_problems_are_reported_before_any_model_loads(in_scratch_dir, c
         raise AssertionError("a model was loaded before the data check")
 
     monkeypatch.setattr(PPOModule, "configure_model", no_models)
-    code, out = run_cli(ppo_args(ppo_world, "--model.init_args.gamma_ptx", "1.0", *extra), capsys)
+    code, out = run_cli(ppo_args(ppo_world, "--model.init_args.ptx.gamma", "1.0", *extra), capsys)
     assert code == 2, out[-2000:]
     errors = lines_starting(out, "lit-rlhf: error:")
     assert len(errors) == 1 and expected.format(prompts=ppo_world["prompts.jsonl"]) in errors[0], errors
