@@ -36,7 +36,7 @@ def main(args: Optional[list[str]] = None) -> None:
 
         run_trainer_command(cli_args, argv)
     except Exception as e:
-        from lit_rlhf.modules.guards import TrainingStopped
+        from lit_rlhf.reliability.guards import TrainingStopped
 
         if isinstance(e, TrainingStopped):  # a guard (NaN/inf, KL bound) stopped a run that started well
             print(f"lit-rlhf: stopped: {e}", file=sys.stderr)

@@ -1,22 +1,27 @@
 """LR multipliers and the weight EMA."""
 
+import math
 from functools import partial
 
 import pytest
 import torch
 
-from lit_rlhf.algorithms import cosine_with_floor, ema_update, warmup_then_constant
+from lit_rlhf.algorithms import ema_update, warmup_then_cosine
+
+#: The paper's SFT/RM schedule (cosine to 10%, no warm-up) and PPO's (10 rollouts from 1/10, then constant).
+sft_rm = partial(warmup_then_cosine, warmup_steps=0, start=0.0, floor=0.1)
+ppo = partial(warmup_then_cosine, total_steps=math.inf, warmup_steps=10, start=0.1, floor=1.0)
 
 
-def test_cosine_with_floor_without_warmup():
-    assert cosine_with_floor(0, total_steps=100) == pytest.approx(1.0)
-    assert cosine_with_floor(50, total_steps=100) == pytest.approx(0.55)  # 0.1 + 0.9 * 0.5
-    assert cosine_with_floor(100, total_steps=100) == pytest.approx(0.1)
-    assert cosine_with_floor(150, total_steps=100) == pytest.approx(0.1)
+def test_cosine_to_a_floor_without_warmup():
+    assert sft_rm(0, total_steps=100) == pytest.approx(1.0)
+    assert sft_rm(50, total_steps=100) == pytest.approx(0.55)  # 0.1 + 0.9 * 0.5
+    assert sft_rm(100, total_steps=100) == pytest.approx(0.1)
+    assert sft_rm(150, total_steps=100) == pytest.approx(0.1)
 
 
-def test_cosine_with_floor_with_warmup():
-    schedule = partial(cosine_with_floor, total_steps=110, warmup_steps=10, floor=0.2)
+def test_cosine_with_warmup_from_zero():
+    schedule = partial(warmup_then_cosine, total_steps=110, warmup_steps=10, start=0.0, floor=0.2)
     assert schedule(0) == 0.0
     assert schedule(5) == pytest.approx(0.5)
     assert schedule(10) == pytest.approx(1.0)
@@ -24,22 +29,24 @@ def test_cosine_with_floor_with_warmup():
     assert schedule(110) == pytest.approx(0.2)
 
 
-def test_cosine_with_floor_rejects_warmup_past_the_end():
+def test_a_decaying_schedule_rejects_warmup_past_the_end_or_no_end():
     with pytest.raises(ValueError, match="warmup_steps"):
-        cosine_with_floor(0, total_steps=10, warmup_steps=10)
+        warmup_then_cosine(10, total_steps=10, warmup_steps=10, floor=0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        warmup_then_cosine(0, total_steps=math.inf, floor=0.1)
 
 
 def test_warmup_then_constant():
-    assert warmup_then_constant(0) == pytest.approx(0.1)
-    assert warmup_then_constant(5) == pytest.approx(0.55)
-    assert warmup_then_constant(10) == 1.0
-    assert warmup_then_constant(1000) == 1.0
-    assert warmup_then_constant(0, warmup_steps=0) == 1.0
+    assert ppo(0) == pytest.approx(0.1)
+    assert ppo(5) == pytest.approx(0.55)
+    assert ppo(10) == 1.0
+    assert ppo(1000) == 1.0
+    assert ppo(0, warmup_steps=0) == 1.0
 
 
 def test_schedules_drive_lambda_lr():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(warmup_then_constant, warmup_steps=2, start=0.5))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(ppo, warmup_steps=2, start=0.5))
     lrs = []
     for _ in range(3):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -73,16 +80,6 @@ def test_ema_rejects_mismatches_without_touching_anything():
         ema_update(ema, [torch.ones(2), torch.ones(3)], decay=1.5)
 
 
-@pytest.mark.parametrize("warmup_steps, floor", [(0, 0.1), (5, 0.1), (3, 0.0), (0, 1.0)])
-def test_the_shared_schedule_gives_the_old_sft_rm_and_ppo_values(warmup_steps, floor):
-    """warmup_then_cosine (lr_schedule, every stage) equals the schedules it replaces, value for value."""
-    from lit_rlhf.algorithms.schedules import warmup_then_cosine
-
-    for step in range(60):
-        assert warmup_then_cosine(step, 50, warmup_steps, 0.0, floor) == cosine_with_floor(step, 50, warmup_steps, floor)
-        assert warmup_then_cosine(step, float("inf"), warmup_steps, 0.1, 1.0) == warmup_then_constant(step, warmup_steps, 0.1)
-
-
 def test_cosine_optimizer_schedules_the_optimizer_settings():
     from lit_rlhf.modules.base import cosine_optimizer
     from lit_rlhf.settings import OptimizerSettings
@@ -95,5 +92,5 @@ def test_cosine_optimizer_schedules_the_optimizer_settings():
         rates.append(config["optimizer"].param_groups[0]["lr"])
         config["optimizer"].step()
         scheduler.step()
-    assert rates == pytest.approx([1e-3 * cosine_with_floor(s, 10, 2, 0.2) for s in range(12)])
+    assert rates == pytest.approx([1e-3 * s / 2 for s in range(2)] + [1e-3 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8))) for s in range(2, 10)] + [2e-4] * 2)
     assert config["lr_scheduler"]["interval"] == "step"

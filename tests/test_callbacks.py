@@ -9,7 +9,7 @@ import pytest
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lit_rlhf.callbacks import KLTracker, PretrainMixLogger, SampleLogger
-from lit_rlhf.modules.guards import TrainingStopped
+from lit_rlhf.reliability.guards import TrainingStopped
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 

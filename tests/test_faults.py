@@ -377,7 +377,7 @@ def test_ppo_with_too_few_prompts_fails_before_its_models_load(tmp_path):
 
 def test_progress_and_metrics_reach_a_log_file_before_the_run_ends(tmp_path):
     root = workdir(tmp_path)
-    csv = {"class_path": "lit_rlhf.progress.PlainProgress", "init_args": {"every_n_steps": 2}}
+    csv = {"class_path": "lit_rlhf.reliability.progress.PlainProgress", "init_args": {"every_n_steps": 2}}
     code = fit(root, "sft", at_step=7, during="step", callbacks=(csv,),
                extra=("--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}),
                       "--trainer.log_every_n_steps", "1"))

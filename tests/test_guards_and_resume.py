@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_rlhf.modules.guards import TrainingStopped
+from lit_rlhf.reliability.guards import TrainingStopped
 from lit_rlhf.episodes import Episodes
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 

@@ -39,6 +39,8 @@ FORBIDDEN = {
     "callbacks": {"sandbox", "trainer_cli", "cli"},
     "label": {"modules", "engines", "rewards", "callbacks", "sandbox", "trainer_cli"},
     "trainer_cli": {"sandbox"},
+    "reliability": {"episodes", "engines", "rewards", "modules", "callbacks", "evaluation", "sampling", "sandbox",
+                    "label", "trainer_cli", "cli"},
 }
 
 

@@ -14,7 +14,7 @@ from lit_rlhf.models.loading import load_scalar_model, load_tokenizer
 from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules import PPOModule
-from lit_rlhf.modules.guards import TrainingStopped
+from lit_rlhf.reliability.guards import TrainingStopped
 from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses, response_mask_from_tokens
 from lit_rlhf.modules.rollout import response_values
 from ppo_support import REWARD_BIAS, changed, one_cpu_thread, ppo_world, snapshot, tiny_data, tiny_module, tiny_trainer  # noqa: F401

@@ -91,14 +91,14 @@ def test_nan_from_a_huge_learning_rate_stops_with_exit_3_and_exports_nothing(in_
 
 
 def test_the_guard_is_a_default_callback_of_every_stage():
-    from lit_rlhf.guards import FiniteGradientGuard
+    from lit_rlhf.reliability.guards import FiniteGradientGuard
     from lit_rlhf.reliability import default_callbacks
 
     assert any(isinstance(c, FiniteGradientGuard) for c in default_callbacks())
 
 
 def test_the_guard_checks_gradients_before_the_step():
-    from lit_rlhf.guards import gradients_finite
+    from lit_rlhf.reliability.guards import gradients_finite
 
     p = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.SGD([p], lr=1.0)
@@ -233,11 +233,11 @@ def test_the_cli_restores_a_model_directory_before_the_stage_that_reads_it(in_sc
 # ------------------------------------------------------------------------------------------------
 # 4. One run per output and checkpoint directory.
 
-HOLD = "import sys, time; from lit_rlhf.run_lock import acquire; acquire(sys.argv[1], 'model.output_dir'); print('held', flush=True); time.sleep(60)"
+HOLD = "import sys, time; from lit_rlhf.reliability.run_lock import acquire; acquire(sys.argv[1], 'model.output_dir'); print('held', flush=True); time.sleep(60)"
 
 
 def test_a_second_run_meets_one_line_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
-    from lit_rlhf.run_lock import DirectoryLocked, acquire, release_all
+    from lit_rlhf.reliability.run_lock import DirectoryLocked, acquire, release_all
 
     target = tmp_path / "model"
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
@@ -272,7 +272,7 @@ def test_the_cli_refuses_a_locked_output_directory_before_training(in_scratch_di
 
 
 def test_no_room_for_a_checkpoint_is_found_before_the_first_step(in_scratch_dir, capsys, monkeypatch):
-    from lit_rlhf import preflight
+    from lit_rlhf.reliability import preflight
 
     monkeypatch.setattr(preflight, "_free_bytes", lambda directory: 1_000_000)  # the tiny model needs ~13 MiB
     code, out = run_cli(sft_args("--trainer.max_steps", "1"), capsys)
@@ -291,8 +291,8 @@ def test_an_unwritable_directory_is_found_before_the_first_step(in_scratch_dir, 
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_and_no_partial_file(tmp_path, monkeypatch):
-    from lit_rlhf import checkpoint_io
-    from lit_rlhf.checkpoint_io import AtomicCheckpointIO, CheckpointWriteFailed
+    from lit_rlhf.reliability import checkpoint_io
+    from lit_rlhf.reliability.checkpoint_io import AtomicCheckpointIO, CheckpointWriteFailed
 
     io = AtomicCheckpointIO()
     target = tmp_path / "last.ckpt"
@@ -432,7 +432,7 @@ from ppo_support import ppo_world  # noqa: E402,F401  (the session fixture)
 def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scratch_dir, capsys):
     progress = in_scratch_dir / "progress.yaml"
     progress.write_text("trainer:\n  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}\n"
-                        "  callbacks:\n    - class_path: lit_rlhf.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n")
+                        "  callbacks:\n    - class_path: lit_rlhf.reliability.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n")
     args = sft_args("--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1")
     at = args.index("--trainer.logger")
     code, out = run_cli([*args[:at], *args[at + 2:], "--config", str(progress)], capsys)
@@ -445,7 +445,7 @@ def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scra
 
 
 def test_progress_flushes_the_loggers_at_its_rhythm():
-    from lit_rlhf.progress import PlainProgress
+    from lit_rlhf.reliability.progress import PlainProgress
 
     class Logger:
         saved = 0

@@ -13,7 +13,7 @@
 - ``aggregation``: ``step_normalizer`` and ``aggregate_loss``: a step's loss from per-token losses,
   exact however the step is split into micro-batches and ranks (token mean, sequence mean, Dr. GRPO).
 - ``preference``: ``dpo_loss`` (DPO on sequence log-probs, for every pair of a K-wise group).
-- ``schedules``: LambdaLR multipliers ``cosine_with_floor`` and ``warmup_then_constant``.
+- ``schedules``: ``warmup_then_cosine``, the LambdaLR multiplier of every stage (linear warm-up, cosine to a floor).
 - ``ema``: ``ema_update`` for an exponential moving average of weights.
 """
 
@@ -32,7 +32,7 @@ from lit_rlhf.algorithms.preference import DPOLossOutput, dpo_loss
 from lit_rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, whiten
 from lit_rlhf.algorithms.ranking import ComparisonPairs, comparison_pairs, kwise_ranking_loss
 from lit_rlhf.algorithms.rewards import grpo_advantages, per_token_rewards, rloo_advantages
-from lit_rlhf.algorithms.schedules import cosine_with_floor, warmup_then_constant
+from lit_rlhf.algorithms.schedules import warmup_then_cosine
 
 __all__ = [
     "KL_ESTIMATORS",
@@ -47,7 +47,6 @@ __all__ = [
     "clipped_policy_loss",
     "clipped_value_loss",
     "comparison_pairs",
-    "cosine_with_floor",
     "dpo_loss",
     "ema_update",
     "entropy_from_logits",
@@ -63,6 +62,6 @@ __all__ = [
     "per_token_rewards",
     "rloo_advantages",
     "step_normalizer",
-    "warmup_then_constant",
+    "warmup_then_cosine",
     "whiten",
 ]

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_rlhf.algorithms import masked_mean, masked_sum
 from lit_rlhf.episodes import RolloutSummary
-from lit_rlhf.modules.guards import TrainingStopped
+from lit_rlhf.reliability.guards import TrainingStopped
 
 CHECKPOINT_NAME = "kl_exceeded.ckpt"
 

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.optim.lr_scheduler import LambdaLR
 
-from lit_rlhf.algorithms.schedules import cosine_with_floor, warmup_then_constant, warmup_then_cosine
+from lit_rlhf.algorithms.schedules import warmup_then_cosine
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.precision import CompensatedAdamW, is_low_precision
 from lit_rlhf.settings import OptimizerSettings
@@ -56,19 +56,6 @@ def adamw(
     # (benchmarks/BENCHMARKS.md); it exists for CPU and CUDA tensors only.
     fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
-
-
-def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, floor: float) -> dict:
-    """Lightning scheduler config: per-step cosine decay to ``floor`` x peak (the paper's SFT/RM schedule)."""
-    if total_steps <= 0 or total_steps == float("inf"):
-        raise ValueError("the cosine schedule needs a finite number of steps: set trainer.max_epochs or trainer.max_steps")
-    schedule = partial(cosine_with_floor, total_steps=int(total_steps), warmup_steps=warmup_steps, floor=floor)
-    return {"scheduler": LambdaLR(optimizer, schedule), "interval": "step", "name": "lr"}
-
-
-def warmup_constant_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, start: float) -> LambdaLR:
-    """Linear warm-up from ``start`` x peak, then constant (the paper's PPO schedule)."""
-    return LambdaLR(optimizer, partial(warmup_then_constant, warmup_steps=warmup_steps, start=start))
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, total_steps: float) -> LambdaLR:

@@ -30,7 +30,7 @@ from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models.loading import check_same_tokenizer
 from lit_rlhf.models.sources import require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule
-from lit_rlhf.modules.guards import check_finite
+from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.optim import adamw, lr_schedule
 from lit_rlhf.modules.ppo_settings import (PPO_OPTIMIZER, AdvantageSettings, KLSettings, OptimizerSettings,
                                           PolicyLossSettings, PtxSettings, RolloutBatchSettings,

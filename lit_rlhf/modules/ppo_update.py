@@ -18,7 +18,7 @@ from torch import Tensor
 from lit_rlhf.algorithms import aggregate_loss, entropy_from_logits, logprobs_from_logits, step_normalizer
 from lit_rlhf.distributed.collectives import all_reduce_mean, sync_gradients
 from lit_rlhf.episodes import Episodes
-from lit_rlhf.modules.guards import check_finite
+from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.ptx import ptx_backward
 from lit_rlhf.modules.rollout import accumulate, response_logits, response_values, select_rows
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
-from lit_rlhf.modules.guards import check_finite
+from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.rollout import grad_norm, select_rows
 
 

@@ -2,9 +2,9 @@
 after all the training, fails at once in one line:
 
 - every directory the run writes (``model.output_dir`` and each ``ModelCheckpoint`` dirpath) is locked for this
-  run (:mod:`lit_rlhf.run_lock`), is writable (a test file is written and removed), and its filesystem has room
+  run (:mod:`lit_rlhf.reliability.run_lock`), is writable (a test file is written and removed), and its filesystem has room
   for a checkpoint and the export, estimated from the model's size;
-- the checkpoint writer is :class:`~lit_rlhf.checkpoint_io.AtomicCheckpointIO`, and a checkpoint to resume from
+- the checkpoint writer is :class:`~lit_rlhf.reliability.checkpoint_io.AtomicCheckpointIO`, and a checkpoint to resume from
   is whole;
 - an export left missing by a kill between two renames is restored (:func:`lit_rlhf.atomic.recover_directory`)
   before the models that read it load.
@@ -23,9 +23,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_rlhf.atomic import recover_directory
-from lit_rlhf.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
+from lit_rlhf.reliability.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.run_lock import acquire
+from lit_rlhf.reliability.run_lock import acquire
 
 #: Bytes a checkpoint holds per trained float32 weight: the weight and AdamW's two moments.
 CHECKPOINT_BYTES_PER_WEIGHT_BYTE = 3

@@ -1,18 +1,34 @@
-"""A finite-gradient guard for the stages Lightning optimizes (SFT, RM, DPO): a NaN/inf gradient stops the run
-before the optimizer step, in one line, with exit code 3 from the ``lit-rlhf`` command.
+"""Guards that stop training before bad numbers reach the weights, with one line that says what tripped and where.
 
-Raising from ``on_before_optimizer_step`` ends ``fit`` through Lightning's exception path: ``on_fit_end`` (the
-Hugging Face export, RM centering) does not run, and no checkpoint is written after the bad step, so the last
-checkpoint holds the last finite weights. PPO (manual optimization) keeps its own guards on the reward, the loss
-and the clipped gradient norm. The ``lit-rlhf`` command adds this callback to every run.
+- :func:`check_finite`: PPO (manual optimization) checks its reward, loss and clipped gradient norm;
+- :class:`FiniteGradientGuard`: the stages Lightning optimizes (SFT, RM, DPO) stop before an optimizer step whose
+  gradients hold a NaN or inf. Raising from ``on_before_optimizer_step`` ends ``fit`` through Lightning's exception
+  path: ``on_fit_end`` (the Hugging Face export, RM centering) does not run, and no checkpoint is written after the
+  bad step, so the last checkpoint holds the last finite weights. The ``lit-rlhf`` command adds it to every run.
+
+The ``lit-rlhf`` command prints :class:`TrainingStopped` as one line and exits with code 3.
 """
 
 from __future__ import annotations
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
-from lit_rlhf.modules.guards import TrainingStopped
+
+class TrainingStopped(RuntimeError):
+    """A guard stopped training (NaN/inf, KL bound). The CLI prints it as one line and exits non-zero; the
+    last good checkpoint is kept and nothing is exported over a good model."""
+
+
+def check_finite(name: str, value: Tensor, where: str) -> None:
+    """Stop before a NaN/inf reaches the weights (and so any checkpoint)."""
+    if not torch.isfinite(value).all():
+        raise TrainingStopped(
+            f"{name} is NaN or inf at {where}; stopped before the optimizer step, so no checkpoint holds corrupted "
+            "weights. Resume from the last checkpoint (--ckpt_path last) with a lower optimizer.learning_rate (the new "
+            "value applies on resume), a smaller kl.coef or loss.max_grad_norm, or a reward that gives finite scores."
+        )
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

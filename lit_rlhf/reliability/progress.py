@@ -100,7 +100,7 @@ class PlainProgress(Callback):
     def _loss(trainer: Trainer) -> Optional[tuple[str, float]]:
         metrics = trainer.callback_metrics
         names = [n for n in metrics if n.startswith("train") and "loss" in n]
-        names.sort(key=lambda n: (n not in ("train/loss", "train/loss_step"), len(n)))
+        names.sort(key=lambda n: (n != "train/loss", not n.startswith("train/loss"), len(n)))  # then its _step copy
         for name in names:
             value = metrics[name]
             if getattr(value, "numel", lambda: 1)() == 1:

@@ -1,14 +1,14 @@
 """What the ``lit-rlhf`` Trainer commands add for reliability, in one place (:class:`~lit_rlhf.trainer_cli.LitRLHFCLI`
 calls these hooks):
 
-- callbacks on every run: the finite-gradient guard (:mod:`lit_rlhf.guards`) and plain progress lines when
-  output is not a terminal (:mod:`lit_rlhf.progress`);
+- callbacks on every run: the finite-gradient guard (:mod:`lit_rlhf.reliability.guards`) and plain progress lines when
+  output is not a terminal (:mod:`lit_rlhf.reliability.progress`);
 - before the classes are built: ``trainer.precision: auto`` resolved for this hardware (:mod:`lit_rlhf.precision`)
   and exports a killed run left missing restored (:func:`lit_rlhf.atomic.recover_directory`);
 - once the data is read, before any model loads: PPO's prompts checked against its rollout size and ``gamma_ptx``
   against its ptx data (:class:`EarlyDataChecks`);
 - before ``fit``: the atomic checkpoint writer installed, the resume checkpoint checked whole and its changed options printed, every
-  written directory locked, write-tested and checked for room (:mod:`lit_rlhf.preflight`).
+  written directory locked, write-tested and checked for room (:mod:`lit_rlhf.reliability.preflight`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from lit_rlhf.errors import ConfigError
 
 
 def default_callbacks() -> list:
-    from lit_rlhf.progress import PlainProgress
-    from lit_rlhf.guards import FiniteGradientGuard
+    from lit_rlhf.reliability.progress import PlainProgress
+    from lit_rlhf.reliability.guards import FiniteGradientGuard
 
     return [FiniteGradientGuard(), PlainProgress(), EarlyDataChecks()]
 
@@ -35,7 +35,7 @@ def trainer_class() -> type:
 
 def before_instantiate(cli: Any) -> None:
     from lit_rlhf.precision import resolve_precision
-    from lit_rlhf.preflight import recover_interrupted_exports
+    from lit_rlhf.reliability.preflight import recover_interrupted_exports
 
     config = cli.config.get(cli.config.get("subcommand")) if cli.config.get("subcommand") else cli.config
     if config is None:
@@ -72,7 +72,7 @@ class EarlyDataChecks(Callback):
 
 
 def before_fit(cli: Any) -> None:
-    from lit_rlhf.preflight import before_fit as preflight
+    from lit_rlhf.reliability.preflight import before_fit as preflight
     from lit_rlhf.resume import report_changed_options
 
     trainer, module = cli.trainer, cli.model
@@ -83,6 +83,6 @@ def before_fit(cli: Any) -> None:
 
 
 def after_command() -> None:
-    from lit_rlhf.run_lock import release_all
+    from lit_rlhf.reliability.run_lock import release_all
 
     release_all()
