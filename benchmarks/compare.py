@@ -41,8 +41,12 @@ from compare_workspace import build_workspace  # noqa: E402
 ROOT = HERE.parent
 STAGES = {"sft": ["sft"], "rm": ["rm4", "rm9"], "ppo": ["ppo"]}
 #: stage -> (headline metric name, counter it divides by seconds)
-RATES = {"sft": [("tokens/s", "tokens")], "rm4": [("comparisons/s", "comparisons")], "rm9": [("comparisons/s", "comparisons")],
-         "ppo": [("episodes/s", "episodes"), ("generated tokens/s", "generated_tokens")]}
+RATES = {
+    "sft": [("tokens/s", "tokens")],
+    "rm4": [("comparisons/s", "comparisons")],
+    "rm9": [("comparisons/s", "comparisons")],
+    "ppo": [("episodes/s", "episodes"), ("generated tokens/s", "generated_tokens")],
+}
 
 
 def default_python(venv: str) -> str:
@@ -52,11 +56,17 @@ def default_python(venv: str) -> str:
 
 def check_trl(python: str, module: str, install: str) -> str:
     """The TRL version importable by ``python`` with ``module``, or exit with what to install."""
-    probe = subprocess.run([python, "-c", f"import trl, {module}; print(trl.__version__)"], capture_output=True, text=True,
-                           env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"})
+    probe = subprocess.run(
+        [python, "-c", f"import trl, {module}; print(trl.__version__)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1"},
+    )
     if probe.returncode:
-        sys.exit(f"{python} cannot import {module}: install TRL beside lit-rlhf (nothing in the main environment changes):\n"
-                 f"    {install}\nthen rerun (the venvs in the repository root are found by themselves).")
+        sys.exit(
+            f"{python} cannot import {module}: install TRL beside lit-rlhf (nothing in the main environment changes):\n"
+            f"    {install}\nthen rerun (the venvs in the repository root are found by themselves)."
+        )
     return probe.stdout.strip().splitlines()[-1]
 
 
@@ -71,7 +81,7 @@ def run_worker(python: str, script: str, stage: str, workspace: Path, threads: i
     if done.returncode or not results:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         sys.exit(f"worker failed (exit {done.returncode}): {' '.join(command)}\n{tail}\nfull output: {log}")
-    return json.loads(results[-1][len(RESULT_PREFIX):])
+    return json.loads(results[-1][len(RESULT_PREFIX) :])
 
 
 def spread(values: list[float]) -> str:
@@ -85,9 +95,11 @@ def report(stage: str, pairs: list[tuple[dict, dict]]) -> list[str]:
         lit = [a[counter] / a["seconds"] for a, _ in pairs]
         trl = [b[counter] / b["seconds"] for _, b in pairs]
         ratios = [x / y for x, y in zip(lit, trl)]
-        rows.append(f"| {stage} | {name} | {statistics.median(lit):.1f} | {statistics.median(trl):.1f} | {spread(ratios)} "
-                    f"| {statistics.median(a['peak_rss_gib'] for a, _ in pairs):.2f} | "
-                    f"{statistics.median(b['peak_rss_gib'] for _, b in pairs):.2f} |")
+        rows.append(
+            f"| {stage} | {name} | {statistics.median(lit):.1f} | {statistics.median(trl):.1f} | {spread(ratios)} "
+            f"| {statistics.median(a['peak_rss_gib'] for a, _ in pairs):.2f} | "
+            f"{statistics.median(b['peak_rss_gib'] for _, b in pairs):.2f} |"
+        )
     return rows
 
 
@@ -108,15 +120,26 @@ def ceiling_rows(pairs: list[tuple[dict, dict]]) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--stage", choices=["sft", "rm", "ppo", "all"], default="all")
-    parser.add_argument("--pairs", type=int, default=3, help="lit-rlhf / TRL run pairs per stage (at least 3 for min/median/max)")
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="lit-rlhf / TRL run pairs per stage (at least 3 for min/median/max)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every worker")
-    parser.add_argument("--workspace", type=Path, default=Path(tempfile.gettempdir()) / "lit-rlhf-compare",
-                        help="where the shared models and data are written (reused when unchanged)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "lit-rlhf-compare",
+        help="where the shared models and data are written (reused when unchanged)",
+    )
     parser.add_argument("--trl-python", default=default_python(".venv-trl"), help="Python with TRL >= 1.14 (SFT, RM)")
-    parser.add_argument("--trl-ppo-python", default=default_python(".venv-trl-ppo"), help="Python with TRL 1.12.0 (PPO)")
+    parser.add_argument(
+        "--trl-ppo-python", default=default_python(".venv-trl-ppo"), help="Python with TRL 1.12.0 (PPO)"
+    )
     parser.add_argument("--json", type=Path, help="also write every worker's result here")
     args = parser.parse_args()
 
@@ -132,32 +155,48 @@ def main() -> None:
 
     results: dict[str, list[tuple[dict, dict]]] = {}
     for stage in stages:
-        trl_python, trl_script = (args.trl_ppo_python, "compare_trl_ppo.py") if stage == "ppo" else (args.trl_python, "compare_trl.py")
+        trl_python, trl_script = (
+            (args.trl_ppo_python, "compare_trl_ppo.py") if stage == "ppo" else (args.trl_python, "compare_trl.py")
+        )
         results[stage] = []
         for pair in range(args.pairs):
             lit = run_worker(sys.executable, "compare_lit.py", stage, args.workspace, args.threads, log)
             trl = run_worker(trl_python, trl_script, stage, args.workspace, args.threads, log)
             results[stage].append((lit, trl))
-            rates = "  ".join(f"{name} {lit[c] / lit['seconds']:.1f} vs {trl[c] / trl['seconds']:.1f}" for name, c in RATES[stage])
+            rates = "  ".join(
+                f"{name} {lit[c] / lit['seconds']:.1f} vs {trl[c] / trl['seconds']:.1f}" for name, c in RATES[stage]
+            )
             print(f"[{stage} pair {pair + 1}/{args.pairs}] {rates}", flush=True)
 
-    print(f"\nTRL versions: {versions}; torch threads {args.threads}; {args.pairs} alternating pairs per stage; warm-up excluded.")
-    print("Rates are medians over the pairs; the ratio is lit-rlhf / TRL per pair (min / median / max); memory is each "
-          "worker process's peak RSS (median).\n")
+    print(
+        f"\nTRL versions: {versions}; torch threads {args.threads}; {args.pairs} alternating pairs per stage; warm-up excluded."
+    )
+    print(
+        "Rates are medians over the pairs; the ratio is lit-rlhf / TRL per pair (min / median / max); memory is each "
+        "worker process's peak RSS (median).\n"
+    )
     print("| stage | metric | lit-rlhf | TRL | ratio min / median / max | lit-rlhf GiB | TRL GiB |")
     print("|---|---|---|---|---|---|---|")
     for stage, pairs in results.items():
         print("\n".join(report(stage, pairs)))
     padded = [stage for stage in results if "positions" in results[stage][0][0]]
     if padded:
-        print("\nWork per measured step (medians): sequences forwarded, and real tokens / forwarded positions "
-              "(the rest is padding):\n")
+        print(
+            "\nWork per measured step (medians): sequences forwarded, and real tokens / forwarded positions "
+            "(the rest is padding):\n"
+        )
         print("| stage | lit-rlhf sequences | TRL sequences | lit-rlhf tokens / positions | TRL tokens / positions |")
         print("|---|---|---|---|---|")
         for stage in padded:
-            med = lambda side, key: statistics.median(pair[side][key] / pair[side]["measured_steps"] for pair in results[stage])
-            fill = lambda side: statistics.median(pair[side]["tokens"] / pair[side]["positions"] for pair in results[stage])
-            print(f"| {stage} | {med(0, 'sequences'):.0f} | {med(1, 'sequences'):.0f} | {fill(0):.2f} | {fill(1):.2f} |")
+            med = lambda side, key: statistics.median(
+                pair[side][key] / pair[side]["measured_steps"] for pair in results[stage]
+            )
+            fill = lambda side: statistics.median(
+                pair[side]["tokens"] / pair[side]["positions"] for pair in results[stage]
+            )
+            print(
+                f"| {stage} | {med(0, 'sequences'):.0f} | {med(1, 'sequences'):.0f} | {fill(0):.2f} | {fill(1):.2f} |"
+            )
     if "ppo" in results:
         print("\nPPO phases against the ceiling in lit-rlhf's own process (tokens/s; fraction min / median / max):\n")
         print("| phase | lit-rlhf | ceiling | fraction |")

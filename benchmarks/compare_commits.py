@@ -32,8 +32,9 @@ ROOT = HERE.parent
 
 def baseline_tree(revision: str, parent: Path) -> Path:
     """A worktree of ``revision`` under ``parent`` (made once, reused while it exists)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
     tree = parent / f"baseline-{commit}"
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=ROOT, check=True)
@@ -44,8 +45,16 @@ def run_worker(tree: Path, stage: str, workspace: Path, threads: int, log: Path)
     """One ``compare_lit.py`` worker of ``tree``, importing ``lit_rlhf`` from that tree."""
     import json
 
-    command = [sys.executable, str(tree / "benchmarks" / "compare_lit.py"), "--stage", stage, "--workspace",
-               str(workspace), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        str(tree / "benchmarks" / "compare_lit.py"),
+        "--stage",
+        stage,
+        "--workspace",
+        str(workspace),
+        "--threads",
+        str(threads),
+    ]
     env = dict(os.environ, PYTHONPATH=str(tree))
     done = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
     with log.open("a") as f:
@@ -54,19 +63,25 @@ def run_worker(tree: Path, stage: str, workspace: Path, threads: int, log: Path)
     if done.returncode or not results:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         sys.exit(f"worker failed (exit {done.returncode}): {' '.join(command)}\n{tail}\nfull output: {log}")
-    return json.loads(results[-1][len(RESULT_PREFIX):])
+    return json.loads(results[-1][len(RESULT_PREFIX) :])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--baseline", required=True, help="the commit to compare against (any git revision)")
     parser.add_argument("--stage", choices=["sft", "rm", "ppo", "all"], default="all")
     parser.add_argument("--pairs", type=int, default=3, help="current / baseline run pairs per stage")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in every worker")
-    parser.add_argument("--workspace", type=Path, default=Path(tempfile.gettempdir()) / "lit-rlhf-compare",
-                        help="where the shared models and data are written (reused when unchanged)")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "lit-rlhf-compare",
+        help="where the shared models and data are written (reused when unchanged)",
+    )
     args = parser.parse_args()
 
     stages = [s for key in (STAGES if args.stage == "all" else [args.stage]) for s in STAGES[key]]
@@ -83,18 +98,24 @@ def main() -> None:
             current = run_worker(ROOT, stage, args.workspace, args.threads, log)
             before = run_worker(baseline, stage, args.workspace, args.threads, log)
             pairs.append((current, before))
-            rates = "  ".join(f"{name} {current[c] / current['seconds']:.1f} vs {before[c] / before['seconds']:.1f}"
-                              for name, c in RATES[stage])
+            rates = "  ".join(
+                f"{name} {current[c] / current['seconds']:.1f} vs {before[c] / before['seconds']:.1f}"
+                for name, c in RATES[stage]
+            )
             print(f"[{stage} pair {pair + 1}/{args.pairs}, load {loads[-1]:.1f}] {rates}", flush=True)
         for name, counter in RATES[stage]:
             now = [a[counter] / a["seconds"] for a, _ in pairs]
             then = [b[counter] / b["seconds"] for _, b in pairs]
             ratios = [x / y for x, y in zip(now, then)]
-            rows.append(f"| {stage} | {name} | {statistics.median(now):.1f} | {statistics.median(then):.1f} | "
-                        f"{spread(ratios)} | {statistics.median(a['peak_rss_gib'] for a, _ in pairs):.2f} | "
-                        f"{statistics.median(b['peak_rss_gib'] for _, b in pairs):.2f} |")
-    print(f"\ncurrent {head.strip()} against baseline {args.baseline}; torch threads {args.threads}; {args.pairs} "
-          f"alternating pairs per stage; load average before the pairs {min(loads):.1f}..{max(loads):.1f}.\n")
+            rows.append(
+                f"| {stage} | {name} | {statistics.median(now):.1f} | {statistics.median(then):.1f} | "
+                f"{spread(ratios)} | {statistics.median(a['peak_rss_gib'] for a, _ in pairs):.2f} | "
+                f"{statistics.median(b['peak_rss_gib'] for _, b in pairs):.2f} |"
+            )
+    print(
+        f"\ncurrent {head.strip()} against baseline {args.baseline}; torch threads {args.threads}; {args.pairs} "
+        f"alternating pairs per stage; load average before the pairs {min(loads):.1f}..{max(loads):.1f}.\n"
+    )
     print("| stage | metric | current | baseline | ratio min / median / max | current GiB | baseline GiB |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))

@@ -28,8 +28,13 @@ def configure_process(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    for key, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                       ("TOKENIZERS_PARALLELISM", "false"), ("TRL_EXPERIMENTAL_SILENCE", "1")):
+    for key, value in (
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_DATASETS_OFFLINE", "1"),
+        ("WANDB_MODE", "disabled"),
+        ("TOKENIZERS_PARALLELISM", "false"),
+        ("TRL_EXPERIMENTAL_SILENCE", "1"),
+    ):
         os.environ.setdefault(key, value)
 
 
@@ -55,9 +60,11 @@ class StepClock:
         """``seconds`` and the summed counters over the steps after the warm-up."""
         if len(self.ends) <= self.warmup_steps:
             raise RuntimeError(f"only {len(self.ends)} steps ran, fewer than warm-up {self.warmup_steps} + 1")
-        totals: dict[str, float] = {"measured_steps": len(self.ends) - self.warmup_steps,
-                                    "seconds": self.ends[-1] - self.ends[self.warmup_steps - 1]}
-        for work in self.work[self.warmup_steps:]:
+        totals: dict[str, float] = {
+            "measured_steps": len(self.ends) - self.warmup_steps,
+            "seconds": self.ends[-1] - self.ends[self.warmup_steps - 1],
+        }
+        for work in self.work[self.warmup_steps :]:
             for key, value in work.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         return totals

@@ -39,10 +39,20 @@ def step_clock_callback(clock: StepClock, count):
 def fit(module, datamodule, steps: int, callback, gradient_clip_val=None) -> None:
     import lightning as L
 
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps, logger=False,
-                        gradient_clip_val=gradient_clip_val,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[callback])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=steps,
+        logger=False,
+        gradient_clip_val=gradient_clip_val,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[callback],
+    )
     trainer.fit(module, datamodule=datamodule)
 
 
@@ -54,10 +64,18 @@ def run_sft(ws: Path, settings: dict) -> dict:
     s = settings["sft"]
     clock = StepClock(s["warmup_steps"])
     module = SFTModule(model=str(ws / "policy"), optimizer=OptimizerSettings(learning_rate=s["learning_rate"]))
-    data = SFTDataModule(train=str(ws / "data/sft.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
-                         batch_size=s["batch_size"], seed=0)
-    count = lambda module, batch: {"tokens": int(batch["attention_mask"].sum()), "sequences": len(batch["input_ids"]),
-                                   "positions": batch["input_ids"].numel()}
+    data = SFTDataModule(
+        train=str(ws / "data/sft.jsonl"),
+        tokenizer=str(ws / "tokenizer"),
+        max_length=s["max_length"],
+        batch_size=s["batch_size"],
+        seed=0,
+    )
+    count = lambda module, batch: {
+        "tokens": int(batch["attention_mask"].sum()),
+        "sequences": len(batch["input_ids"]),
+        "positions": batch["input_ids"].numel(),
+    }
     fit(module, data, s["warmup_steps"] + s["measured_steps"], step_clock_callback(clock, count), gradient_clip_val=1.0)
     return clock.measured()
 
@@ -70,11 +88,26 @@ def run_rm(ws: Path, settings: dict, k: int) -> dict:
     s = settings["rm"]
     clock = StepClock(s["warmup_steps"])
     module = RewardModule(model=str(ws / "reward"), optimizer=OptimizerSettings(learning_rate=s["learning_rate"]))
-    data = RewardDataModule(train=str(ws / f"data/rm_k{k}.jsonl"), tokenizer=str(ws / "tokenizer"), max_length=s["max_length"],
-                            batch_size=s["prompts_per_step"][str(k)], seed=0)
-    count = lambda module, batch: {"comparisons": batch["pairs"].num_pairs, "sequences": len(batch["input_ids"]),
-                                   "tokens": int(batch["attention_mask"].sum()), "positions": batch["input_ids"].numel()}
-    fit(module, data, s["warmup_steps"] + s["measured_steps"][str(k)], step_clock_callback(clock, count), gradient_clip_val=1.0)
+    data = RewardDataModule(
+        train=str(ws / f"data/rm_k{k}.jsonl"),
+        tokenizer=str(ws / "tokenizer"),
+        max_length=s["max_length"],
+        batch_size=s["prompts_per_step"][str(k)],
+        seed=0,
+    )
+    count = lambda module, batch: {
+        "comparisons": batch["pairs"].num_pairs,
+        "sequences": len(batch["input_ids"]),
+        "tokens": int(batch["attention_mask"].sum()),
+        "positions": batch["input_ids"].numel(),
+    }
+    fit(
+        module,
+        data,
+        s["warmup_steps"] + s["measured_steps"][str(k)],
+        step_clock_callback(clock, count),
+        gradient_clip_val=1.0,
+    )
     return clock.measured()
 
 
@@ -122,9 +155,17 @@ def generation_rates(module, prompts: dict, s: dict, repeats: int = 5) -> tuple[
 
     def bare() -> int:
         with eval_mode(policy), torch.no_grad():
-            out = policy.generate(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"], do_sample=True,
-                                  temperature=s["temperature"], top_p=1.0, top_k=0, max_new_tokens=s["max_new_tokens"],
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+            out = policy.generate(
+                input_ids=prompts["input_ids"],
+                attention_mask=prompts["attention_mask"],
+                do_sample=True,
+                temperature=s["temperature"],
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=s["max_new_tokens"],
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         return int(response_mask_from_tokens(out[:, width:], tokenizer.eos_token_id)[0].sum())
 
     rates: dict = {lit_rlhf: [], bare: []}
@@ -146,7 +187,10 @@ def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: i
     for i in range(repeats + 1):
         started = time.perf_counter()
         for ids, mask in zip(rollout.input_ids.split(micro_batch_size), rollout.attention_mask.split(micro_batch_size)):
-            loss = policy(input_ids=ids, attention_mask=mask).logits.mean() + value_model(input_ids=ids, attention_mask=mask).logits.mean()
+            loss = (
+                policy(input_ids=ids, attention_mask=mask).logits.mean()
+                + value_model(input_ids=ids, attention_mask=mask).logits.mean()
+            )
             loss.backward()
         seconds = time.perf_counter() - started
         policy.zero_grad(set_to_none=True), value_model.zero_grad(set_to_none=True)
@@ -161,34 +205,54 @@ def run_ppo(ws: Path, settings: dict) -> dict:
     s = settings["ppo"]
     clock = StepClock(s["warmup_rollouts"])
     module = timed_ppo_module_class()(
-        policy=str(ws / "policy"), reward_model=str(ws / "reward"), tokenizer=str(ws / "tokenizer"),
-        batch={"rollout_batch_size": s["rollout_batch_size"], "minibatch_size": s["minibatch_size"],
-               "micro_batch_size": s["micro_batch_size"], "ppo_epochs": s["ppo_epochs"]},
+        policy=str(ws / "policy"),
+        reward_model=str(ws / "reward"),
+        tokenizer=str(ws / "tokenizer"),
+        batch={
+            "rollout_batch_size": s["rollout_batch_size"],
+            "minibatch_size": s["minibatch_size"],
+            "micro_batch_size": s["micro_batch_size"],
+            "ppo_epochs": s["ppo_epochs"],
+        },
         sampling={"max_new_tokens": s["max_new_tokens"], "temperature": s["temperature"]},
-        kl={"coef": s["kl_coef"], "estimator": "k1"}, optimizer={"learning_rate": s["learning_rate"], "warmup_steps": 0},
-        loss={"max_grad_norm": None}, ema_decay=None, ptx={"gamma": 0.0},
-        seed=0)  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
+        kl={"coef": s["kl_coef"], "estimator": "k1"},
+        optimizer={"learning_rate": s["learning_rate"], "warmup_steps": 0},
+        loss={"max_grad_norm": None},
+        ema_decay=None,
+        ptx={"gamma": 0.0},
+        seed=0,
+    )  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
     module.setup_timers()
-    data = PromptDataModule(prompts=str(ws / "data/prompts.jsonl"), tokenizer=str(ws / "tokenizer"),
-                            max_prompt_length=s["max_prompt_length"], seed=0, rollout_batch_size=s["rollout_batch_size"])
+    data = PromptDataModule(
+        prompts=str(ws / "data/prompts.jsonl"),
+        tokenizer=str(ws / "tokenizer"),
+        max_prompt_length=s["max_prompt_length"],
+        seed=0,
+        rollout_batch_size=s["rollout_batch_size"],
+    )
     phases = []
 
     def count(module, batch):
         phases.append((module.generate_seconds, module.generated_tokens, module.update_seconds, module.update_tokens))
         return {"episodes": len(module.last_rollout), "generated_tokens": module.generated_tokens}
 
-    optimizer_steps_per_rollout = s["ppo_epochs"] * s["rollout_batch_size"] // s["minibatch_size"]  # what max_steps counts
+    optimizer_steps_per_rollout = (
+        s["ppo_epochs"] * s["rollout_batch_size"] // s["minibatch_size"]
+    )  # what max_steps counts
     rollouts = s["warmup_rollouts"] + s["measured_rollouts"]
     fit(module, data, rollouts * optimizer_steps_per_rollout, step_clock_callback(clock, count))
     result = clock.measured()
-    measured = phases[s["warmup_rollouts"]:]
+    measured = phases[s["warmup_rollouts"] :]
     result["generate_tokens_per_s"] = sum(p[1] for p in measured) / sum(p[0] for p in measured)
     result["update_tokens_per_s"] = sum(p[3] for p in measured) / sum(p[2] for p in measured)
     last = module.last_rollout
     prompts = {"input_ids": last.prompts, "attention_mask": last.attention_mask[:, : last.prompt_length]}
-    result["alternated_generate_tokens_per_s"], result["bare_generate_tokens_per_s"] = generation_rates(module, prompts, s)
-    result["bare_fwd_bwd_tokens_per_s"] = bare_forward_backward_rate(module.policy, module.value_model, module.last_rollout,
-                                                                     s["micro_batch_size"])
+    result["alternated_generate_tokens_per_s"], result["bare_generate_tokens_per_s"] = generation_rates(
+        module, prompts, s
+    )
+    result["bare_fwd_bwd_tokens_per_s"] = bare_forward_backward_rate(
+        module.policy, module.value_model, module.last_rollout, s["micro_batch_size"]
+    )
     return result
 
 
@@ -208,7 +272,9 @@ def main() -> None:
         result = run_rm(args.workspace, settings, int(args.stage[2:]))
     else:
         result = run_ppo(args.workspace, settings)
-    emit_result({"framework": "lit-rlhf", "version": getattr(lit_rlhf, "__version__", "dev"), "stage": args.stage, **result})
+    emit_result(
+        {"framework": "lit-rlhf", "version": getattr(lit_rlhf, "__version__", "dev"), "stage": args.stage, **result}
+    )
 
 
 if __name__ == "__main__":

@@ -66,54 +66,96 @@ class CountingCollator:
 
 
 def sft_counts(batch) -> dict:
-    return {"tokens": int(batch["attention_mask"].sum()), "sequences": int(batch["input_ids"].shape[0]),
-            "positions": batch["input_ids"].numel()}
+    return {
+        "tokens": int(batch["attention_mask"].sum()),
+        "sequences": int(batch["input_ids"].shape[0]),
+        "positions": batch["input_ids"].numel(),
+    }
 
 
 def rm_counts(batch) -> dict:
     # DataCollatorForPreference stacks all chosen sequences, then all rejected ones
     sequences = int(batch["input_ids"].shape[0])
-    return {"comparisons": sequences // 2, "sequences": sequences, "tokens": int(batch["attention_mask"].sum()),
-            "positions": batch["input_ids"].numel()}
+    return {
+        "comparisons": sequences // 2,
+        "sequences": sequences,
+        "tokens": int(batch["attention_mask"].sum()),
+        "positions": batch["input_ids"].numel(),
+    }
 
 
 def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):
     """The TRL trainer of ``stage`` (tokenised data included), its counting collator and warm-up steps."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
     tokenizer.padding_side = "right"
     # The settings lit-rlhf uses too; everything else is left at TRL's defaults (logging_steps=10,
     # max_grad_norm=1.0, the trainer's default optimizer implementation, no packing/padding-free).
-    common = dict(output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-                  gradient_accumulation_steps=1, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
-                  lr_scheduler_type="constant", seed=0, dataloader_num_workers=0, eval_strategy="no",
-                  save_strategy="no", report_to="none", disable_tqdm=True)
+    common = dict(
+        output_dir=output_dir,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        gradient_accumulation_steps=1,
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        seed=0,
+        dataloader_num_workers=0,
+        eval_strategy="no",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     torch.manual_seed(0)
     if stage == "sft":
         hp = settings["sft"]
         # TRL joins prompt + completion as strings; the space keeps the word-level tokens apart, so the
         # ids equal lit-rlhf's tokenize(prompt) + tokenize(response) + [eos] (TRL appends eos itself).
-        records = [{"prompt": r["prompt"], "completion": " " + r["response"]} for r in read_jsonl(workspace / "data/sft.jsonl")]
+        records = [
+            {"prompt": r["prompt"], "completion": " " + r["response"]} for r in read_jsonl(workspace / "data/sft.jsonl")
+        ]
         model = AutoModelForCausalLM.from_pretrained(workspace / "policy", dtype=torch.float32)
-        config = SFTConfig(**common, max_length=hp["max_length"], per_device_train_batch_size=hp["batch_size"],
-                           learning_rate=hp["learning_rate"], max_steps=hp["warmup_steps"] + hp["measured_steps"],
-                           packing=False, padding_free=False)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+        config = SFTConfig(
+            **common,
+            max_length=hp["max_length"],
+            per_device_train_batch_size=hp["batch_size"],
+            learning_rate=hp["learning_rate"],
+            max_steps=hp["warmup_steps"] + hp["measured_steps"],
+            packing=False,
+            padding_free=False,
+        )
+        trainer = SFTTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer
+        )
         count = sft_counts
     else:
         hp, k = settings["rm"], stage[2:]
         # Explicit-prompt preference format: TRL scores prompt + chosen + eos and prompt + rejected + eos
-        records = [{"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
-                   for r in read_jsonl(workspace / f"data/rm_k{k}_pairs.jsonl")]
-        model = AutoModelForSequenceClassification.from_pretrained(workspace / "reward", num_labels=1, dtype=torch.float32)
+        records = [
+            {"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+            for r in read_jsonl(workspace / f"data/rm_k{k}_pairs.jsonl")
+        ]
+        model = AutoModelForSequenceClassification.from_pretrained(
+            workspace / "reward", num_labels=1, dtype=torch.float32
+        )
         pairs = hp["prompts_per_step"][k] * int(k) * (int(k) - 1) // 2
-        config = RewardConfig(**common, max_length=hp["max_length"], per_device_train_batch_size=pairs,
-                              learning_rate=hp["learning_rate"], max_steps=hp["warmup_steps"] + hp["measured_steps"][k])
-        trainer = RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
+        config = RewardConfig(
+            **common,
+            max_length=hp["max_length"],
+            per_device_train_batch_size=pairs,
+            learning_rate=hp["learning_rate"],
+            max_steps=hp["warmup_steps"] + hp["measured_steps"][k],
+        )
+        trainer = RewardTrainer(
+            model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer
+        )
         if len(trainer.train_dataset) != len(records):  # TRL drops (not truncates) pairs over max_length
             raise RuntimeError(f"TRL dropped {len(records) - len(trainer.train_dataset)} pairs over max_length")
         count = rm_counts

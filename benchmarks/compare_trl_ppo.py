@@ -27,7 +27,6 @@ from compare_common import INSTALL, StepClock, configure_process, emit_result  #
 from compare_workspace import load_settings  # noqa: E402
 
 
-
 def batch_layout(s: dict) -> dict:
     """PPOConfig batch arguments for lit-rlhf's rollout / minibatch / micro-batch sizes.
 
@@ -42,8 +41,11 @@ def batch_layout(s: dict) -> dict:
         per_device, accumulation = rollout, 1  # each minibatch slice is one micro-batch of `minibatch` episodes
     else:  # TRL cannot accumulate within a minibatch: right sizes, but one optimizer step per PPO epoch
         per_device, accumulation = micro, rollout // micro
-    return {"per_device_train_batch_size": per_device, "gradient_accumulation_steps": accumulation,
-            "num_mini_batches": rollout // minibatch}
+    return {
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accumulation,
+        "num_mini_batches": rollout // minibatch,
+    }
 
 
 class RolloutMeter:
@@ -56,8 +58,13 @@ class RolloutMeter:
 
     @staticmethod
     def fresh() -> dict:
-        return {"generated_tokens": 0, "prompt_tokens": 0, "generate_seconds": 0.0, "optimizer_steps": 0,
-                "generate_calls": 0}
+        return {
+            "generated_tokens": 0,
+            "prompt_tokens": 0,
+            "generate_seconds": 0.0,
+            "optimizer_steps": 0,
+            "generate_calls": 0,
+        }
 
     def __call__(self, *args, **kwargs):
         import torch
@@ -66,7 +73,7 @@ class RolloutMeter:
         output = self.generate(*args, **kwargs)
         self.work["generate_seconds"] += time.perf_counter() - start
         prompts = kwargs["input_ids"]
-        responses = output.sequences[:, prompts.shape[1]:]
+        responses = output.sequences[:, prompts.shape[1] :]
         is_eos = responses == self.eos_id
         ends = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, responses.shape[1])
         inside = torch.arange(responses.shape[1]) < ends[:, None]
@@ -95,7 +102,10 @@ def main() -> None:
         import trl
         from trl.experimental.ppo import PPOConfig, PPOTrainer
     except ImportError as error:
-        print(f"TRL's PPOTrainer is unavailable ({error}); it ships up to trl 1.12.0: {INSTALL['trl-ppo']}", file=sys.stderr)
+        print(
+            f"TRL's PPOTrainer is unavailable ({error}); it ships up to trl 1.12.0: {INSTALL['trl-ppo']}",
+            file=sys.stderr,
+        )
         sys.exit(3)
     import torch
     from datasets import Dataset
@@ -125,38 +135,83 @@ def main() -> None:
 
     output_dir = tempfile.TemporaryDirectory(prefix="trl-ppo-")  # TRL makes output_dir even when not saving
     config = PPOConfig(
-        output_dir=output_dir.name, **batch_layout(s), num_ppo_epochs=s["ppo_epochs"],
-        total_episodes=s["rollout_batch_size"] * rollouts, local_rollout_forward_batch_size=s["rollout_batch_size"],
-        num_sample_generations=0, response_length=s["max_new_tokens"], stop_token="eos",
-        temperature=s["temperature"], missing_eos_penalty=None, kl_coef=s["kl_coef"], kl_estimator="k1",
-        whiten_rewards=False, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-        learning_rate=s["learning_rate"], adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+        output_dir=output_dir.name,
+        **batch_layout(s),
+        num_ppo_epochs=s["ppo_epochs"],
+        total_episodes=s["rollout_batch_size"] * rollouts,
+        local_rollout_forward_batch_size=s["rollout_batch_size"],
+        num_sample_generations=0,
+        response_length=s["max_new_tokens"],
+        stop_token="eos",
+        temperature=s["temperature"],
+        missing_eos_penalty=None,
+        kl_coef=s["kl_coef"],
+        kl_estimator="k1",
+        whiten_rewards=False,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+        gamma=1.0,
+        lam=0.95,
+        learning_rate=s["learning_rate"],
+        adam_beta1=0.9,
+        adam_beta2=0.95,
+        weight_decay=0.0,
         lr_scheduler_type="constant",  # lit-rlhf: constant after its warm-up; TRL's default decays linearly
-        use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to="none",
+        save_strategy="no",
         gradient_checkpointing=False,  # TRL's default is True, but its PPO loop never enables it anyway
-        eval_strategy="no", disable_tqdm=True, seed=0,
+        eval_strategy="no",
+        disable_tqdm=True,
+        seed=0,
     )
     torch.manual_seed(0)
-    trainer = PPOTrainer(args=config, processing_class=tokenizer, model=policy, ref_model=reference,
-                         reward_model=reward, value_model=value, train_dataset=dataset, callbacks=[RolloutClock()])
+    trainer = PPOTrainer(
+        args=config,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=reference,
+        reward_model=reward,
+        value_model=value,
+        train_dataset=dataset,
+        callbacks=[RolloutClock()],
+    )
     torch_optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # below accelerate's wrapper
     torch_optimizer.register_step_post_hook(meter.count_optimizer_step)
     a = trainer.args
     if (a.batch_size, a.mini_batch_size) != (s["rollout_batch_size"], s["minibatch_size"]):
         raise RuntimeError(f"TRL batch_size {a.batch_size} / mini_batch_size {a.mini_batch_size} differ from SETTINGS")
-    print(f"TRL layout: batch_size {a.batch_size}, mini_batch_size {a.mini_batch_size}, per_device_train_batch_size "
-          f"{a.per_device_train_batch_size}, gradient_accumulation_steps {a.gradient_accumulation_steps}, "
-          f"{a.num_total_batches} updates, {type(torch_optimizer).__name__} "
-          f"fused={torch_optimizer.defaults.get('fused')}", file=sys.stderr)
+    print(
+        f"TRL layout: batch_size {a.batch_size}, mini_batch_size {a.mini_batch_size}, per_device_train_batch_size "
+        f"{a.per_device_train_batch_size}, gradient_accumulation_steps {a.gradient_accumulation_steps}, "
+        f"{a.num_total_batches} updates, {type(torch_optimizer).__name__} "
+        f"fused={torch_optimizer.defaults.get('fused')}",
+        file=sys.stderr,
+    )
     if a.gradient_accumulation_steps > 1:
-        print("warning: micro_batch_size < minibatch_size: TRL makes one optimizer step per PPO epoch, not one per "
-              "minibatch (compare optimizer_steps with optimizer_steps_expected)", file=sys.stderr)
+        print(
+            "warning: micro_batch_size < minibatch_size: TRL makes one optimizer step per PPO epoch, not one per "
+            "minibatch (compare optimizer_steps with optimizer_steps_expected)",
+            file=sys.stderr,
+        )
 
     trainer.train()
     output_dir.cleanup()
-    emit_result({"framework": "trl", "version": trl.__version__, "stage": "ppo", **clock.measured(),
-                 "optimizer_steps_expected": s["measured_rollouts"] * s["ppo_epochs"]
-                 * (s["rollout_batch_size"] // s["minibatch_size"]), "threads": cli.threads})
+    emit_result(
+        {
+            "framework": "trl",
+            "version": trl.__version__,
+            "stage": "ppo",
+            **clock.measured(),
+            "optimizer_steps_expected": s["measured_rollouts"]
+            * s["ppo_epochs"]
+            * (s["rollout_batch_size"] // s["minibatch_size"]),
+            "threads": cli.threads,
+        }
+    )
 
 
 if __name__ == "__main__":

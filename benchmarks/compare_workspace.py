@@ -22,20 +22,51 @@ import json
 import random
 from pathlib import Path
 
-MODEL = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-             max_position_embeddings=1024, tie_word_embeddings=True)
+MODEL = dict(
+    hidden_size=256,
+    intermediate_size=768,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=1024,
+    tie_word_embeddings=True,
+)
 
 SETTINGS = {
     # batch_size sequences per optimizer step; tokens/s counts non-pad tokens
-    "sft": {"records": 512, "batch_size": 8, "max_length": 320, "warmup_steps": 3, "measured_steps": 15,
-            "learning_rate": 1e-5},
+    "sft": {
+        "records": 512,
+        "batch_size": 8,
+        "max_length": 320,
+        "warmup_steps": 3,
+        "measured_steps": 15,
+        "learning_rate": 1e-5,
+    },
     # prompts_per_step whole prompts (K-wise) = prompts_per_step * C(K, 2) pairs (pairwise) per optimizer step
-    "rm": {"groups": 64, "ks": [4, 9], "prompts_per_step": {"4": 4, "9": 2}, "max_length": 192, "warmup_steps": 2,
-           "measured_steps": {"4": 10, "9": 5}, "learning_rate": 1e-5},
+    "rm": {
+        "groups": 64,
+        "ks": [4, 9],
+        "prompts_per_step": {"4": 4, "9": 2},
+        "max_length": 192,
+        "warmup_steps": 2,
+        "measured_steps": {"4": 10, "9": 5},
+        "learning_rate": 1e-5,
+    },
     # one rollout of rollout_batch_size prompts, split into minibatches (optimizer steps) of micro-batches
-    "ppo": {"prompts": 256, "rollout_batch_size": 16, "minibatch_size": 8, "micro_batch_size": 8, "ppo_epochs": 1,
-            "max_prompt_length": 64, "max_new_tokens": 64, "temperature": 1.0, "kl_coef": 0.05, "warmup_rollouts": 1,
-            "measured_rollouts": 10, "learning_rate": 1e-6},
+    "ppo": {
+        "prompts": 256,
+        "rollout_batch_size": 16,
+        "minibatch_size": 8,
+        "micro_batch_size": 8,
+        "ppo_epochs": 1,
+        "max_prompt_length": 64,
+        "max_new_tokens": 64,
+        "temperature": 1.0,
+        "kl_coef": 0.05,
+        "warmup_rollouts": 1,
+        "measured_rollouts": 10,
+        "learning_rate": 1e-6,
+    },
 }
 
 
@@ -53,8 +84,14 @@ def build_tokenizer(vocab_size: int):
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     core.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>",
-                                   bos_token="<eos>", model_max_length=MODEL["max_position_embeddings"])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+        bos_token="<eos>",
+        model_max_length=MODEL["max_position_embeddings"],
+    )
 
 
 def build_models(root: Path, tokenizer, vocab_size: int) -> None:
@@ -62,8 +99,10 @@ def build_models(root: Path, tokenizer, vocab_size: int) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
 
     config = LlamaConfig(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, bos_token_id=1, **MODEL)
-    for name, factory, seed, extra in (("policy", AutoModelForCausalLM, 0, {}),
-                                       ("reward", AutoModelForSequenceClassification, 1, {"num_labels": 1})):
+    for name, factory, seed, extra in (
+        ("policy", AutoModelForCausalLM, 0, {}),
+        ("reward", AutoModelForSequenceClassification, 1, {"num_labels": 1}),
+    ):
         torch.manual_seed(seed)
         fields = {k: v for k, v in config.to_dict().items() if k not in ("id2label", "label2id")}
         model = factory.from_config(LlamaConfig(**fields, **extra))
@@ -80,20 +119,36 @@ def build_data(root: Path, vocab_size: int) -> None:
     data.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     sft = SETTINGS["sft"]
-    write_jsonl(data / "sft.jsonl", [{"prompt": sentence(rng, vocab_size, 8, 64), "response": sentence(rng, vocab_size, 8, 240)}
-                                     for _ in range(sft["records"])])
+    write_jsonl(
+        data / "sft.jsonl",
+        [
+            {"prompt": sentence(rng, vocab_size, 8, 64), "response": sentence(rng, vocab_size, 8, 240)}
+            for _ in range(sft["records"])
+        ],
+    )
     rm = SETTINGS["rm"]
     for k in rm["ks"]:
-        groups = [{"prompt": sentence(rng, vocab_size, 8, 48), "responses": [sentence(rng, vocab_size, 8, 128) for _ in range(k)]}
-                  for _ in range(rm["groups"])]
+        groups = [
+            {
+                "prompt": sentence(rng, vocab_size, 8, 48),
+                "responses": [sentence(rng, vocab_size, 8, 128) for _ in range(k)],
+            }
+            for _ in range(rm["groups"])
+        ]
         write_jsonl(data / f"rm_k{k}.jsonl", groups)
-        pairs = [{"prompt": g["prompt"], "chosen": g["responses"][i], "rejected": g["responses"][j]}
-                 for g in groups for i in range(k) for j in range(i + 1, k)]
+        pairs = [
+            {"prompt": g["prompt"], "chosen": g["responses"][i], "rejected": g["responses"][j]}
+            for g in groups
+            for i in range(k)
+            for j in range(i + 1, k)
+        ]
         random.Random(k).shuffle(pairs)  # a pairwise trainer shuffles its pairs; fixed here so every run sees the same
         write_jsonl(data / f"rm_k{k}_pairs.jsonl", pairs)
     ppo = SETTINGS["ppo"]
-    write_jsonl(data / "prompts.jsonl", [{"prompt": sentence(rng, vocab_size, 8, ppo["max_prompt_length"])}
-                                         for _ in range(ppo["prompts"])])
+    write_jsonl(
+        data / "prompts.jsonl",
+        [{"prompt": sentence(rng, vocab_size, 8, ppo["max_prompt_length"])} for _ in range(ppo["prompts"])],
+    )
 
 
 def build_workspace(root: Path, vocab_size: int = 8192) -> dict:

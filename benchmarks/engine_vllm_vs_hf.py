@@ -26,9 +26,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 #: SmolLM2-135M's architecture (Llama, 30 layers, 9 heads / 3 KV heads, 576 wide, 49152 vocab), random weights.
-SMOLLM2_135M = dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                    num_attention_heads=9, num_key_value_heads=3, head_dim=64, max_position_embeddings=2048,
-                    rms_norm_eps=1e-5, rope_theta=100000.0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+SMOLLM2_135M = dict(
+    model_type="llama",
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    pad_token_id=0,
+    eos_token_id=1,
+    tie_word_embeddings=True,
+)
 TOKENIZER = REPO / "lit_rlhf/sandbox/assets/tokenizer"
 PROMPTS = REPO / "lit_rlhf/sandbox/assets/data/prompts_train.jsonl"
 
@@ -75,7 +88,9 @@ def generation_rounds(dirs: dict[str, str], args) -> dict[str, list[float]]:
         torch.manual_seed(round_index)
         started = time.perf_counter()
         rollout = hf_generate(policy, prompts, 1, settings, **special)
-        results.setdefault("hf fp32 tokens/s", []).append(float(rollout.response_lengths.sum()) / (time.perf_counter() - started))
+        results.setdefault("hf fp32 tokens/s", []).append(
+            float(rollout.response_lengths.sum()) / (time.perf_counter() - started)
+        )
         for dtype, engine in engines.items():
             started = time.perf_counter()
             rollout = engine.sample(prompts, 1, settings, **special)
@@ -85,10 +100,14 @@ def generation_rounds(dirs: dict[str, str], args) -> dict[str, list[float]]:
             started = time.perf_counter()
             with torch.no_grad():
                 trainer_logprobs, _ = in_chunks(rollout, 16, lambda c: logprobs_and_entropy(policy, c, 1.0))
-            results.setdefault(f"vllm {dtype} scoring forward s / generation s", []).append((time.perf_counter() - started) / seconds)
+            results.setdefault(f"vllm {dtype} scoring forward s / generation s", []).append(
+                (time.perf_counter() - started) / seconds
+            )
             for name, value in logprob_mismatch(engine_logprobs, trainer_logprobs, rollout.response_mask).items():
                 results.setdefault(f"vllm {dtype} mismatch {name}", []).append(float(value))
-        print(f"generation round {round_index}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in results.items()), flush=True)
+        print(
+            f"generation round {round_index}: " + ", ".join(f"{k} {v[-1]:.3g}" for k, v in results.items()), flush=True
+        )
     for engine in engines.values():
         engine.close()
     return results
@@ -112,20 +131,43 @@ def ppo_fit(dirs: dict[str, str], engine_name: str, args) -> dict[str, float]:
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             self.seconds.append(time.perf_counter() - self.started)
-            self.engine_metrics = {k: v for k, v in RolloutSummary.from_outputs(outputs).metrics.items() if k.startswith("engine/")}
+            self.engine_metrics = {
+                k: v for k, v in RolloutSummary.from_outputs(outputs).metrics.items() if k.startswith("engine/")
+            }
 
-    engine = VLLMEngine(dtype=args.ppo_engine_dtype, kv_cache_memory_gb=1.0, max_model_len=512) if engine_name == "vllm" else None
+    engine = (
+        VLLMEngine(dtype=args.ppo_engine_dtype, kv_cache_memory_gb=1.0, max_model_len=512)
+        if engine_name == "vllm"
+        else None
+    )
     half = args.ppo_episodes // 2
-    module = PPOModule(policy=dirs["sft"], reward_model=dirs["rm"], engine=engine,
-                       batch={"rollout_batch_size": args.ppo_episodes, "minibatch_size": half, "micro_batch_size": half},
-                       sampling={"max_new_tokens": args.new_tokens}, ptx={"gamma": 0.0}, ema_decay=None,
-                       optimizer={"warmup_steps": 1}, seed=0)
+    module = PPOModule(
+        policy=dirs["sft"],
+        reward_model=dirs["rm"],
+        engine=engine,
+        batch={"rollout_batch_size": args.ppo_episodes, "minibatch_size": half, "micro_batch_size": half},
+        sampling={"max_new_tokens": args.new_tokens},
+        ptx={"gamma": 0.0},
+        ema_decay=None,
+        optimizer={"warmup_steps": 1},
+        seed=0,
+    )
     data = PromptDataModule(prompts=str(PROMPTS), max_prompt_length=64, rollout_batch_size=args.ppo_episodes)
     times = StepTimes()
     torch.manual_seed(0)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=args.ppo_rollouts, limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[times])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=args.ppo_rollouts,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[times],
+    )
     trainer.fit(module, datamodule=data)
     steady = times.seconds[1:]  # the first rollout warms up (and, with vLLM, syncs the directory's weights away)
     out = {"episodes/s": args.ppo_episodes / statistics.mean(steady)}
@@ -160,7 +202,9 @@ def main() -> None:
             hf = generation["hf fp32 tokens/s"]
             for dtype in ("float32", "bfloat16"):
                 ratios = [v / h for v, h in zip(generation[f"vllm {dtype} tokens/s"], hf)]
-                print(f"| vllm {dtype} / hf fp32 generation | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | {max(ratios):.2f}x |")
+                print(
+                    f"| vllm {dtype} / hf fp32 generation | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | {max(ratios):.2f}x |"
+                )
         ppo: dict[str, list[dict[str, float]]] = {"hf": [], "vllm": []}
         for pair in range(args.ppo_pairs):
             for name in ("hf", "vllm"):
@@ -168,15 +212,23 @@ def main() -> None:
                 print(f"ppo pair {pair} {name}: {ppo[name][-1]}", flush=True)
         if args.ppo_pairs:
             ratios = [v["episodes/s"] / h["episodes/s"] for v, h in zip(ppo["vllm"], ppo["hf"])]
-            print(f"\n| PPO ({args.ppo_episodes} episodes x {args.new_tokens} tokens, vLLM {args.ppo_engine_dtype}) | median | min | max |")
+            print(
+                f"\n| PPO ({args.ppo_episodes} episodes x {args.new_tokens} tokens, vLLM {args.ppo_engine_dtype}) | median | min | max |"
+            )
             print("|---|---|---|---|")
             for name in ("hf", "vllm"):
                 values = [r["episodes/s"] for r in ppo[name]]
-                print(f"| {name} episodes/s | {statistics.median(values):.3g} | {min(values):.3g} | {max(values):.3g} |")
-            print(f"| vllm / hf episodes/s | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | {max(ratios):.2f}x |")
+                print(
+                    f"| {name} episodes/s | {statistics.median(values):.3g} | {min(values):.3g} | {max(values):.3g} |"
+                )
+            print(
+                f"| vllm / hf episodes/s | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | {max(ratios):.2f}x |"
+            )
             for key in sorted(k for k in ppo["vllm"][0] if k.startswith("engine/")):
                 values = [r[key] for r in ppo["vllm"]]
-                print(f"| vllm {key} (last rollout) | {statistics.median(values):.3g} | {min(values):.3g} | {max(values):.3g} |")
+                print(
+                    f"| vllm {key} (last rollout) | {statistics.median(values):.3g} | {min(values):.3g} | {max(values):.3g} |"
+                )
 
 
 if __name__ == "__main__":  # vLLM starts engine processes: this script must be import-safe

@@ -90,14 +90,24 @@ def worker(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="memory_135m_"))
     marks.append(("imports", rss_mb(), peak_mb()))
     lora = LoraOptions(r=16, alpha=32.0, target_modules="all-linear") if args.lora else None
-    common = dict(model=smollm2_gguf(), learning_rate=2e-5, gradient_checkpointing=args.gradient_checkpointing, lora=lora)
+    common = dict(
+        model=smollm2_gguf(), learning_rate=2e-5, gradient_checkpointing=args.gradient_checkpointing, lora=lora
+    )
     if args.stage == "ppo":
         gguf = common.pop("model")
         common["optimizer"] = {"learning_rate": common.pop("learning_rate")}
-        module = PPOModule(policy=gguf, reward_model=gguf, batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4},
-                           sampling={"max_new_tokens": 32}, ema_decay=None, ptx={"gamma": 0.0}, **common)
-        data = PromptDataModule(prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0,
-                                rollout_batch_size=8)
+        module = PPOModule(
+            policy=gguf,
+            reward_model=gguf,
+            batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4},
+            sampling={"max_new_tokens": 32},
+            ema_decay=None,
+            ptx={"gamma": 0.0},
+            **common,
+        )
+        data = PromptDataModule(
+            prompts=str(write_records(root, "ppo")), max_prompt_length=192, ptx_ratio=0.0, rollout_batch_size=8
+        )
     elif args.stage == "rm":
         lr = common.pop("learning_rate")
         module = RewardModule(**common, optimizer=OptimizerSettings(learning_rate=lr))
@@ -106,15 +116,26 @@ def worker(args: argparse.Namespace) -> None:
         lr = common.pop("learning_rate")
         module = SFTModule(**common, optimizer=OptimizerSettings(learning_rate=lr))
         data = SFTDataModule(train=str(write_records(root, "sft")), batch_size=16, max_length=192)
-    trainer = L.Trainer(accelerator="cpu", precision=args.precision, max_steps=args.steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        callbacks=[Probe()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=args.precision,
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Probe()],
+    )
     started = time.time()
     trainer.fit(module, data)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    print(f"\n{args.stage} {args.precision} gradient_checkpointing={args.gradient_checkpointing} lora={args.lora}: "
-          f"{trained / 1e6:.1f}M trained parameters, optimizer {type(trainer.optimizers[0]).__name__}, "
-          f"{(time.time() - started) / max(args.steps, 1):.0f} s per step incl. loading")
+    print(
+        f"\n{args.stage} {args.precision} gradient_checkpointing={args.gradient_checkpointing} lora={args.lora}: "
+        f"{trained / 1e6:.1f}M trained parameters, optimizer {type(trainer.optimizers[0]).__name__}, "
+        f"{(time.time() - started) / max(args.steps, 1):.0f} s per step incl. loading"
+    )
     for name, rss, peak in marks:
         print(f"  {name:<45} resident {rss / 1024:5.2f} GiB   peak so far {peak / 1024:5.2f} GiB")
 
@@ -131,7 +152,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false"
+    )
     env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker"], check=True, cwd=REPO, env=env)
 

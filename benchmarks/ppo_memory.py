@@ -25,9 +25,19 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 #: ~110M parameters: a GPT-2-small-sized Llama.
-MODEL = dict(model_type="llama", vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
-             num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=512, pad_token_id=0, eos_token_id=1,
-             tie_word_embeddings=True)
+MODEL = dict(
+    model_type="llama",
+    vocab_size=32000,
+    hidden_size=768,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_key_value_heads=12,
+    max_position_embeddings=512,
+    pad_token_id=0,
+    eos_token_id=1,
+    tie_word_embeddings=True,
+)
 CONFIGS = [(1, False), (2, False), (1, True), (2, True)]  # (processes, lora)
 
 
@@ -38,7 +48,9 @@ def build_inputs(root: Path) -> None:
 
     build_char_tokenizer(root / "tokenizer")
     write_random_sft_and_rm(root, MODEL, str(root / "tokenizer"))
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"prompt number {i}:"}) + "\n" for i in range(64)))
+    (root / "prompts.jsonl").write_text(
+        "".join(json.dumps({"prompt": f"prompt number {i}:"}) + "\n" for i in range(64))
+    )
 
 
 def worker(root: Path, lora: bool, rollouts: int) -> None:
@@ -54,16 +66,29 @@ def worker(root: Path, lora: bool, rollouts: int) -> None:
     seed_everything(0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     module = PPOModule(
-        policy=str(root / "sft"), reward_model=str(root / "rm"),
-        batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4}, sampling={"max_new_tokens": 32},
-        ema_decay=None, ptx={"gamma": 0.0}, optimizer={"warmup_steps": 1},
+        policy=str(root / "sft"),
+        reward_model=str(root / "rm"),
+        batch={"rollout_batch_size": 8, "minibatch_size": 4, "micro_batch_size": 4},
+        sampling={"max_new_tokens": 32},
+        ema_decay=None,
+        ptx={"gamma": 0.0},
+        optimizer={"warmup_steps": 1},
         lora=LoraOptions(r=16, alpha=32.0, target_modules="all-linear") if lora else None,
     )
     data = PromptDataModule(prompts=str(root / "prompts.jsonl"), max_prompt_length=32, rollout_batch_size=8)
     gpu = torch.cuda.is_available()
-    trainer = Trainer(accelerator="gpu" if gpu else "cpu", devices=world, strategy=FSDP2Strategy() if world > 1 else "auto",
-                      max_steps=rollouts, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = Trainer(
+        accelerator="gpu" if gpu else "cpu",
+        devices=world,
+        strategy=FSDP2Strategy() if world > 1 else "auto",
+        max_steps=rollouts,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=data)
     peak = torch.cuda.max_memory_allocated() if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     (root / f"peak_{world}_{int(lora)}_{trainer.global_rank}.json").write_text(json.dumps(peak))
@@ -87,8 +112,20 @@ def main() -> None:
     build_inputs(root)
     rows = []
     for processes, lora in CONFIGS:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-                   __file__, "--rollouts", str(args.rollouts), "--worker", str(root), str(int(lora))]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(processes),
+            __file__,
+            "--rollouts",
+            str(args.rollouts),
+            "--worker",
+            str(root),
+            str(int(lora)),
+        ]
         subprocess.run(command, check=True, cwd=REPO)
         peaks = [json.loads((root / f"peak_{processes}_{int(lora)}_{r}.json").read_text()) for r in range(processes)]
         rows.append((processes, "FSDP2" if processes > 1 else "single", "LoRA" if lora else "full", max(peaks)))

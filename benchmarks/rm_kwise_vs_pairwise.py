@@ -32,8 +32,15 @@ from lit_rlhf.models.heads import sequence_rewards
 
 def tiny_reward_model(vocab_size: int, seq_len: int) -> torch.nn.Module:
     config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=seq_len, num_labels=1, pad_token_id=0,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=seq_len,
+        num_labels=1,
+        pad_token_id=0,
     )
     torch.manual_seed(0)
     return AutoModelForSequenceClassification.from_config(config).train()
@@ -141,8 +148,12 @@ def main() -> None:
         kwise, pairwise = kwise.rates(), pairwise.rates()
         rows.append((k, prompts_per_step * k, math.comb(k, 2), kwise, pairwise))
 
-    print(f"\nseq_len={args.seq_len}, threads={args.threads}, {args.seconds:.0f} s per path; median-step comparisons/s (sequences/s)")
-    print(f"{'K':>3} {'seqs/step':>9} {'pairs/prompt':>12} {'k-wise':>18} {'pairwise':>18} {'ratio':>6} {'ideal K-1':>9}")
+    print(
+        f"\nseq_len={args.seq_len}, threads={args.threads}, {args.seconds:.0f} s per path; median-step comparisons/s (sequences/s)"
+    )
+    print(
+        f"{'K':>3} {'seqs/step':>9} {'pairs/prompt':>12} {'k-wise':>18} {'pairwise':>18} {'ratio':>6} {'ideal K-1':>9}"
+    )
     for k, seqs, pairs_per_prompt, (kw_cmp, kw_seq), (pw_cmp, pw_seq) in rows:
         print(
             f"{k:>3} {seqs:>9} {pairs_per_prompt:>12} {kw_cmp:>9.0f} ({kw_seq:>5.0f}) {pw_cmp:>9.0f} ({pw_seq:>5.0f}) "

@@ -25,7 +25,21 @@ def run_seed(out: Path, seed: int, configs: str) -> float:
     """One whole pipeline in a subprocess; returns its wall time in seconds."""
     started = time.perf_counter()
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
-    command = [sys.executable, "-m", "lit_rlhf.cli", "sandbox", "run", "--out", str(out), "--seed", str(seed), "--wandb", "false", "--configs", configs]
+    command = [
+        sys.executable,
+        "-m",
+        "lit_rlhf.cli",
+        "sandbox",
+        "run",
+        "--out",
+        str(out),
+        "--seed",
+        str(seed),
+        "--wandb",
+        "false",
+        "--configs",
+        configs,
+    ]
     with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
     return time.perf_counter() - started
@@ -45,7 +59,9 @@ def summarise(reports: list[dict]) -> list[tuple[str, float, float, float]]:
     """(name, mean, min, max) of every number present in all reports."""
     flats = [flatten(r) for r in reports]
     names = [k for k in flats[0] if all(k in f for f in flats)]
-    return [(k, statistics.fmean(f[k] for f in flats), min(f[k] for f in flats), max(f[k] for f in flats)) for k in names]
+    return [
+        (k, statistics.fmean(f[k] for f in flats), min(f[k] for f in flats), max(f[k] for f in flats)) for k in names
+    ]
 
 
 def main() -> None:
@@ -66,8 +82,12 @@ def main() -> None:
             print(f"seed {seed}: {times[-1]:.0f} s", flush=True)
         reports.append(json.loads((out / "report.json").read_text()))
 
-    lines = [f"seeds {args.seeds}" + (f"; wall time per seed {statistics.fmean(times):.0f} s" if times else ""), "",
-             "| metric | mean | ± half-spread | min..max |", "|---|---|---|---|"]
+    lines = [
+        f"seeds {args.seeds}" + (f"; wall time per seed {statistics.fmean(times):.0f} s" if times else ""),
+        "",
+        "| metric | mean | ± half-spread | min..max |",
+        "|---|---|---|---|",
+    ]
     for name, mean, low, high in summarise(reports):
         lines.append(f"| {name} | {mean:.3f} | {(high - low) / 2:.3f} | {low:.3f}..{high:.3f} |")
     text = "\n".join(lines)

@@ -101,7 +101,9 @@ def _swap_into_place(temp: Path, target: Path) -> None:
 
 
 def _complete(directory: Path) -> bool:
-    return read_marker(directory) is not None and (directory / COMMIT_MARKER).is_file() and not incomplete_files(directory)
+    return (
+        read_marker(directory) is not None and (directory / COMMIT_MARKER).is_file() and not incomplete_files(directory)
+    )
 
 
 def recover_directory(path: str | Path) -> Optional[str]:

@@ -8,13 +8,13 @@ import os
 import sys
 from typing import Optional
 
-
 #: Commands that are not Trainer entry points: name -> "module:function" taking argv.
 EXTRA_COMMANDS = {
     "sample": "lit_rlhf.sampling:main",
     "label": "lit_rlhf.label.commands:main",
     "sandbox": "lit_rlhf.sandbox.commands:main",
 }
+
 
 def _load(target: str):
     module, name = target.split(":")

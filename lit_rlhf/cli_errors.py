@@ -95,7 +95,14 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         key = f"{group}.init_args.{name}" if class_path and name != group else name
         return f"{_origin(key, argv)}{key}: must be one of {literal.group(1)}, got {literal.group(2).strip()!r}"
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    detail = next((line for line in lines[1:] if not line.startswith(("Does not validate", "Subtypes", "Errors", "- Expected", "Given value"))), "")
+    detail = next(
+        (
+            line
+            for line in lines[1:]
+            if not line.startswith(("Does not validate", "Subtypes", "Errors", "- Expected", "Given value"))
+        ),
+        "",
+    )
     return " ".join(part for part in (lines[0] if lines else message, detail) if part).strip() + " (see `--help`)"
 
 

@@ -100,8 +100,10 @@ class Episodes:
     @cached_property
     def response_texts(self) -> list[str]:
         """Response texts up to their first EOS (EOS and special tokens removed); needs :attr:`tokenizer`."""
-        return [self._tokenizer().decode(row[m].tolist(), skip_special_tokens=True)
-                for row, m in zip(self.responses, self.response_mask)]
+        return [
+            self._tokenizer().decode(row[m].tolist(), skip_special_tokens=True)
+            for row, m in zip(self.responses, self.response_mask)
+        ]
 
     def select(self, rows: Tensor) -> Episodes:
         """The episodes at ``rows`` (a minibatch or micro-batch), every per-episode field indexed alike."""

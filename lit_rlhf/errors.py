@@ -24,7 +24,9 @@ class ConfigError(UserError, ValueError):
     """A configuration that cannot work, with what to change."""
 
 
-def describe_range(min: Optional[float], max: Optional[float], *, min_open: bool = False, max_open: bool = False) -> str:
+def describe_range(
+    min: Optional[float], max: Optional[float], *, min_open: bool = False, max_open: bool = False
+) -> str:
     """``>= 1``, ``> 0``, ``in [0, 1)``: the allowed range as people write it."""
     if min is not None and max is not None:
         return f"in {'(' if min_open else '['}{min:g}, {max:g}{')' if max_open else ']'}"

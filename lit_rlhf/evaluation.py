@@ -41,12 +41,23 @@ def sample_episodes(
     try:
         for start in range(0, len(prompts), batch_size):
             ids, mask = pad_sequences(
-                [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]], tokenizer.pad_token_id, side="left"
+                [tokenizer(p)["input_ids"] for p in prompts[start : start + batch_size]],
+                tokenizer.pad_token_id,
+                side="left",
             )  # left padding: every row continues from the last column
-            ids, mask = ids.repeat_interleave(num_return_sequences, 0).to(device), mask.repeat_interleave(num_return_sequences, 0).to(device)
+            ids, mask = (
+                ids.repeat_interleave(num_return_sequences, 0).to(device),
+                mask.repeat_interleave(num_return_sequences, 0).to(device),
+            )
             responses = sample_continuations(
-                model, ids, mask, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                model,
+                ids,
+                mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
             )
             yield concat_responses(ids, mask, responses, tokenizer.eos_token_id).with_values(tokenizer=tokenizer)
     finally:
@@ -67,8 +78,14 @@ def generate_responses(
     """Responses (decoded, special tokens removed) for each prompt, ``num_return_sequences`` each,
     in prompt order. ``temperature == 0`` decodes greedily. Sampling is the same as in PPO rollouts."""
     episodes = sample_episodes(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        num_return_sequences=num_return_sequences, batch_size=batch_size,
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        num_return_sequences=num_return_sequences,
+        batch_size=batch_size,
     )
     return [text for batch in episodes for text in sampled_texts(batch)]
 
@@ -87,10 +104,17 @@ def response_logprob_sums(model: PreTrainedModel, episodes: Episodes, temperatur
     was_training = model.training
     model.eval()
     response_length = episodes.response_mask.shape[1]
-    logits = model(
-        input_ids=episodes.input_ids, attention_mask=episodes.attention_mask,
-        position_ids=position_ids_from_mask(episodes.attention_mask), logits_to_keep=response_length + 1, use_cache=False,
-    ).logits[:, :-1].float()  # position P - 1 + t predicts response token t
+    logits = (
+        model(
+            input_ids=episodes.input_ids,
+            attention_mask=episodes.attention_mask,
+            position_ids=position_ids_from_mask(episodes.attention_mask),
+            logits_to_keep=response_length + 1,
+            use_cache=False,
+        )
+        .logits[:, :-1]
+        .float()
+    )  # position P - 1 + t predicts response token t
     model.train(was_training)
     if temperature > 0:
         logits = logits / temperature
@@ -101,7 +125,12 @@ def response_logprob_sums(model: PreTrainedModel, episodes: Episodes, temperatur
 
 @torch.no_grad()
 def lm_loss_on_texts(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *, batch_size: int = 32, max_length: Optional[int] = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    max_length: Optional[int] = None,
 ) -> float:
     """Token-weighted mean next-token loss of ``model`` on ``texts``."""
     was_training = model.training
@@ -140,4 +169,7 @@ def evaluated_policy(pl_module: LightningModule, weights: str = "exported") -> I
         with pl_module.evaluation_weights() as model:
             yield _generative(model)
         return
-    yield next((m for m in (_generative(getattr(pl_module, name, None)) for name in ("policy", "model")) if m is not None), None)
+    yield next(
+        (m for m in (_generative(getattr(pl_module, name, None)) for name in ("policy", "model")) if m is not None),
+        None,
+    )

@@ -53,7 +53,9 @@ class LoraOptions:
     export: Literal["merged", "adapter"] = "merged"
 
 
-def apply_lora(model: PreTrainedModel, options: Optional[LoraOptions], *, head: Optional[str] = None) -> torch.nn.Module:
+def apply_lora(
+    model: PreTrainedModel, options: Optional[LoraOptions], *, head: Optional[str] = None
+) -> torch.nn.Module:
     """Wrap ``model`` with fresh adapters, or return it unchanged when ``options`` is None.
 
     ``head`` names a module that trains in full next to the adapters (the scalar head of a reward or
@@ -64,7 +66,7 @@ def apply_lora(model: PreTrainedModel, options: Optional[LoraOptions], *, head: 
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
-        raise ConfigError("LoRA needs the peft package: pip install -e \".[lora]\"") from None
+        raise ConfigError('LoRA needs the peft package: pip install -e ".[lora]"') from None
 
     if options.r <= 0:
         raise ValueError(f"lora.r must be positive, got {options.r}")

@@ -70,7 +70,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state["exp_avg"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(
+                        param, dtype=torch.float32, memory_format=torch.preserve_format
+                    )
                     if is_low_precision(param):
                         state["compensation"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
@@ -111,7 +113,6 @@ def effective_weight(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor:
     compensation = optimizer.state.get(param, {}).get("compensation")
     value = param.detach().float()
     return value + compensation.float() if compensation is not None else value
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,8 +178,12 @@ def warn_emulated(what: str) -> None:
     if what in _warned:
         return
     _warned.add(what)
-    print(f"lit-rlhf: {what}: this {describe_hardware()} has no native bfloat16, so bf16 runs emulated and several times "
-          "slower than float32; use `auto` (or 32-true / float32) here", file=sys.stderr, flush=True)
+    print(
+        f"lit-rlhf: {what}: this {describe_hardware()} has no native bfloat16, so bf16 runs emulated and several times "
+        "slower than float32; use `auto` (or 32-true / float32) here",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def describe_hardware() -> str:
@@ -188,9 +193,10 @@ def describe_hardware() -> str:
 
 
 def _trainer_class():
+    from typing import Literal, Union
+
     from lightning.fabric.connector import _PRECISION_INPUT
     from lightning.pytorch import Trainer as LightningTrainer
-    from typing import Literal, Union
 
     class Trainer(LightningTrainer):
         """Lightning's Trainer whose ``precision`` also takes ``auto`` (:func:`resolve_precision`): the class the
@@ -218,5 +224,7 @@ def engine_dtype(dtype: str, config: Any, on_gpu: bool) -> str:
         if dtype == "bfloat16" and not bf16_native(device):
             warn_emulated("engine dtype bfloat16")
         return dtype
-    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix("torch.")
+    saved = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").removeprefix(
+        "torch."
+    )
     return "float32" if saved == "bfloat16" and not bf16_native(device) else saved

@@ -34,7 +34,9 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
     Sampling a rollout this way makes it a function of (seed, rollout index, rank) alone, so a
     resumed run samples exactly what the uninterrupted run would have.
     """
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

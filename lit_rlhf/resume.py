@@ -41,7 +41,9 @@ class PendingValidation(Callback):
         if not self.due_on_resume:
             return
         self.due_on_resume = False
-        rank_zero_info(f"Resuming at step {trainer.global_step}: running the validation the interrupted run had not finished.")
+        rank_zero_info(
+            f"Resuming at step {trainer.global_step}: running the validation the interrupted run had not finished."
+        )
         # What Lightning's training loop does to validate between two steps.
         trainer.validating = True
         trainer.fit_loop.epoch_loop.val_loop.run()
@@ -110,6 +112,9 @@ def report_changed_options(path: str | Path, module: LightningModule) -> dict[st
         from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
         if rank_zero_only.rank == 0:
-            print(f"lit-rlhf: resuming from {path} with {len(changed)} changed option(s), the new values apply: {listed}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"lit-rlhf: resuming from {path} with {len(changed)} changed option(s), the new values apply: {listed}",
+                file=sys.stderr,
+                flush=True,
+            )
     return changed

@@ -64,8 +64,14 @@ def sample_responses(
     out_path = Path(out)
     prompt_texts = [render_prompt(tokenizer, r, field_map) for r in records]
     responses = generate_responses(
-        policy, tokenizer, prompt_texts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        num_return_sequences=k, batch_size=batch_size,
+        policy,
+        tokenizer,
+        prompt_texts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        num_return_sequences=k,
+        batch_size=batch_size,
     )
     with atomic_file(out_path) as f:  # a killed run leaves the previous file, never half of a new one
         for i, record in enumerate(records):

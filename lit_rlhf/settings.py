@@ -39,7 +39,9 @@ def settings(cls: type[T], value: Optional[T | Mapping[str, Any]], default: Opti
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(value) - names)
         if unknown:
-            raise ConfigError(f"{unknown[0]}: unknown option of {cls.__name__}; its options: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"{unknown[0]}: unknown option of {cls.__name__}; its options: {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(default, **value)
     raise ConfigError(f"expected {cls.__name__} or a mapping of its options, got {type(value).__name__}")
 

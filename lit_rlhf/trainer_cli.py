@@ -13,9 +13,9 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
+from lit_rlhf import reliability
 from lit_rlhf.cli_errors import OneLineErrorParser
 from lit_rlhf.resume import PendingValidation
-from lit_rlhf import reliability
 
 DESCRIPTION = """\
 lit-rlhf: InstructGPT's three stages on PyTorch Lightning. Pick a stage with a config:
@@ -70,7 +70,6 @@ class LitRLHFCLI(LightningCLI):
 
     def before_fit(self) -> None:
         reliability.before_fit(self)
-
 
     def add_arguments_to_parser(self, parser) -> None:
         # PPO's data module takes its batch sizes from the module's `batch` group: one place to set them.

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 
 def build_char_tokenizer(out_dir: Path, *, chat_template: str | None = CHAT_TEMPLATE) -> Path:
     """A character-level tokenizer: every character one token, so tests can count positions by hand."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<pad>", "<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -45,12 +45,29 @@ def write_tiny_config(path: Path, vocab_size: int, *, model_type: str = "llama")
 
     if model_type == "llama":
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=1, bos_token_id=None,
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=None,
             tie_word_embeddings=True,
         )
     else:
-        config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=256, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=256,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+        )
     config.to_json_file(path)
     return path
 

@@ -140,7 +140,9 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
     common = {"tokenizer": str(root / "tokenizer"), "lora": lora_options, "output_dir": str(out / "model")}
     if stage == "sft":
         module = SFTModule(model=str(root / "init_lm"), optimizer=OptimizerSettings(learning_rate=1e-3), **common)
-        data = OrderedSFTData(train=str(root / "sft.jsonl"), max_length=64, batch_size=GLOBAL_BATCH, group_by_length=False)
+        data = OrderedSFTData(
+            train=str(root / "sft.jsonl"), max_length=64, batch_size=GLOBAL_BATCH, group_by_length=False
+        )
     elif stage == "rm":
         module = RewardModule(model=str(root / "init_lm"), optimizer=OptimizerSettings(learning_rate=1e-3), **common)
         data = OrderedRewardData(
@@ -152,28 +154,40 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
         # The same global rollout of 8 episodes: 8 on one device, or 4 per rank (split in micro-batches of 1).
         world = {name: str(root / "ppo" / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
         per_device = 8 // devices
-        module = fixed_rollout_module(world, rollout_batch_size=per_device, minibatch_size=per_device,
-                                      micro_batch_size=1 if devices > 1 else 8, ptx_micro_batch_size=1 if devices > 1 else 4)
+        module = fixed_rollout_module(
+            world,
+            rollout_batch_size=per_device,
+            minibatch_size=per_device,
+            micro_batch_size=1 if devices > 1 else 8,
+            ptx_micro_batch_size=1 if devices > 1 else 4,
+        )
         data = tiny_data(world, module, ptx_ratio=0.5)
     elif stage == "ppo":
         from ppo_support import TINY, grouped, tiny_data
+
         from lit_rlhf.modules import PPOModule
 
         world = {name: str(root / "ppo" / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
         cls = _uneven_length_ppo() if uneven else PPOModule
-        module = cls(policy=world["sft"], reward_model=world["rm"], lora=lora_options, output_dir=str(out / "model"),
-                     **grouped(**TINY))
+        module = cls(
+            policy=world["sft"],
+            reward_model=world["rm"],
+            lora=lora_options,
+            output_dir=str(out / "model"),
+            **grouped(**TINY),
+        )
         data = tiny_data(world, module)
     else:
         raise ValueError(f"unknown stage {stage}")
     return module, data
 
 
-
 def run_scenario(inputs: Path, out_root: Path, scenario: dict, devices: int) -> None:
     seed_everything(0)
     out = out_root / scenario["name"]
-    module, data = build(scenario["stage"], inputs, out, scenario.get("lora", False), scenario.get("uneven", False), devices)
+    module, data = build(
+        scenario["stage"], inputs, out, scenario.get("lora", False), scenario.get("uneven", False), devices
+    )
     callbacks = [LossRecorder(out)]
     if scenario["stage"] == "ppo-exact":
         callbacks.append(FirstStepGradients(out))

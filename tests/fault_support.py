@@ -36,8 +36,12 @@ class KillAndRecord(Callback):
             atomic exchange (the previous model moved aside, the complete new one not yet in place).
     """
 
-    def __init__(self, record: str, at_step: int = -1,
-                 during: Literal["step", "checkpoint", "validation", "export", "swap"] = "step"):
+    def __init__(
+        self,
+        record: str,
+        at_step: int = -1,
+        during: Literal["step", "checkpoint", "validation", "export", "swap"] = "step",
+    ):
         self.record, self.at_step, self.during = record, at_step, during
 
     def setup(self, trainer, pl_module, stage) -> None:

@@ -41,7 +41,7 @@ def assert_plot(path: Path, size: tuple[int, int], panels: list[dict[str, int]])
     assert distinct >= 20 and 0.02 < non_white < 0.9, f"{path.name} blank? {distinct} colours, {non_white:.1%} ink"
     width = image.shape[1] // len(panels)
     for i, minimum in enumerate(panels):
-        panel = image[:, i * width:(i + 1) * width]
+        panel = image[:, i * width : (i + 1) * width]
         for name, at_least in minimum.items():
             count = colour_pixels(panel, TAB[name])
             assert count >= at_least, f"{path.name}: panel {i}: {count} {name} pixels < {at_least} (series not drawn?)"

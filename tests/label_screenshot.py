@@ -20,29 +20,43 @@ DESKTOP = {"viewport": {"width": 1180, "height": 960}}
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 1}
 
 EXAMPLES = [
-    {"prompt": "Put these letters in alphabetical order: k h u p m\nAnswer:",
-     "responses": [" h k m p u", " h k m p u, there you go", " k h u p m", " h k p u"]},
+    {
+        "prompt": "Put these letters in alphabetical order: k h u p m\nAnswer:",
+        "responses": [" h k m p u", " h k m p u, there you go", " k h u p m", " h k p u"],
+    },
     {"prompt": "Compute 18 minus 6.\nAnswer:", "responses": [" 12", " 12, hope that helps!", " 24", " 11"]},
-    {"prompt": "Explain in one sentence why the sky is blue, for a ten-year-old.",
-     "responses": [
-         "Sunlight is made of all colours, and the air scatters the blue part much more than the red, so blue light "
-         "reaches your eyes from every direction of the sky.",
-         "Because the ocean reflects onto it.",
-         "Air scatters blue light more than other colours, so the sky looks blue. <b>Fun fact</b>: sunsets are red "
-         "for the same reason.",
-         "Light from the Sun bounces off tiny bits of air;\u200b blue bounces around the most, so that is the colour we see.",
-     ]},
+    {
+        "prompt": "Explain in one sentence why the sky is blue, for a ten-year-old.",
+        "responses": [
+            "Sunlight is made of all colours, and the air scatters the blue part much more than the red, so blue light "
+            "reaches your eyes from every direction of the sky.",
+            "Because the ocean reflects onto it.",
+            "Air scatters blue light more than other colours, so the sky looks blue. <b>Fun fact</b>: sunsets are red "
+            "for the same reason.",
+            "Light from the Sun bounces off tiny bits of air;\u200b blue bounces around the most, so that is the colour we see.",
+        ],
+    },
 ]
 
 
 PAIRS = [
-    {"id": "e1", "prompt": "Compute 7 times 8.\nAnswer:", "policy_a": "ppo", "response_a": " 56",
-     "policy_b": "sft", "response_b": " 56, there you go"},
-    {"id": "e2", "prompt": "Write a haiku about autumn leaves.", "policy_a": "ppo",
-     "response_a": "Red leaves drift and fall\nthe maple lets go of them\nwind carries them home",
-     "policy_b": "sft",
-     "response_b": "Autumn leaves are falling down, they are red and yellow and brown. Here is a haiku:\n"
-                   "Leaves fall in autumn\nThey are red and also brown\nAutumn leaves fall down\u200b"},
+    {
+        "id": "e1",
+        "prompt": "Compute 7 times 8.\nAnswer:",
+        "policy_a": "ppo",
+        "response_a": " 56",
+        "policy_b": "sft",
+        "response_b": " 56, there you go",
+    },
+    {
+        "id": "e2",
+        "prompt": "Write a haiku about autumn leaves.",
+        "policy_a": "ppo",
+        "response_a": "Red leaves drift and fall\nthe maple lets go of them\nwind carries them home",
+        "policy_b": "sft",
+        "response_b": "Autumn leaves are falling down, they are red and yellow and brown. Here is a haiku:\n"
+        "Leaves fall in autumn\nThey are red and also brown\nAutumn leaves fall down\u200b",
+    },
 ]
 
 
@@ -77,8 +91,21 @@ def ranking_page(browser, url: str, out: Path, options: dict, name: str) -> None
     login(page, url, name)
     for _ in range(2):
         next_item(page)
-    for key in ("4", "Shift+ArrowUp", "Shift+ArrowUp", "Shift+ArrowUp", "Shift+Digit7", "2", "Shift+Digit6",
-                "3", "Equal", "Shift+Digit6", "4", "Shift+Digit2", "1"):
+    for key in (
+        "4",
+        "Shift+ArrowUp",
+        "Shift+ArrowUp",
+        "Shift+ArrowUp",
+        "Shift+Digit7",
+        "2",
+        "Shift+Digit6",
+        "3",
+        "Equal",
+        "Shift+Digit6",
+        "4",
+        "Shift+Digit2",
+        "1",
+    ):
         page.keyboard.press(key)
     if options is DESKTOP:
         page.locator("#cards .card").nth(3).locator("details.flags summary").click()
@@ -115,8 +142,12 @@ def main(out: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        shots = [(ranking_page, "label.png", DESKTOP), (ranking_page, "label_phone.png", PHONE),
-                 (pairs_page, "label_pairs.png", DESKTOP), (pairs_page, "label_pairs_phone.png", PHONE)]
+        shots = [
+            (ranking_page, "label.png", DESKTOP),
+            (ranking_page, "label_phone.png", PHONE),
+            (pairs_page, "label_pairs.png", DESKTOP),
+            (pairs_page, "label_pairs_phone.png", PHONE),
+        ]
         for n, (shot, name, options) in enumerate(shots):  # a fresh database each: the same labeler, the same page
             store = LabelStore(Path(scratch) / f"labels{n}.db")
             if shot is ranking_page:

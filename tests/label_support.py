@@ -18,22 +18,35 @@ from typing import Any, Iterator, Optional
 #: How every browser test starts Debian's Chromium (``playwright install`` cannot download browsers here).
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 def synthetic_samples(num_items: int, k: int = 4) -> list[dict]:
     """Lines shaped like ``lit-rlhf sample`` output: the prompt record's fields plus K responses."""
     return [
-        {"prompt": f"Reverse the letters of 'word{i}'.", "family": "reverse",
-         "responses": [f"{i}drow", f"word{i}", f"{i}dr ow", f"drow{i}", f"w{i}", f"d{i}", f"o{i}", f"r{i}", f"x{i}"][:k]}
+        {
+            "prompt": f"Reverse the letters of 'word{i}'.",
+            "family": "reverse",
+            "responses": [f"{i}drow", f"word{i}", f"{i}dr ow", f"drow{i}", f"w{i}", f"d{i}", f"o{i}", f"r{i}", f"x{i}"][
+                :k
+            ],
+        }
         for i in range(num_items)
     ]
 
 
 def write_samples(path: Path, rows: list) -> Path:
-    path.write_text("".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8")
+    path.write_text(
+        "".join((row if isinstance(row, str) else json.dumps(row)) + "\n" for row in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -46,7 +59,9 @@ class Client:
         self.csrf: Optional[str] = None
         self.last_headers: list[tuple[str, str]] = []
 
-    def request(self, method: str, path: str, body: Any = None, headers: Optional[dict] = None, csrf: bool = True) -> tuple[int, Any]:
+    def request(
+        self, method: str, path: str, body: Any = None, headers: Optional[dict] = None, csrf: bool = True
+    ) -> tuple[int, Any]:
         data = None
         all_headers = {"Accept": "application/json", **(headers or {})}
         if body is not None:
@@ -118,7 +133,9 @@ def threaded_server(store, require_tokens: bool = False, threads: int = 8, **app
         server.close()
 
 
-def start_server_process(db: Path, samples: Optional[Path] = None, *extra: str, port: int = 0) -> tuple[subprocess.Popen, str]:
+def start_server_process(
+    db: Path, samples: Optional[Path] = None, *extra: str, port: int = 0
+) -> tuple[subprocess.Popen, str]:
     """``lit-rlhf label serve`` as its own process (so a test can SIGKILL it); returns it and its URL."""
     command = [sys.executable, "-m", "lit_rlhf.cli", "label", "serve", "--db", str(db), "--port", str(port), *extra]
     if samples is not None:
@@ -146,8 +163,16 @@ def pair_rows() -> list[dict]:
     rows = []
     for i in range(1, 5):
         a, b = ("sft", "ppo") if i == 3 else ("ppo", "sft")
-        rows.append({"id": f"q{i}", "prompt": f"Question {i}?", "policy_a": a, "response_a": f"{a} answers {i}",
-                     "policy_b": b, "response_b": f"{b} answers {i}"})
+        rows.append(
+            {
+                "id": f"q{i}",
+                "prompt": f"Question {i}?",
+                "policy_a": a,
+                "response_a": f"{a} answers {i}",
+                "policy_b": b,
+                "response_b": f"{b} answers {i}",
+            }
+        )
     return rows
 
 
@@ -174,15 +199,24 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "proxy.crt", folder / "proxy.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -191,7 +225,16 @@ class HttpsProxy:
     it passes the browser's Host on and adds X-Forwarded-Proto/For (which the app ignores). ``backend``
     (``http://127.0.0.1:PORT``) may be set after it starts, once the app knows the proxy's public URL."""
 
-    HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "content-length"}
+    HOP = {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "content-length",
+    }
 
     def __init__(self, folder: Path):
         import http.server
@@ -238,6 +281,7 @@ class HttpsProxy:
         cert, key = self_signed_certificate(folder)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert, key)
+
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
 

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from conftest import REPO_ROOT
 
 EVAL_PROMPTS = "lit_rlhf/sandbox/assets/data/prompts_eval.jsonl"
@@ -45,11 +44,29 @@ def fit(root: Path, config: str, out: str, seed: int, *args: str, extra_config: 
     os.chdir(root)
     try:
         configs = ["--config", f"configs/{config}"] + (["--config", extra_config] if extra_config else [])
-        main(["fit", *configs, "--seed_everything", str(seed),
-              "--trainer.logger", "false", "--trainer.callbacks", "null",
-              "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
-              "--trainer.enable_model_summary", "false", "--trainer.limit_val_batches", "0",
-              "--model.init_args.output_dir", str(root / out), *args])
+        main(
+            [
+                "fit",
+                *configs,
+                "--seed_everything",
+                str(seed),
+                "--trainer.logger",
+                "false",
+                "--trainer.callbacks",
+                "null",
+                "--trainer.enable_checkpointing",
+                "false",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+                "--trainer.limit_val_batches",
+                "0",
+                "--model.init_args.output_dir",
+                str(root / out),
+                *args,
+            ]
+        )
     finally:
         os.chdir(cwd)
     return root / out
@@ -59,12 +76,19 @@ def gold_score(model_dir: Path, num_prompts: int, samples_per_prompt: int, seed:
     """Mean gold score of ``samples_per_prompt`` samples (T=1, the policy as RL trains it; 24 new tokens as in the
     rollouts) on each of the first ``num_prompts`` held-out prompts; the sampler's seed is fixed."""
     from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
+
     from lit_rlhf.models import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(str(model_dir), trainable=False)
     tokenizer = load_tokenizer(str(model_dir), padding_side="left")
-    evaluation = GoldScoreEvaluation(prompts=str(REPO_ROOT / EVAL_PROMPTS), num_prompts=num_prompts, max_new_tokens=24,
-                                     temperature=1.0, samples_per_prompt=samples_per_prompt, seed=seed)
+    evaluation = GoldScoreEvaluation(
+        prompts=str(REPO_ROOT / EVAL_PROMPTS),
+        num_prompts=num_prompts,
+        max_new_tokens=24,
+        temperature=1.0,
+        samples_per_prompt=samples_per_prompt,
+        seed=seed,
+    )
     sums = evaluation.evaluate(model, tokenizer)
     return float(sums["gold/score"] / sums["gold/score/count"])
 
@@ -75,9 +99,16 @@ def labeled_comparisons(model_dir: Path, prompts: str, out_dir: Path, *, limit: 
     from lit_rlhf.sampling import sample_responses
     from lit_rlhf.sandbox.labeling import label_samples
 
-    samples = sample_responses(model=str(model_dir), prompts=str(REPO_ROOT / prompts),
-                               out=str(out_dir / "samples.jsonl"), k=k, limit=limit, max_new_tokens=24,
-                               temperature=1.0, seed=seed)
+    samples = sample_responses(
+        model=str(model_dir),
+        prompts=str(REPO_ROOT / prompts),
+        out=str(out_dir / "samples.jsonl"),
+        k=k,
+        limit=limit,
+        max_new_tokens=24,
+        temperature=1.0,
+        seed=seed,
+    )
     label_samples(str(samples), str(out_dir), seed=seed)
     return out_dir
 

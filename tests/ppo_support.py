@@ -20,8 +20,16 @@ from lit_rlhf.models.saving import save_hf_directory
 REWARD_BIAS = 0.25
 #: Module settings that make one rollout a fraction of a second: 4 episodes, 2 optimizer steps.
 TINY = dict(
-    rollout_batch_size=4, minibatch_size=2, micro_batch_size=2, max_new_tokens=6, warmup_rollouts=2,
-    learning_rate=3e-3, value_learning_rate=3e-3, ema_decay=0.5, gamma_ptx=1.0, ptx_micro_batch_size=4,
+    rollout_batch_size=4,
+    minibatch_size=2,
+    micro_batch_size=2,
+    max_new_tokens=6,
+    warmup_rollouts=2,
+    learning_rate=3e-3,
+    value_learning_rate=3e-3,
+    ema_decay=0.5,
+    gamma_ptx=1.0,
+    ptx_micro_batch_size=4,
 )
 
 
@@ -39,7 +47,9 @@ def build_world(root: Path, tiny_dir: Path) -> dict[str, str]:
     with open(root / "prompts.jsonl", "w") as f:
         for i in range(12):
             f.write(json.dumps({"prompt": f"sort {' '.join(rng.sample(letters, 3))}:"}) + "\n")
-    (root / "ptx.txt").write_text("".join(f"the letters {' '.join(rng.sample(letters, 4))} are here\n" for _ in range(40)))
+    (root / "ptx.txt").write_text(
+        "".join(f"the letters {' '.join(rng.sample(letters, 4))} are here\n" for _ in range(40))
+    )
     (root / "heldout.txt").write_text("".join(f"held out {' '.join(rng.sample(letters, 3))}\n" for _ in range(8)))
     return {name: str(root / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
 
@@ -87,17 +97,33 @@ def tiny_data(world: dict[str, str], module=None, **overrides):
     from lit_rlhf.data import PromptDataModule
 
     batch = module.batch if module is not None else None
-    sizes = dict(rollout_batch_size=batch.rollout_batch_size, samples_per_prompt=batch.samples_per_prompt) if batch else \
-        dict(rollout_batch_size=TINY["rollout_batch_size"])
-    settings = dict(prompts=world["prompts.jsonl"], ptx_text=world["ptx.txt"], ptx_ratio=2, max_prompt_length=32, max_ptx_length=32,
-                    **sizes)
+    sizes = (
+        dict(rollout_batch_size=batch.rollout_batch_size, samples_per_prompt=batch.samples_per_prompt)
+        if batch
+        else dict(rollout_batch_size=TINY["rollout_batch_size"])
+    )
+    settings = dict(
+        prompts=world["prompts.jsonl"],
+        ptx_text=world["ptx.txt"],
+        ptx_ratio=2,
+        max_prompt_length=32,
+        max_ptx_length=32,
+        **sizes,
+    )
     return PromptDataModule(**{**settings, **overrides})
 
 
 def tiny_trainer(root: Path, **overrides) -> L.Trainer:
     settings = dict(
-        default_root_dir=str(root), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, max_epochs=1, accelerator="cpu",
+        default_root_dir=str(root),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        max_epochs=1,
+        accelerator="cpu",
     )
     return L.Trainer(**{**settings, **overrides})
 
@@ -112,10 +138,18 @@ def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
 
 #: One global rollout of 8 episodes with responses of different lengths (EOS = 1 ends each; 0 pads after it).
 FIXED_PROMPTS = torch.tensor([[40 + (3 * i + j) % 30 for j in range(4)] for i in range(8)])
-FIXED_RESPONSES = torch.tensor([
-    [50, 1, 0, 0, 0, 0], [51, 52, 53, 54, 55, 56], [57, 1, 0, 0, 0, 0], [58, 59, 60, 1, 0, 0],
-    [1, 0, 0, 0, 0, 0], [61, 62, 63, 64, 65, 1], [66, 67, 1, 0, 0, 0], [68, 69, 70, 71, 72, 73],
-])
+FIXED_RESPONSES = torch.tensor(
+    [
+        [50, 1, 0, 0, 0, 0],
+        [51, 52, 53, 54, 55, 56],
+        [57, 1, 0, 0, 0, 0],
+        [58, 59, 60, 1, 0, 0],
+        [1, 0, 0, 0, 0, 0],
+        [61, 62, 63, 64, 65, 1],
+        [66, 67, 1, 0, 0, 0],
+        [68, 69, 70, 71, 72, 73],
+    ]
+)
 
 
 def fixed_rollout_module(world: dict[str, str], **overrides):
@@ -131,8 +165,16 @@ def fixed_rollout_module(world: dict[str, str], **overrides):
             ids = FIXED_PROMPTS[rows].to(self.device)
             return concat_responses(ids, torch.ones_like(ids), FIXED_RESPONSES[rows].to(self.device), eos_token_id=1)
 
-    settings = dict(TINY, rollout_batch_size=8, minibatch_size=8, micro_batch_size=8, ppo_epochs=1, max_new_tokens=6,
-                    max_grad_norm=None, ema_decay=None)
+    settings = dict(
+        TINY,
+        rollout_batch_size=8,
+        minibatch_size=8,
+        micro_batch_size=8,
+        ppo_epochs=1,
+        max_new_tokens=6,
+        max_grad_norm=None,
+        ema_decay=None,
+    )
     return FixedRolloutPPO(policy=world["sft"], reward_model=world["rm"], **grouped(**{**settings, **overrides}))
 
 

@@ -92,5 +92,9 @@ def test_cosine_optimizer_schedules_the_optimizer_settings():
         rates.append(config["optimizer"].param_groups[0]["lr"])
         config["optimizer"].step()
         scheduler.step()
-    assert rates == pytest.approx([1e-3 * s / 2 for s in range(2)] + [1e-3 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8))) for s in range(2, 10)] + [2e-4] * 2)
+    assert rates == pytest.approx(
+        [1e-3 * s / 2 for s in range(2)]
+        + [1e-3 * (0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8))) for s in range(2, 10)]
+        + [2e-4] * 2
+    )
     assert config["lr_scheduler"]["interval"] == "step"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import write_jsonl
+
 from lit_rlhf.atomic import COMMIT_MARKER, atomic_directory, atomic_file, incomplete_files
 
 
@@ -32,7 +32,10 @@ def test_a_directory_export_that_dies_leaves_the_previous_one_and_a_finished_one
         (out / "config.json").write_text("{}")
         (out / "model.safetensors").write_bytes(b"x" * 10)
     marker = json.loads((target / COMMIT_MARKER).read_text())
-    assert marker == {"files": {"config.json": 2, "model.safetensors": 10}, "command": "lit-rlhf fit --config configs/sft.yaml"}
+    assert marker == {
+        "files": {"config.json": 2, "model.safetensors": 10},
+        "command": "lit-rlhf fit --config configs/sft.yaml",
+    }
     assert incomplete_files(target) == []
 
     with pytest.raises(Crash):
@@ -47,18 +50,24 @@ def test_a_directory_export_that_dies_leaves_the_previous_one_and_a_finished_one
 
 
 def test_label_outputs_are_replaced_whole(tmp_path, monkeypatch):
-    from lit_rlhf.sandbox import labeling
-
     from conftest import REPO_ROOT
 
+    from lit_rlhf.sandbox import labeling
+
     prompts = (REPO_ROOT / "lit_rlhf/sandbox/assets/data/prompts_train.jsonl").read_text().splitlines()[:4]
-    samples = write_jsonl(tmp_path / "s.jsonl", [dict(json.loads(p), responses=["a b c", "c b a", "x"]) for p in prompts])
+    samples = write_jsonl(
+        tmp_path / "s.jsonl", [dict(json.loads(p), responses=["a b c", "c b a", "x"]) for p in prompts]
+    )
     out = tmp_path / "c"
     out.mkdir()
     (out / "train.jsonl").write_text("previous\n")
 
     # Every prompt yields a comparison, and writing the second output dies half-way.
-    monkeypatch.setattr(labeling.GoldLabeler, "to_comparison", lambda self, record, responses: {"prompt": record["prompt"], "responses": responses})
+    monkeypatch.setattr(
+        labeling.GoldLabeler,
+        "to_comparison",
+        lambda self, record, responses: {"prompt": record["prompt"], "responses": responses},
+    )
     calls = []
 
     def dying_dumps(*args, **kwargs):
@@ -79,9 +88,14 @@ def test_rm_truncations_are_counted_like_sft_and_ppo(tiny_tokenizer):
     from lit_rlhf.data.comparisons import encode_comparisons
     from lit_rlhf.data.records import FieldMap, Record
 
-    records = [Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 1), Record({"prompt": "q", "responses": ["a", "b"]}, "x.jsonl", 2)]
+    records = [
+        Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 1),
+        Record({"prompt": "q", "responses": ["a", "b"]}, "x.jsonl", 2),
+    ]
     counter = DropCounter("RM")
-    groups = encode_comparisons(records, tiny_tokenizer, FieldMap(), max_length=10, truncation="left", on_invalid="error", counter=counter)
+    groups = encode_comparisons(
+        records, tiny_tokenizer, FieldMap(), max_length=10, truncation="left", on_invalid="error", counter=counter
+    )
     assert len(groups) == 2
     assert counter.reasons == {"sequences truncated on the left (kept)": 2}
     assert counter.report("train", 2) == {"train/dropped_sequences_truncated_on_the_left_(kept)": 2}

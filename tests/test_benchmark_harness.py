@@ -17,7 +17,10 @@ from compare_common import StepClock  # noqa: E402
 
 def test_step_clock_measures_from_the_end_of_the_warm_up():
     clock = StepClock(warmup_steps=2)
-    clock.ends, clock.work = [10.0, 11.0, 13.0, 16.0], [{"tokens": 100}, {"tokens": 200}, {"tokens": 30}, {"tokens": 40}]
+    clock.ends, clock.work = (
+        [10.0, 11.0, 13.0, 16.0],
+        [{"tokens": 100}, {"tokens": 200}, {"tokens": 30}, {"tokens": 40}],
+    )
     assert clock.measured() == {"measured_steps": 2, "seconds": 5.0, "tokens": 70.0}
     with pytest.raises(RuntimeError, match="fewer than warm-up"):
         StepClock(warmup_steps=4).measured()
@@ -28,7 +31,10 @@ def test_step_clock_measures_from_the_end_of_the_warm_up():
 def test_report_gives_per_pair_ratios_min_median_max():
     import compare
 
-    pair = lambda lit, trl: ({"tokens": lit, "seconds": 1.0, "peak_rss_gib": 1.0}, {"tokens": trl, "seconds": 2.0, "peak_rss_gib": 2.0})
+    pair = lambda lit, trl: (
+        {"tokens": lit, "seconds": 1.0, "peak_rss_gib": 1.0},
+        {"tokens": trl, "seconds": 2.0, "peak_rss_gib": 2.0},
+    )
     row = compare.report("sft", [pair(300, 200), pair(200, 200), pair(400, 200)])[0]
     assert "| 2.00 / 3.00 / 4.00 |" in row  # (300/1)/(200/2) = 3, 2, 4
 

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import write_jsonl
+
 from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.data.batching import LengthGroupedSampler, collate_examples, collate_packed, pack_examples, pad_sequences
 from lit_rlhf.data.records import FieldMap, Record, RecordError, read_records
 from lit_rlhf.data.tokenize import Example, encode_sft_record, render_prompt
-
 
 # ---- reading ---------------------------------------------------------------------------------
 
@@ -56,7 +55,10 @@ def test_missing_file_and_bad_json_name_file_and_line(tmp_path):
         ({"messages": [{"role": "assistant", "content": "x"}]}, r"messages\[0\].role': roles out of order"),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "user", "content": "y"}]}, r"roles out of order"),
         ({"messages": [{"role": "user", "content": "x"}]}, r"last message must be from the assistant"),
-        ({"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]}, r"messages\[0\].content"),
+        (
+            {"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "y"}]},
+            r"messages\[0\].content",
+        ),
         ({"messages": [{"role": "bot", "content": "x"}]}, r"messages\[0\].role': expected one of"),
         ({"messages": "hi"}, r"field 'messages': expected a non-empty list"),
     ],
@@ -69,10 +71,13 @@ def test_bad_sft_records_name_record_and_field(tiny_tokenizer, data, match):
 
 def test_messages_need_a_chat_template(tmp_path):
     from conftest import build_char_tokenizer
+
     from lit_rlhf.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(build_char_tokenizer(tmp_path / "tok", chat_template=None)))
-    record = Record({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "f.jsonl", 2)
+    record = Record(
+        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}, "f.jsonl", 2
+    )
     with pytest.raises(RecordError, match="f.jsonl: record 2: field 'messages': this tokenizer has no chat template"):
         encode_sft_record(tokenizer, record, FieldMap())
 
@@ -85,7 +90,9 @@ def _tokens(tokenizer, ids):
 
 
 def test_prompt_response_mask_covers_response_and_eos_only(tiny_tokenizer):
-    example = encode_sft_record(tiny_tokenizer, Record({"q": "ab", "a": "cd"}, "f", 1), FieldMap({"prompt": "q", "response": "a"}))
+    example = encode_sft_record(
+        tiny_tokenizer, Record({"q": "ab", "a": "cd"}, "f", 1), FieldMap({"prompt": "q", "response": "a"})
+    )
     assert _tokens(tiny_tokenizer, example.input_ids) == ["a", "b", "c", "d", "<eos>"]
     assert example.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
     assert example.labels[2:] == example.input_ids[2:]
@@ -148,7 +155,9 @@ def test_packing_restarts_positions_and_isolates_examples(tiny_dir):
     model = load_causal_lm(str(tiny_dir / "config.json"), trainable=False)
     alone = model(input_ids=torch.tensor([[20, 21, 22]]), use_cache=False).logits
     # use_cache=False as in training: transformers only detects packing when no KV cache is built.
-    packed = model(input_ids=torch.tensor([[30, 31, 20, 21, 22]]), position_ids=torch.tensor([[0, 1, 0, 1, 2]]), use_cache=False).logits
+    packed = model(
+        input_ids=torch.tensor([[30, 31, 20, 21, 22]]), position_ids=torch.tensor([[0, 1, 0, 1, 2]]), use_cache=False
+    ).logits
     torch.testing.assert_close(packed[:, 2:], alone, atol=1e-5, rtol=1e-4)
 
 
@@ -159,7 +168,13 @@ def test_length_grouped_sampler_groups_lengths_and_covers_all():
     assert sorted(order) == list(range(400))
     batches = [order[i : i + 8] for i in range(0, 400, 8)]
     spread = sum(max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches) / len(batches)
-    random_spread = sum(max(lengths[j] for j in range(i, i + 8)) - min(lengths[j] for j in range(i, i + 8)) for i in range(0, 400, 8)) / 50
+    random_spread = (
+        sum(
+            max(lengths[j] for j in range(i, i + 8)) - min(lengths[j] for j in range(i, i + 8))
+            for i in range(0, 400, 8)
+        )
+        / 50
+    )
     assert spread < random_spread / 4
     sampler.set_epoch(1)
     assert list(sampler) != order

@@ -12,12 +12,12 @@ import os
 import subprocess
 import sys
 
+import dist_support
 import pytest
 import torch
+from conftest import REPO_ROOT, build_char_tokenizer, write_jsonl, write_tiny_config
 from safetensors.torch import load_file
 
-import dist_support
-from conftest import REPO_ROOT, build_char_tokenizer, write_jsonl, write_tiny_config
 from lit_rlhf.cli import main
 
 STEPS = 3
@@ -44,11 +44,20 @@ def write_inputs(root) -> None:
     letters = "abcdefghijklmnop"
     # Different lengths, so the ranks hold different token counts: only a loss normalised by the whole step's
     # count (all ranks) matches one process; a mean of per-rank means would not.
-    write_jsonl(root / "sft.jsonl", [{"prompt": f"q{i:02d}:", "response": letters[i:i + 1 + (5 * i) % 11]} for i in range(10)] * 2)
-    write_jsonl(root / "rm.jsonl", [
-        {"prompt": f"p{i:02d}:", "responses": [letters[i:i + 1 + i % 5], letters[i + 1:i + 9][::-1], "zzz" + str(i % 10)]}
-        for i in range(12)
-    ])
+    write_jsonl(
+        root / "sft.jsonl",
+        [{"prompt": f"q{i:02d}:", "response": letters[i : i + 1 + (5 * i) % 11]} for i in range(10)] * 2,
+    )
+    write_jsonl(
+        root / "rm.jsonl",
+        [
+            {
+                "prompt": f"p{i:02d}:",
+                "responses": [letters[i : i + 1 + i % 5], letters[i + 1 : i + 9][::-1], "zzz" + str(i % 10)],
+            }
+            for i in range(12)
+        ],
+    )
 
 
 def json_config(path):
@@ -60,8 +69,16 @@ def json_config(path):
 
 def torchrun(spec_path, timeout: int) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO_ROOT / "tests/dist_support.py"), str(spec_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO_ROOT / "tests/dist_support.py"),
+        str(spec_path),
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
@@ -77,7 +94,12 @@ def runs(tmp_path_factory):
     for stage in ("sft", "rm"):
         for lora in (False, True):
             name = stage + ("-lora" if lora else "")
-            dist_support.run_scenario(root, root / "one", {"name": name, "stage": stage, "strategy": "single", "steps": STEPS, "lora": lora}, devices=1)
+            dist_support.run_scenario(
+                root,
+                root / "one",
+                {"name": name, "stage": stage, "strategy": "single", "steps": STEPS, "lora": lora},
+                devices=1,
+            )
     return root
 
 
@@ -113,8 +135,16 @@ def test_two_ranks_match_one_process(runs, scenario):
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "fsdp2"])
 def test_strategy_config_combines_with_every_stage_config(stage, strategy, capsys):
     with pytest.raises(SystemExit):
-        main(["fit", "--print_config", "--config", str(REPO_ROOT / f"configs/{stage}.yaml"),
-              "--config", str(REPO_ROOT / f"configs/strategy/{strategy}.yaml")])
+        main(
+            [
+                "fit",
+                "--print_config",
+                "--config",
+                str(REPO_ROOT / f"configs/{stage}.yaml"),
+                "--config",
+                str(REPO_ROOT / f"configs/strategy/{strategy}.yaml"),
+            ]
+        )
     printed = capsys.readouterr().out
     assert "strategy:" in printed
     if strategy == "fsdp":

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import math
 
+import dist_support
 import pytest
 import torch
-from safetensors.torch import load_file
-
-import dist_support
 from ppo_support import build_world
+from safetensors.torch import load_file
 from test_distributed import torchrun
 
 SCENARIOS = [
@@ -24,7 +23,10 @@ SCENARIOS = [
     {"name": "ppo-fsdp2-uneven", "stage": "ppo", "strategy": "fsdp2", "steps": 2, "uneven": True},
 ]
 #: One fixed global rollout (responses of different lengths) on 2 ranks vs 1 process: the same first gradient.
-EXACT = [{"name": f"ppo-exact-{strategy}", "stage": "ppo-exact", "strategy": strategy, "steps": 1} for strategy in ("ddp", "fsdp2")]
+EXACT = [
+    {"name": f"ppo-exact-{strategy}", "stage": "ppo-exact", "strategy": strategy, "steps": 1}
+    for strategy in ("ddp", "fsdp2")
+]
 TIMEOUT_S = 150
 
 
@@ -37,7 +39,9 @@ def runs(tmp_path_factory, tiny_dir):
     spec.write_text(json.dumps({"inputs": str(root), "out": str(root / "two"), "scenarios": SCENARIOS + EXACT}))
     result = torchrun(spec, TIMEOUT_S)  # raises subprocess.TimeoutExpired on a hang
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-    dist_support.run_scenario(root, root / "one", {"name": "ppo-exact", "stage": "ppo-exact", "strategy": "single", "steps": 1}, devices=1)
+    dist_support.run_scenario(
+        root, root / "one", {"name": "ppo-exact", "stage": "ppo-exact", "strategy": "single", "steps": 1}, devices=1
+    )
     return root
 
 

@@ -11,13 +11,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
 
 from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
 from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.engines.correction import RolloutCorrectionSettings, engine_logprob_correction
 from lit_rlhf.episodes import Episodes
 from lit_rlhf.errors import ConfigError
-from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
 
 MASK = torch.tensor([[True, True, False], [True, False, False]])
 
@@ -47,8 +47,15 @@ def test_truncated_importance_weights_are_the_capped_ratio():
 
 def episodes_with(trainer_logprobs: torch.Tensor, engine_logprobs) -> Episodes:
     ids = torch.zeros(2, 4, dtype=torch.long)
-    return Episodes(ids, torch.ones_like(ids), MASK, MASK.any(1), prompt_length=1, logprobs=trainer_logprobs,
-                    engine_logprobs=engine_logprobs)
+    return Episodes(
+        ids,
+        torch.ones_like(ids),
+        MASK,
+        MASK.any(1),
+        prompt_length=1,
+        logprobs=trainer_logprobs,
+        engine_logprobs=engine_logprobs,
+    )
 
 
 def test_correction_measures_the_mismatch_and_returns_the_tis_weights():
@@ -155,7 +162,10 @@ def test_without_vllm_setup_names_the_install_and_nothing_imports_it():
         VLLMEngine().setup(torch.nn.Linear(1, 1), "policy_dir")
     # Importing the package, the engine module and the CLI never imports vllm (it is only needed once selected).
     code = "import sys, lit_rlhf.cli, lit_rlhf.engines.vllm; print('vllm' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def _gather_by_layer_on_rank(rank: int, world: int, config_path: str, port: int, out: str) -> None:
@@ -219,11 +229,15 @@ def test_vllm_engine_returns_episodes_with_its_own_log_probs_without_vllm(monkey
     from lit_rlhf.engines.vllm import VLLMEngine
 
     step = lambda token, logprob: {token: SimpleNamespace(logprob=logprob)}  # noqa: E731
-    completions = [SimpleNamespace(token_ids=[5, 1], logprobs=[step(5, -0.5), step(1, -0.25)]),
-                   SimpleNamespace(token_ids=[6, 7, 8], logprobs=[step(6, -1.0), step(7, -2.0), step(8, -3.0)])]
+    completions = [
+        SimpleNamespace(token_ids=[5, 1], logprobs=[step(5, -0.5), step(1, -0.25)]),
+        SimpleNamespace(token_ids=[6, 7, 8], logprobs=[step(6, -1.0), step(7, -2.0), step(8, -3.0)]),
+    ]
     calls = []
-    llm = SimpleNamespace(collective_rpc=lambda name, args=(): calls.append(name),
-                          generate=lambda requests, params, use_tqdm: [SimpleNamespace(outputs=completions)])
+    llm = SimpleNamespace(
+        collective_rpc=lambda name, args=(): calls.append(name),
+        generate=lambda requests, params, use_tqdm: [SimpleNamespace(outputs=completions)],
+    )
     monkeypatch.setitem(sys.modules, "vllm", SimpleNamespace(SamplingParams=lambda **kwargs: kwargs))
     engine = VLLMEngine()
     engine.llm, engine.stale = llm, False

@@ -149,15 +149,29 @@ def run_ppo(dirs: dict[str, str], name: str, *extra: str) -> list[dict[str, str]
 
     out = Path(dirs["root"]) / name
     args = [
-        "fit", "--config", str(REPO / "configs/ppo.yaml"), "--config", str(REPO / "configs/engine/vllm.yaml"),
-        f"--model.init_args.policy={dirs['sft']}", f"--model.init_args.reward_model={dirs['rm']}",
-        "--model.init_args.batch.rollout_batch_size=8", "--model.init_args.batch.minibatch_size=4", "--model.init_args.batch.micro_batch_size=4",
-        "--model.init_args.sampling.max_new_tokens=12", f"--model.init_args.output_dir={out / 'model'}",
+        "fit",
+        "--config",
+        str(REPO / "configs/ppo.yaml"),
+        "--config",
+        str(REPO / "configs/engine/vllm.yaml"),
+        f"--model.init_args.policy={dirs['sft']}",
+        f"--model.init_args.reward_model={dirs['rm']}",
+        "--model.init_args.batch.rollout_batch_size=8",
+        "--model.init_args.batch.minibatch_size=4",
+        "--model.init_args.batch.micro_batch_size=4",
+        "--model.init_args.sampling.max_new_tokens=12",
+        f"--model.init_args.output_dir={out / 'model'}",
         "--model.init_args.engine.init_args.kv_cache_memory_gb=0.125",
-        "--data.init_args.max_prompt_length=48", "--trainer.max_epochs=1", "--trainer.limit_train_batches=3",
-        "--trainer.limit_val_batches=1", "--data.init_args.val_batch_size=8",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.init_args.save_dir={out}",
-        "--trainer.callbacks=[]", "--trainer.enable_checkpointing=false", *extra,
+        "--data.init_args.max_prompt_length=48",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=3",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.val_batch_size=8",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.callbacks=[]",
+        "--trainer.enable_checkpointing=false",
+        *extra,
     ]
     main(args)
     rows = list(csv.DictReader(open(next(out.rglob("metrics.csv")))))
@@ -168,7 +182,11 @@ def run_ppo(dirs: dict[str, str], name: str, *extra: str) -> list[dict[str, str]
 def test_ppo_fit_with_the_vllm_engine_from_yaml(sandbox_stage_dirs):
     """PPO with the engine selected by a second --config, truncated importance sampling on (one fit: engines are slow
     to start on 2 cores)."""
-    rows = [r for r in run_ppo(sandbox_stage_dirs, "fit", "--model.init_args.correction.truncated_is_cap=2.0") if r.get("engine/logprob_abs_diff")]
+    rows = [
+        r
+        for r in run_ppo(sandbox_stage_dirs, "fit", "--model.init_args.correction.truncated_is_cap=2.0")
+        if r.get("engine/logprob_abs_diff")
+    ]
     assert len(rows) == 3  # one row per rollout, each with the engine-vs-trainer mismatch
     for row in rows:
         # Same fp32 weights in both (synced before each rollout): the mismatch is kernel noise.

@@ -12,8 +12,12 @@ from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses
 
 
 def episodes(tokenizer=None) -> Episodes:
-    made = concat_responses(torch.tensor([[0, 40, 41], [42, 43, 44]]), torch.tensor([[0, 1, 1], [1, 1, 1]]),
-                            torch.tensor([[50, 1, 0], [51, 52, 53]]), eos_token_id=1)
+    made = concat_responses(
+        torch.tensor([[0, 40, 41], [42, 43, 44]]),
+        torch.tensor([[0, 1, 1], [1, 1, 1]]),
+        torch.tensor([[50, 1, 0], [51, 52, 53]]),
+        eos_token_id=1,
+    )
     return made.with_values(records=[{"answer": "a"}, {"answer": "b"}], tokenizer=tokenizer)
 
 
@@ -27,8 +31,11 @@ def test_a_step_returns_a_new_record_and_leaves_the_one_it_read():
 
 
 def test_select_takes_every_per_episode_field_alike():
-    full = episodes().with_values(kl=torch.arange(6.0).view(2, 3), component_scores={"rm": torch.tensor([1.0, 2.0])},
-                                  engine_logprobs=-torch.ones(2, 3))
+    full = episodes().with_values(
+        kl=torch.arange(6.0).view(2, 3),
+        component_scores={"rm": torch.tensor([1.0, 2.0])},
+        engine_logprobs=-torch.ones(2, 3),
+    )
     picked = full.select(torch.tensor([1]))
     assert len(picked) == 1 and picked.records == ({"answer": "b"},) and picked.prompt_length == 3
     assert picked.kl.tolist() == [[3.0, 4.0, 5.0]] and picked.component_scores["rm"].tolist() == [2.0]

@@ -20,27 +20,76 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import REPO_ROOT
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
 SANDBOX = REPO_ROOT / "lit_rlhf/sandbox/assets"
-TINY_MODEL = ["--model.init_args.model", str(SANDBOX / "base_config.json"), "--model.init_args.tokenizer", str(SANDBOX / "tokenizer")]
+TINY_MODEL = [
+    "--model.init_args.model",
+    str(SANDBOX / "base_config.json"),
+    "--model.init_args.tokenizer",
+    str(SANDBOX / "tokenizer"),
+]
 STAGES = {
     # 20 demonstrations, batch 4: 5 steps an epoch, 2 epochs, validation after each epoch.
-    "sft": ["--config", "configs/sft.yaml", *TINY_MODEL, "--data.init_args.train", "sft.jsonl", "--data.init_args.val", "sft_val.jsonl",
-            "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2", "--trainer.limit_val_batches", "2"],
+    "sft": [
+        "--config",
+        "configs/sft.yaml",
+        *TINY_MODEL,
+        "--data.init_args.train",
+        "sft.jsonl",
+        "--data.init_args.val",
+        "sft_val.jsonl",
+        "--data.init_args.batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_val_batches",
+        "2",
+    ],
     # 20 comparisons, batch 4: 5 steps, then centering on 8 demonstrations.
-    "rm": ["--config", "configs/rm.yaml", *TINY_MODEL, "--data.init_args.train", "rm.jsonl", "--data.init_args.val", "rm_val.jsonl",
-           "--data.init_args.center_on", "sft_val.jsonl", "--data.init_args.batch_size", "4"],
+    "rm": [
+        "--config",
+        "configs/rm.yaml",
+        *TINY_MODEL,
+        "--data.init_args.train",
+        "rm.jsonl",
+        "--data.init_args.val",
+        "rm_val.jsonl",
+        "--data.init_args.center_on",
+        "sft_val.jsonl",
+        "--data.init_args.batch_size",
+        "4",
+    ],
     # 3 rollouts of 4 episodes, 2 optimizer steps each, with ptx.
-    "ppo": ["--config", "configs/ppo.yaml", "--model.init_args.policy", str(SANDBOX / "base_model"),
-            "--model.init_args.reward_model", str(SANDBOX / "base_model"), "--model.init_args.batch.rollout_batch_size", "4",
-            "--model.init_args.batch.minibatch_size", "2", "--model.init_args.batch.micro_batch_size", "2", "--model.init_args.sampling.max_new_tokens", "6",
-            "--model.init_args.ptx.micro_batch_size", "4", "--data.init_args.ptx_ratio", "1", "--data.init_args.val_text", "null",
-            "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0"],
+    "ppo": [
+        "--config",
+        "configs/ppo.yaml",
+        "--model.init_args.policy",
+        str(SANDBOX / "base_model"),
+        "--model.init_args.reward_model",
+        str(SANDBOX / "base_model"),
+        "--model.init_args.batch.rollout_batch_size",
+        "4",
+        "--model.init_args.batch.minibatch_size",
+        "2",
+        "--model.init_args.batch.micro_batch_size",
+        "2",
+        "--model.init_args.sampling.max_new_tokens",
+        "6",
+        "--model.init_args.ptx.micro_batch_size",
+        "4",
+        "--data.init_args.ptx_ratio",
+        "1",
+        "--data.init_args.val_text",
+        "null",
+        "--trainer.max_steps",
+        "6",
+        "--trainer.limit_val_batches",
+        "0",
+    ],
 }
 RUN_TIMEOUT_S = 400
 
@@ -51,8 +100,13 @@ def write_data(root: Path) -> None:
     (root / "sft_val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in demos[20:28]))
     rng = random.Random(0)
     for name, n in (("rm.jsonl", 20), ("rm_val.jsonl", 6)):
-        rows = [{"prompt": d["prompt"], "responses": [d["response"], d["response"][::-1] + " x", "no idea" + "!" * rng.randint(1, 3)]}
-                for d in (demos * 2)[:n]]
+        rows = [
+            {
+                "prompt": d["prompt"],
+                "responses": [d["response"], d["response"][::-1] + " x", "no idea" + "!" * rng.randint(1, 3)],
+            }
+            for d in (demos * 2)[:n]
+        ]
         (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -63,17 +117,32 @@ def workdir(tmp: Path) -> Path:
     return tmp
 
 
-def start(root: Path, stage: str, *, at_step: int = -1, during: str = "step", ckpt_path: str | None = None,
-          extra: tuple[str, ...] = (), callbacks: tuple[dict, ...] = (), log: str | None = None, name: str = "fault") -> subprocess.Popen:
+def start(
+    root: Path,
+    stage: str,
+    *,
+    at_step: int = -1,
+    during: str = "step",
+    ckpt_path: str | None = None,
+    extra: tuple[str, ...] = (),
+    callbacks: tuple[dict, ...] = (),
+    log: str | None = None,
+    name: str = "fault",
+) -> subprocess.Popen:
     """Start one ``lit-rlhf fit`` process in ``root`` (its output appended to ``<stage>.log``, or ``log``)."""
     fault = {
         "trainer": {
-            "logger": False, "enable_progress_bar": False,
+            "logger": False,
+            "enable_progress_bar": False,
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"dirpath": f"runs/{stage}/checkpoints", "save_last": True, "every_n_train_steps": 1}},
-                {"class_path": "fault_support.KillAndRecord",
-                 "init_args": {"record": str(root / f"{stage}_steps.jsonl"), "at_step": at_step, "during": during}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"dirpath": f"runs/{stage}/checkpoints", "save_last": True, "every_n_train_steps": 1},
+                },
+                {
+                    "class_path": "fault_support.KillAndRecord",
+                    "init_args": {"record": str(root / f"{stage}_steps.jsonl"), "at_step": at_step, "during": during},
+                },
                 *callbacks,
             ],
         }
@@ -82,16 +151,35 @@ def start(root: Path, stage: str, *, at_step: int = -1, during: str = "step", ck
     args = [sys.executable, "-m", "lit_rlhf.cli", "fit", *STAGES[stage], "--config", f"{name}.yaml", *extra]
     if ckpt_path:
         args += ["--ckpt_path", ckpt_path]
-    env = dict(os.environ, PYTHONPATH=f"{REPO_ROOT / 'tests'}{os.pathsep}{REPO_ROOT}", HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{REPO_ROOT / 'tests'}{os.pathsep}{REPO_ROOT}",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        WANDB_MODE="offline",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+    )
     with open(root / (log or f"{stage}.log"), "ab") as out:
         return subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def fit(root: Path, stage: str, *, at_step: int = -1, during: str = "step", ckpt_path: str | None = None,
-        kill_after_s: float | None = None, extra: tuple[str, ...] = (), callbacks: tuple[dict, ...] = (), log: str | None = None) -> int:
+def fit(
+    root: Path,
+    stage: str,
+    *,
+    at_step: int = -1,
+    during: str = "step",
+    ckpt_path: str | None = None,
+    kill_after_s: float | None = None,
+    extra: tuple[str, ...] = (),
+    callbacks: tuple[dict, ...] = (),
+    log: str | None = None,
+) -> int:
     """One ``lit-rlhf fit`` process in ``root``; returns its exit code (-9 when SIGKILLed)."""
-    process = start(root, stage, at_step=at_step, during=during, ckpt_path=ckpt_path, extra=extra, callbacks=callbacks, log=log)
+    process = start(
+        root, stage, at_step=at_step, during=during, ckpt_path=ckpt_path, extra=extra, callbacks=callbacks, log=log
+    )
     if kill_after_s is not None:
         try:
             return process.wait(timeout=kill_after_s)
@@ -174,14 +262,25 @@ def straight(tmp_path_factory):
     return root, durations
 
 
-@pytest.mark.parametrize("stage, at_step, during", [
-    ("sft", 3, "step"),           # mid-epoch
-    ("sft", 5, "checkpoint"),     # inside the save after the epoch's last step, before its validation
-    ("sft", 5, "validation"),     # in the epoch's validation, after the last step's checkpoint: resume must validate
-    ("rm", 3, "checkpoint"),      # inside a checkpoint save mid-epoch
-    ("ppo", 4, "step"),           # between two rollouts
-    ("ppo", 2, "checkpoint"),     # inside the save after the first rollout
-], ids=["sft-mid-epoch", "sft-in-checkpoint-at-epoch-end", "sft-in-epoch-end-validation", "rm-in-checkpoint", "ppo-between-rollouts", "ppo-in-checkpoint"])
+@pytest.mark.parametrize(
+    "stage, at_step, during",
+    [
+        ("sft", 3, "step"),  # mid-epoch
+        ("sft", 5, "checkpoint"),  # inside the save after the epoch's last step, before its validation
+        ("sft", 5, "validation"),  # in the epoch's validation, after the last step's checkpoint: resume must validate
+        ("rm", 3, "checkpoint"),  # inside a checkpoint save mid-epoch
+        ("ppo", 4, "step"),  # between two rollouts
+        ("ppo", 2, "checkpoint"),  # inside the save after the first rollout
+    ],
+    ids=[
+        "sft-mid-epoch",
+        "sft-in-checkpoint-at-epoch-end",
+        "sft-in-epoch-end-validation",
+        "rm-in-checkpoint",
+        "ppo-between-rollouts",
+        "ppo-in-checkpoint",
+    ],
+)
 def test_killed_and_resumed_run_ends_like_the_uninterrupted_one(straight, tmp_path, stage, at_step, during):
     reference, _ = straight
     root = workdir(tmp_path)
@@ -206,7 +305,9 @@ def test_kill_inside_the_export_keeps_the_previous_model_and_resume_writes_the_n
     assert fit(root, "sft", ckpt_path="last") == 0, (root / "sft.log").read_text()[-3000:]
     assert_same_run(root, reference, "sft")
     assert (previous / "lit_rlhf_export.json").is_file()
-    assert not [p for p in previous.parent.iterdir() if p.name.startswith(".model.")], "a temporary export was left behind"
+    assert not [p for p in previous.parent.iterdir() if p.name.startswith(".model.")], (
+        "a temporary export was left behind"
+    )
 
 
 @pytest.mark.parametrize("stage, seed", [("sft", 1), ("rm", 2), ("ppo", 3)])
@@ -245,8 +346,11 @@ def test_nan_stops_before_the_export_and_keeps_finite_checkpoints(tmp_path, stag
     checkpoints = sorted((root / f"runs/{stage}/checkpoints").glob("*.ckpt"))
     finite = all(all_finite(p) for p in checkpoints)
     untouched = not (previous / "lit_rlhf_export.json").exists()
-    measured(f"1 nan-{stage}-lr-1000", f"exit {code}, {len(lines)} stop line(s), {len(checkpoints)} checkpoint(s) all finite: {finite}, "
-             f"previous export untouched: {untouched}")
+    measured(
+        f"1 nan-{stage}-lr-1000",
+        f"exit {code}, {len(lines)} stop line(s), {len(checkpoints)} checkpoint(s) all finite: {finite}, "
+        f"previous export untouched: {untouched}",
+    )
     assert code == 3 and len(lines) == 1 and "NaN or inf" in lines[0]
     assert finite and untouched
     assert "Traceback" not in (root / f"{stage}.log").read_text()
@@ -256,11 +360,23 @@ def test_explicit_checkpoint_path_resume_applies_the_changed_learning_rate(tmp_p
     root = workdir(tmp_path)
     assert fit(root, "sft", at_step=3, during="step") == -signal.SIGKILL
     explicit = str(root / "runs/sft/checkpoints/last.ckpt")
-    assert fit(root, "sft", ckpt_path=explicit, extra=("--model.init_args.optimizer.learning_rate", "1e-05"), log="resume.log") == 0
+    assert (
+        fit(
+            root,
+            "sft",
+            ckpt_path=explicit,
+            extra=("--model.init_args.optimizer.learning_rate", "1e-05"),
+            log="resume.log",
+        )
+        == 0
+    )
     final = torch.load(root / "runs/sft/checkpoints/last.ckpt", weights_only=False, map_location="cpu")
     lr = final["optimizer_states"][0]["param_groups"][0]["initial_lr"]
     lines = stopped_lines(root, "resume.log", "lit-rlhf: resuming from")
-    measured("2 explicit-ckpt-path-new-lr", f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: {tail(lines[0], 80) if lines else None}")
+    measured(
+        "2 explicit-ckpt-path-new-lr",
+        f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: {tail(lines[0], 80) if lines else None}",
+    )
     assert lr == pytest.approx(1e-5)
     assert len(lines) == 1 and "learning_rate = 1e-05 (checkpoint: 0.002)" in lines[0]
 
@@ -274,8 +390,11 @@ def test_kill_between_the_export_renames_is_recovered_by_the_next_stage(tmp_path
     missing = not target.exists()
     code = fit(root, "rm", extra=("--model.init_args.model", "runs/sft/model", "--model.init_args.tokenizer", "null"))
     restored = stopped_lines(root, "rm.log", "lit-rlhf: ")
-    measured("3 kill-between-export-renames", f"after the kill: target missing {missing}, temporaries {left}; RM stage reading it: exit {code}, "
-             f"{tail(restored[0], 90) if restored else 'no note'}")
+    measured(
+        "3 kill-between-export-renames",
+        f"after the kill: target missing {missing}, temporaries {left}; RM stage reading it: exit {code}, "
+        f"{tail(restored[0], 90) if restored else 'no note'}",
+    )
     assert missing and left == [".model.old", ".model.tmp"]
     assert code == 0 and any("restored the complete new export" in line for line in restored)
     assert (target / "lit_rlhf_export.json").is_file()
@@ -295,8 +414,11 @@ def test_a_second_run_on_the_same_directories_meets_one_line_naming_the_first(tm
     release.write_text("go")
     first_code = first.wait(timeout=RUN_TIMEOUT_S)
     errors = stopped_lines(root, "second.log", "lit-rlhf: error:")
-    measured("4 two-runs-one-directory", f"first exit {first_code}, second exit {second_code} with {len(errors)} line(s) naming PID "
-             f"{first.pid}: {bool(errors) and f'PID {first.pid}' in errors[0]}; checkpoints: {sorted(p.name for p in (root / 'runs/sft/checkpoints').iterdir())}")
+    measured(
+        "4 two-runs-one-directory",
+        f"first exit {first_code}, second exit {second_code} with {len(errors)} line(s) naming PID "
+        f"{first.pid}: {bool(errors) and f'PID {first.pid}' in errors[0]}; checkpoints: {sorted(p.name for p in (root / 'runs/sft/checkpoints').iterdir())}",
+    )
     assert lock.is_file()
     assert first_code == 0 and second_code == 2
     assert len(errors) == 1 and f"PID {first.pid}" in errors[0] and "in use by another run" in errors[0]
@@ -310,7 +432,10 @@ def small_tmpfs(tmp_path):
 
     def mount(path: Path, size: int, *options: str) -> Path:
         path.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)], capture_output=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+            capture_output=True,
+        )
         if result.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
         mounted.append(path)
@@ -333,8 +458,11 @@ def test_a_full_disk_never_leaves_a_truncated_checkpoint(straight, tmp_path, sma
     truncated = [p.name for p in files if not zipfile.is_zipfile(p)]
     errors = stopped_lines(root, "sft.log", "lit-rlhf: error:")
     temporaries = [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
-    measured("5 full-disk-checkpoint", f"exit {code}, {len(errors)} line(s) ({tail(errors[0], 140) if errors else ''}), checkpoints {[p.name for p in files]}, "
-             f"truncated {truncated}, temporaries left {temporaries}")
+    measured(
+        "5 full-disk-checkpoint",
+        f"exit {code}, {len(errors)} line(s) ({tail(errors[0], 140) if errors else ''}), checkpoints {[p.name for p in files]}, "
+        f"truncated {truncated}, temporaries left {temporaries}",
+    )
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0]
     assert files and not truncated and not temporaries
     assert "Traceback" not in (root / "sft.log").read_text()
@@ -348,7 +476,10 @@ def test_a_read_only_checkpoint_directory_is_found_before_the_first_step(tmp_pat
     seconds = time.monotonic() - started
     errors = stopped_lines(root, "sft.log", "lit-rlhf: error:")
     steps = len((root / "sft_steps.jsonl").read_text().splitlines()) if (root / "sft_steps.jsonl").exists() else 0
-    measured("5 read-only-checkpoint-dir", f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: {tail(errors[0]) if errors else ''}")
+    measured(
+        "5 read-only-checkpoint-dir",
+        f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: {tail(errors[0]) if errors else ''}",
+    )
     assert code == 2 and steps == 0 and len(errors) == 1 and "Read-only file system" in errors[0]
 
 
@@ -360,7 +491,10 @@ def test_resuming_from_a_truncated_last_checkpoint_is_one_line(tmp_path):
     code = fit(root, "sft", ckpt_path="last", log="resume.log")
     text = (root / "resume.log").read_text()
     errors = stopped_lines(root, "resume.log", "lit-rlhf: error:")
-    measured("5 truncated-last-ckpt-resume", f"exit {code}, {len(errors)} line, traceback: {'Traceback' in text}: {tail(errors[0], 150) if errors else ''}")
+    measured(
+        "5 truncated-last-ckpt-resume",
+        f"exit {code}, {len(errors)} line, traceback: {'Traceback' in text}: {tail(errors[0], 150) if errors else ''}",
+    )
     assert code == 2 and len(errors) == 1 and "last.ckpt is truncated" in errors[0] and "Traceback" not in text
 
 
@@ -370,7 +504,10 @@ def test_ppo_with_too_few_prompts_fails_before_its_models_load(tmp_path):
     code = fit(root, "ppo", extra=("--data.init_args.prompts", "few.jsonl"))
     text = (root / "ppo.log").read_text()
     errors = stopped_lines(root, "ppo.log", "lit-rlhf: error:")
-    measured("6 ppo-too-few-prompts", f"exit {code}, {len(text.splitlines())} output lines, {len(errors)} error line: {errors[0] if errors else ''}")
+    measured(
+        "6 ppo-too-few-prompts",
+        f"exit {code}, {len(text.splitlines())} output lines, {len(errors)} error line: {errors[0] if errors else ''}",
+    )
     assert code == 2 and len(errors) == 1 and "2 prompts in few.jsonl cannot fill one rollout of 4 prompts" in errors[0]
     assert "Total params" not in text  # no model summary: nothing was loaded
 
@@ -378,13 +515,26 @@ def test_ppo_with_too_few_prompts_fails_before_its_models_load(tmp_path):
 def test_progress_and_metrics_reach_a_log_file_before_the_run_ends(tmp_path):
     root = workdir(tmp_path)
     csv = {"class_path": "lit_rlhf.reliability.progress.PlainProgress", "init_args": {"every_n_steps": 2}}
-    code = fit(root, "sft", at_step=7, during="step", callbacks=(csv,),
-               extra=("--trainer.logger", json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}),
-                      "--trainer.log_every_n_steps", "1"))
+    code = fit(
+        root,
+        "sft",
+        at_step=7,
+        during="step",
+        callbacks=(csv,),
+        extra=(
+            "--trainer.logger",
+            json.dumps({"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "logs"}}),
+            "--trainer.log_every_n_steps",
+            "1",
+        ),
+    )
     lines = stopped_lines(root, "sft.log", "lit-rlhf: step ")
     rows = sum(len(p.read_text().splitlines()) - 1 for p in (root / "logs").rglob("metrics.csv"))
-    measured("7 progress-in-a-log-file", f"killed at step 7 (exit {code}): {len(lines)} progress lines in the log ({lines[0] if lines else ''}), "
-             f"{rows} CSV rows flushed")
+    measured(
+        "7 progress-in-a-log-file",
+        f"killed at step 7 (exit {code}): {len(lines)} progress lines in the log ({lines[0] if lines else ''}), "
+        f"{rows} CSV rows flushed",
+    )
     assert code == -signal.SIGKILL
     assert len(lines) >= 3 and all("steps/s" in line or "s/step" in line for line in lines) and "ETA" in lines[-1]
     assert rows >= 4
@@ -399,8 +549,11 @@ def test_precision_auto_fits_this_machine(tmp_path):
     native = bf16_native("cpu")
     chosen = "bf16-mixed" if "bfloat16 Automatic Mixed Precision" in text else "32-true"
     emulated = [line for line in text.splitlines() if "no native bfloat16" in line]
-    measured("8 precision-auto", f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native {native}: auto chose {chosen}, "
-             f"exit {code}, emulation lines {len(emulated)} (the AVX2 engine benchmark cannot be re-run on this machine)")
+    measured(
+        "8 precision-auto",
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 native {native}: auto chose {chosen}, "
+        f"exit {code}, emulation lines {len(emulated)} (the AVX2 engine benchmark cannot be re-run on this machine)",
+    )
     assert code == 0
     assert chosen == ("bf16-mixed" if native else "32-true")
     assert len(emulated) == 0

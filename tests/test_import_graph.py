@@ -18,8 +18,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lit_rlhf"
 #: new ones, which land in no rule below until one is given).
 FOUNDATION = {"errors", "settings", "atomic", "random_state", "precision", "models", "lora", "distributed", "resume"}
 #: What the training loop is built from, above the foundation.
-CORE_ABOVE_FOUNDATION = {"data", "episodes", "engines", "rewards", "modules", "callbacks", "evaluation", "sampling",
-                         "label", "trainer_cli", "cli", "cli_errors"}
+CORE_ABOVE_FOUNDATION = {
+    "data",
+    "episodes",
+    "engines",
+    "rewards",
+    "modules",
+    "callbacks",
+    "evaluation",
+    "sampling",
+    "label",
+    "trainer_cli",
+    "cli",
+    "cli_errors",
+}
 
 #: top-level part of lit_rlhf -> the only parts it may import (besides itself).
 ALLOWED = {
@@ -31,16 +43,38 @@ FORBIDDEN = {
     **{name: CORE_ABOVE_FOUNDATION | {"sandbox"} for name in FOUNDATION},
     "engines": {"modules", "callbacks", "sandbox", "rewards", "evaluation", "sampling", "label", "trainer_cli", "cli"},
     "rewards": {"modules", "callbacks", "sandbox", "engines", "evaluation", "sampling", "label", "trainer_cli", "cli"},
-    "data": {"episodes", "engines", "rewards", "modules", "callbacks", "evaluation", "sampling", "sandbox", "label",
-             "trainer_cli", "cli"},
+    "data": {
+        "episodes",
+        "engines",
+        "rewards",
+        "modules",
+        "callbacks",
+        "evaluation",
+        "sampling",
+        "sandbox",
+        "label",
+        "trainer_cli",
+        "cli",
+    },
     "evaluation": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
     "sampling": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
     "modules": {"callbacks", "sandbox", "trainer_cli", "cli"},
     "callbacks": {"sandbox", "trainer_cli", "cli"},
     "label": {"modules", "engines", "rewards", "callbacks", "sandbox", "trainer_cli"},
     "trainer_cli": {"sandbox"},
-    "reliability": {"episodes", "engines", "rewards", "modules", "callbacks", "evaluation", "sampling", "sandbox",
-                    "label", "trainer_cli", "cli"},
+    "reliability": {
+        "episodes",
+        "engines",
+        "rewards",
+        "modules",
+        "callbacks",
+        "evaluation",
+        "sampling",
+        "sandbox",
+        "label",
+        "trainer_cli",
+        "cli",
+    },
 }
 
 
@@ -100,17 +134,27 @@ def test_every_import_follows_the_layering():
     assert not found, "imports that run up a floor:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize("importer, source, broken", [
-    ("lit_rlhf.engines.hf", "from lit_rlhf.modules import PPOModule", "engines must not import modules"),
-    ("lit_rlhf.engines.hf", "def f():\n    from lit_rlhf.modules.rollout import in_chunks",
-     "engines must not import modules"),
-    ("lit_rlhf.rewards.base", "import lit_rlhf.modules.ppo", "rewards must not import modules"),
-    ("lit_rlhf.algorithms.kl", "from lit_rlhf.models import token_scores", "algorithms may import only itself"),
-    ("lit_rlhf.episodes", "from lit_rlhf.engines import HFEngine", "episodes may import only"),
-    ("lit_rlhf.modules.ppo", "from lit_rlhf.sandbox.rewards import GoldReward", "modules must not import sandbox"),
-    ("lit_rlhf.evaluation", "from lit_rlhf.sandbox.labeler import GoldLabeler", "evaluation must not import sandbox"),
-    ("lit_rlhf.engines.vllm", "from ..modules import rollout", "engines must not import modules"),
-])
+@pytest.mark.parametrize(
+    "importer, source, broken",
+    [
+        ("lit_rlhf.engines.hf", "from lit_rlhf.modules import PPOModule", "engines must not import modules"),
+        (
+            "lit_rlhf.engines.hf",
+            "def f():\n    from lit_rlhf.modules.rollout import in_chunks",
+            "engines must not import modules",
+        ),
+        ("lit_rlhf.rewards.base", "import lit_rlhf.modules.ppo", "rewards must not import modules"),
+        ("lit_rlhf.algorithms.kl", "from lit_rlhf.models import token_scores", "algorithms may import only itself"),
+        ("lit_rlhf.episodes", "from lit_rlhf.engines import HFEngine", "episodes may import only"),
+        ("lit_rlhf.modules.ppo", "from lit_rlhf.sandbox.rewards import GoldReward", "modules must not import sandbox"),
+        (
+            "lit_rlhf.evaluation",
+            "from lit_rlhf.sandbox.labeler import GoldLabeler",
+            "evaluation must not import sandbox",
+        ),
+        ("lit_rlhf.engines.vllm", "from ..modules import rollout", "engines must not import modules"),
+    ],
+)
 def test_the_check_catches_an_import_up_a_floor(importer, source, broken):
     found = violations(importer, imported_modules(source, importer, is_package=False))
     assert found and broken in found[0], found

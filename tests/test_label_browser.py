@@ -9,15 +9,21 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
-
-import time
-
 from label_support import (
-    CHROMIUM, CHROMIUM_ARGS, HttpsProxy, pair_rows, start_server_process, synthetic_samples, threaded_server, write_samples,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    HttpsProxy,
+    pair_rows,
+    start_server_process,
+    synthetic_samples,
+    threaded_server,
+    write_samples,
 )
+
 from lit_rlhf.cli import main
 from lit_rlhf.label.pairs import wilson_interval
 from lit_rlhf.label.stats import format_stats
@@ -83,8 +89,25 @@ def stored(db: Path) -> dict[int, dict]:
 
 def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in_scratch_dir, page):
     samples = in_scratch_dir / "runs/comparisons/samples.jsonl"
-    main(["sample", "--model", str(BASE_MODEL_DIR), "--prompts", str(DATA_DIR / "prompts_train.jsonl"),
-          "--out", str(samples), "--k", "4", "--limit", "16", "--max_new_tokens", "16", "--seed", "1"])
+    main(
+        [
+            "sample",
+            "--model",
+            str(BASE_MODEL_DIR),
+            "--prompts",
+            str(DATA_DIR / "prompts_train.jsonl"),
+            "--out",
+            str(samples),
+            "--k",
+            "4",
+            "--limit",
+            "16",
+            "--max_new_tokens",
+            "16",
+            "--seed",
+            "1",
+        ]
+    )
     # A tiny base model often repeats itself: keep the lines with at least 3 distinct responses, so every
     # gesture below (a drag past two cards, a tie between the 2nd and 3rd) applies.
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -172,8 +195,22 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
     assert on_disk[item_b]["revision"] == 2 and len(json.loads(on_disk[item_b]["ranking"])) == len(order)
     assert on_disk[item_c]["status"] == "ranked" and on_disk[item_d]["status"] == "skipped"
 
-    main(["label", "export", "--db", str(db), "--out", "runs/comparisons/train.jsonl",
-          "--val_out", "runs/comparisons/val.jsonl", "--val_fraction", "0.34", "--demonstrations_out", "demos_from_ann.jsonl"])
+    main(
+        [
+            "label",
+            "export",
+            "--db",
+            str(db),
+            "--out",
+            "runs/comparisons/train.jsonl",
+            "--val_out",
+            "runs/comparisons/val.jsonl",
+            "--val_fraction",
+            "0.34",
+            "--demonstrations_out",
+            "demos_from_ann.jsonl",
+        ]
+    )
     (demo,) = [json.loads(line) for line in open("demos_from_ann.jsonl")]
     assert demo["response"] == "A better answer, written by ann" and demo["prompt"]
     exported = [json.loads(line) for name in ("train", "val") for line in open(f"runs/comparisons/{name}.jsonl")]
@@ -183,8 +220,19 @@ def test_rank_by_mouse_and_keyboard_survive_sigkill_then_export_trains_the_rm(in
     demos = [json.loads(line) for line in open(DATA_DIR / "sft_train.jsonl")][:50]
     write_samples(in_scratch_dir / "demos.jsonl", demos)
     # configs/rm.yaml as shipped; only its data paths point elsewhere (train/val are its defaults already).
-    main(["fit", "--config", "configs/rm.yaml", "--data.init_args.center_on", "demos.jsonl",
-          "--data.init_args.batch_size", "1", "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/rm.yaml",
+            "--data.init_args.center_on",
+            "demos.jsonl",
+            "--data.init_args.batch_size",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert json.loads(open("runs/rm/model/config.json").read())["reward_bias"] != 0.0
 
 
@@ -287,7 +335,12 @@ def test_a_tie_belongs_to_its_slot_when_cards_move(tmp_path, page):
         page.mouse.up()
         moved = [order[3], order[0], order[2], order[1]]
         assert card_order(page) == moved
-        assert page.eval_on_selector_all("#cards .card .rank", "nodes => nodes.map(n => n.textContent)") == ["1", "=1", "2", "3"]
+        assert page.eval_on_selector_all("#cards .card .rank", "nodes => nodes.map(n => n.textContent)") == [
+            "1",
+            "=1",
+            "2",
+            "3",
+        ]
         item = current_item(page)
         page.keyboard.press("Enter")
         wait_for_next(page, item)
@@ -337,8 +390,12 @@ def test_dragging_in_a_k9_item_reaches_the_top_in_about_a_second_and_long_cards_
         page.mouse.down()
         page.mouse.move(grip["x"] + 5, 70, steps=4)  # into the top edge, then hold still: the page scrolls
         start = time.monotonic()
-        page.wait_for_function("i => document.querySelector('#cards .card').dataset.index === i && window.scrollY === 0",
-                               arg=str(order[8]), timeout=10_000, polling="raf")
+        page.wait_for_function(
+            "i => document.querySelector('#cards .card').dataset.index === i && window.scrollY === 0",
+            arg=str(order[8]),
+            timeout=10_000,
+            polling="raf",
+        )
         elapsed = time.monotonic() - start
         page.mouse.up()
         print(f"\nK=9 drag to the top: {distance} px scrolled in {elapsed:.2f} s after reaching the edge")
@@ -368,12 +425,15 @@ def test_phone_layout_keeps_the_cards_clear_and_targets_large(tmp_path, browser)
             .filter(([, r]) => r.width < 44 || r.height < 44).map(([t, r]) => `${t} ${r.width}x${r.height}`)""")
         assert small == []
         for n in range(page.locator("#cards .card").count()):
-            clear = page.evaluate("""n => {
+            clear = page.evaluate(
+                """n => {
                 const card = document.querySelectorAll('#cards .card')[n];
                 card.scrollIntoView({block: 'center'});
                 const r = card.getBoundingClientRect(), x = r.left + r.width / 2;
                 return [r.top + 4, r.top + r.height / 2, r.bottom - 4].every(y => card.contains(document.elementFromPoint(x, y)));
-            }""", n)
+            }""",
+                n,
+            )
             assert clear, f"card {n} is covered"
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
         item = current_item(page)
@@ -421,7 +481,10 @@ def test_side_by_side_session_from_two_labelers_matches_a_hand_computation(tmp_p
             while page.locator("#done").is_hidden():
                 item = current_item(page)
                 texts = page.eval_on_selector_all("#cards .card .text", "nodes => nodes.map(n => n.textContent)")
-                assert not any(t.startswith(("ppo:", "sft:")) for t in page.eval_on_selector_all("#cards .letter", "n => n.map(x => x.textContent)"))
+                assert not any(
+                    t.startswith(("ppo:", "sft:"))
+                    for t in page.eval_on_selector_all("#cards .letter", "n => n.map(x => x.textContent)")
+                )
                 want = VERDICTS[(item, name)]
                 side = "tie" if want == "tie" else "left" if texts[0].startswith(want) else "right"
                 left_won += side == "left"

@@ -6,8 +6,8 @@ import json
 import math
 
 import pytest
-
 from label_support import Client, pair_rows, pick, threaded_server, write_samples
+
 from lit_rlhf.cli import main
 from lit_rlhf.data.records import RecordError
 from lit_rlhf.label.pairs import wilson_interval
@@ -15,10 +15,14 @@ from lit_rlhf.label.storage import LabelStore
 
 #: (item, labeler) -> the policy the labeler prefers, or "tie". Item 3 lists sft as policy_a.
 VERDICTS = {
-    (1, "ann"): "ppo", (1, "bob"): "ppo",
-    (2, "ann"): "ppo", (2, "bob"): "tie",
-    (3, "ann"): "sft", (3, "bob"): "ppo",
-    (4, "ann"): "tie", (4, "bob"): "tie",
+    (1, "ann"): "ppo",
+    (1, "bob"): "ppo",
+    (2, "ann"): "ppo",
+    (2, "bob"): "tie",
+    (3, "ann"): "sft",
+    (3, "bob"): "ppo",
+    (4, "ann"): "tie",
+    (4, "bob"): "tie",
 }
 
 
@@ -31,13 +35,16 @@ def test_wilson_interval_matches_the_formula():
     assert wilson_interval(1.0, 10)[1] == 1.0 and wilson_interval(0.0, 10)[0] == 0.0
 
 
-@pytest.mark.parametrize("line, problem", [
-    ({"prompt": "p", "policy_a": "x", "response_a": "r"}, "field 'policy_b': missing"),
-    ({"prompt": "p", "policy_a": "x", "response_a": "r", "policy_b": "x", "response_b": "s"}, "same policy"),
-    ({"prompt": "p", "policy_a": "x", "response_a": 3, "policy_b": "y", "response_b": "s"}, "expected a string"),
-    ({"prompt": "p", "policy_a": " ", "response_a": "r", "policy_b": "y", "response_b": "s"}, "policy name"),
-    ({"policy_a": "x", "response_a": "r", "policy_b": "y", "response_b": "s"}, "prompt"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ({"prompt": "p", "policy_a": "x", "response_a": "r"}, "field 'policy_b': missing"),
+        ({"prompt": "p", "policy_a": "x", "response_a": "r", "policy_b": "x", "response_b": "s"}, "same policy"),
+        ({"prompt": "p", "policy_a": "x", "response_a": 3, "policy_b": "y", "response_b": "s"}, "expected a string"),
+        ({"prompt": "p", "policy_a": " ", "response_a": "r", "policy_b": "y", "response_b": "s"}, "policy name"),
+        ({"policy_a": "x", "response_a": "r", "policy_b": "y", "response_b": "s"}, "prompt"),
+    ],
+)
 def test_bad_pairs_lines_name_the_field_and_import_nothing(tmp_path, line, problem):
     path = write_samples(tmp_path / "pairs.jsonl", pair_rows()[:1] + [line])
     store = LabelStore(tmp_path / "labels.db")
@@ -71,7 +78,9 @@ def test_two_labelers_side_by_side_export_and_stats_match_a_hand_computation(tmp
                 if winner_position is not None:
                     decided += 1
                     left_won += winner_position == 0
-                status, result = client.post("/api/judgment", {"item_id": item["id"], "ranking": ranking, "scores": [7, None]})
+                status, result = client.post(
+                    "/api/judgment", {"item_id": item["id"], "ranking": ranking, "scores": [7, None]}
+                )
                 assert status == 200, result
             # Going back shows the judgment in the same positions it was given.
             again = client.get("/api/item/1")[1]

@@ -6,6 +6,7 @@ import json
 import os
 
 from label_support import synthetic_samples, write_samples
+
 from lit_rlhf.cli import main
 from lit_rlhf.label.judgments import Judgment
 from lit_rlhf.label.storage import LabelStore
@@ -23,8 +24,20 @@ def test_exported_rankings_train_the_shipped_rm_config(in_scratch_dir, capsys):
                 continue
             ranking = [[0], [1, 2], [3]] if name == "ann" else [[0], [2], [1], [3]]  # ann marks a tie
             store.submit(name, item_id, Judgment(ranking, [7, 4, 4, 1], [[], ["hallucination"], [], []]))
-    main(["label", "export", "--db", "labels.db", "--out", "runs/comparisons/train.jsonl",
-          "--val_out", "runs/comparisons/val.jsonl", "--val_fraction", "0.25"])
+    main(
+        [
+            "label",
+            "export",
+            "--db",
+            "labels.db",
+            "--out",
+            "runs/comparisons/train.jsonl",
+            "--val_out",
+            "runs/comparisons/val.jsonl",
+            "--val_fraction",
+            "0.25",
+        ]
+    )
     assert "left out: 1 skipped judgments" in capsys.readouterr().out
     train = [json.loads(line) for line in open("runs/comparisons/train.jsonl")]
     assert any(r["ranks"] == [0, 1, 1, 2] for r in train)  # ties arrive as equal ranks
@@ -35,10 +48,25 @@ def test_exported_rankings_train_the_shipped_rm_config(in_scratch_dir, capsys):
     write_samples(in_scratch_dir / "demos.jsonl", demos)  # fewer demonstrations to centre on: a faster test
     # The shipped config, pointed at the export and at fewer demonstrations; only data paths change
     # (and the logger: a CSV file starts faster than an offline wandb run).
-    main(["fit", "--config", "configs/rm.yaml", "--data.init_args.train", "runs/comparisons/train.jsonl",
-          "--data.init_args.val", "runs/comparisons/val.jsonl", "--data.init_args.center_on", "demos.jsonl",
-          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs/rm",
-          "--trainer.enable_progress_bar", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/rm.yaml",
+            "--data.init_args.train",
+            "runs/comparisons/train.jsonl",
+            "--data.init_args.val",
+            "runs/comparisons/val.jsonl",
+            "--data.init_args.center_on",
+            "demos.jsonl",
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            "runs/rm",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     config = json.loads(open("runs/rm/model/config.json").read())
     assert config["reward_bias"] != 0.0  # trained, centred and written where PPO reads it
     assert os.path.exists("runs/rm/model/model.safetensors")

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from label_support import Client, best_first, synthetic_samples, threaded_server, write_samples
+
 from lit_rlhf.label.storage import LabelStore
 
 HOSTILE = [
@@ -47,8 +47,10 @@ def test_login_next_submit_edit_and_history(server, store):
     assert sorted(r["index"] for r in data["item"]["responses"]) == [0, 1, 2, 3]
     assert data["progress"] == {"done": 0, "skipped": 0, "remaining": 4, "items": 4, "items_complete": 0, "overlap": 1}
     ranking = [[2], [0, 3], [1]]
-    status, data = ann.post("/api/judgment", {"item_id": 1, "revision": 0, "ranking": ranking, "scores": [5, 1, 7, 5],
-                                              "flags": [["opinion"], [], [], []]})
+    status, data = ann.post(
+        "/api/judgment",
+        {"item_id": 1, "revision": 0, "ranking": ranking, "scores": [5, 1, 7, 5], "flags": [["opinion"], [], [], []]},
+    )
     assert status == 200 and data["revision"] == 1 and ann.get("/api/progress")[1]["done"] == 1
     status, data = ann.next()
     assert data["item"]["id"] == 2
@@ -74,7 +76,12 @@ def test_state_changing_requests_need_the_csrf_token_and_this_origin(server, sto
     status, data = ann.request("POST", "/api/judgment", body, headers={"Origin": "http://evil.example"})
     assert status == 403 and "cross-origin" in data["error"]
     # A form post from another site can carry neither the header nor a JSON body.
-    status, _ = ann.request("POST", "/api/judgment", b"item_id=1", headers={"Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": ""})
+    status, _ = ann.request(
+        "POST",
+        "/api/judgment",
+        b"item_id=1",
+        headers={"Content-Type": "application/x-www-form-urlencoded", "X-CSRF-Token": ""},
+    )
     assert status == 403
     assert judgments_table(store) == []
     # DNS rebinding: a name that resolves to 127.0.0.1 but is not loopback is refused without tokens.
@@ -90,7 +97,7 @@ DEEP = b'{"item_id": 2, "ranking": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 MALFORMED = [
     ("POST", "/api/judgment", {"item_id": 99, "ranking": [[0], [1]]}, {}, 404, "no such item"),
     ("POST", "/api/judgment", {"item_id": 2**70, "ranking": RANKING}, {}, 400, "item_id"),
-    ("POST", "/api/judgment", {"item_id": -2**70, "ranking": RANKING}, {}, 400, "item_id"),
+    ("POST", "/api/judgment", {"item_id": -(2**70), "ranking": RANKING}, {}, 400, "item_id"),
     ("POST", "/api/judgment", {"item_id": 0, "ranking": RANKING}, {}, 400, "item_id"),
     ("POST", "/api/judgment", {"item_id": 2.0, "ranking": RANKING}, {}, 400, "item_id"),
     ("POST", "/api/judgment", {"item_id": True, "ranking": RANKING}, {}, 400, "item_id"),
@@ -105,12 +112,26 @@ MALFORMED = [
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": [0, 1, 1, 1]}, {}, 400, "scores[0]"),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": [2**70, 1, 1, 1]}, {}, 400, "scores[0]"),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "scores": ["7", 1, 1, 1]}, {}, 400, "scores[0]"),
-    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": [["x"], [], [], []]}, {}, 400, "unknown flag"),
+    (
+        "POST",
+        "/api/judgment",
+        {"item_id": 2, "ranking": RANKING, "flags": [["x"], [], [], []]},
+        {},
+        400,
+        "unknown flag",
+    ),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": [[{}], [], [], []]}, {}, 400, "unknown flag"),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "flags": "opinion"}, {}, 400, "flags"),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "rewrite": 7}, {}, 400, "rewrite"),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING, "rewrite": "x" * 20_001}, {}, 400, "rewrite"),
-    ("POST", "/api/judgment", b'{"item_id": 2, "ranking": [[0], [1], [2], [3]], "rewrite": "\\ud800"}', {}, 400, "UTF-8"),
+    (
+        "POST",
+        "/api/judgment",
+        b'{"item_id": 2, "ranking": [[0], [1], [2], [3]], "rewrite": "\\ud800"}',
+        {},
+        400,
+        "UTF-8",
+    ),
     ("POST", "/api/judgment", {"item_id": 3, "ranking": RANKING}, {}, 409, "not assigned"),  # never handed out
     ("POST", "/api/judgment", {"item_id": 1, "revision": 0, "ranking": [[3], [1], [2], [0]]}, {}, 409, "stale"),
     ("POST", "/api/judgment", {"item_id": 2, "revision": -1, "ranking": RANKING}, {}, 400, "revision"),
@@ -135,7 +156,14 @@ MALFORMED = [
     ("POST", "/api/login", {"name": "x" * 65}, {}, 400, "printable"),
     ("GET", "/api/progress", None, {"Host": "[::1"}, 400, "host"),
     ("GET", "/api/progress", None, {"Host": "attacker.example"}, 400, "refused"),
-    ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING}, {"Origin": "http://127.0.0.1:1"}, 403, "cross-origin"),
+    (
+        "POST",
+        "/api/judgment",
+        {"item_id": 2, "ranking": RANKING},
+        {"Origin": "http://127.0.0.1:1"},
+        403,
+        "cross-origin",
+    ),
     ("POST", "/api/judgment", {"item_id": 2, "ranking": RANKING}, {"X-CSRF-Token": "forged"}, 403, "reload the page"),
 ]
 
@@ -224,7 +252,9 @@ def test_concurrent_labelers_lose_and_duplicate_nothing(tmp_path):
                 handed.append((item["id"], name))
             ranking = best_first(item)
             start = time.perf_counter()
-            status, result = client.post("/api/judgment", {"item_id": item["id"], "ranking": ranking, "scores": [4, 4, 4, 4]})
+            status, result = client.post(
+                "/api/judgment", {"item_id": item["id"], "ranking": ranking, "scores": [4, 4, 4, 4]}
+            )
             elapsed = time.perf_counter() - start
             assert status == 200, result
             with lock:
@@ -247,6 +277,8 @@ def test_concurrent_labelers_lose_and_duplicate_nothing(tmp_path):
     assert store._conn().execute("SELECT count(*) FROM assignments").fetchone()[0] == 0
     latencies.sort()
     median, p95 = statistics.median(latencies), latencies[int(0.95 * (len(latencies) - 1))]
-    print(f"\nsubmit latency over {len(latencies)} judgments, {labelers} concurrent labelers: "
-          f"median {median * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms")
+    print(
+        f"\nsubmit latency over {len(latencies)} judgments, {labelers} concurrent labelers: "
+        f"median {median * 1000:.1f} ms, p95 {p95 * 1000:.1f} ms"
+    )
     assert p95 < 2.0

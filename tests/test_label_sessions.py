@@ -8,8 +8,8 @@ import http.cookiejar
 import time
 
 import pytest
-
 from label_support import Client, synthetic_samples, threaded_server, write_samples
+
 from lit_rlhf.cli import main
 from lit_rlhf.label.storage import LabelStore
 
@@ -173,7 +173,9 @@ def test_public_url_is_the_origin_behind_a_proxy(store):
 def test_a_public_url_beyond_loopback_needs_tokens(store, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["label", "serve", "--db", str(store.path), "--port", "0", "--public_url", "https://labels.example.org"])
-    assert exit_info.value.code == 2 and "--public_url https://labels.example.org serves beyond" in capsys.readouterr().err
+    assert (
+        exit_info.value.code == 2 and "--public_url https://labels.example.org serves beyond" in capsys.readouterr().err
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["label", "serve", "--db", str(store.path), "--port", "0", "--public_url", "ftp://x"])
     assert exit_info.value.code == 2 and "public_url: expected http(s)" in capsys.readouterr().err
@@ -204,8 +206,18 @@ def test_export_refuses_an_empty_validation_file(store, tmp_path, capsys):
 
     store.submit("ann", 1, Judgment(RANKING, [None] * 4, [[] for _ in range(4)]))
     with pytest.raises(SystemExit) as exit_info:
-        main(["label", "export", "--db", str(store.path), "--out", str(tmp_path / "train.jsonl"),
-              "--val_out", str(tmp_path / "val.jsonl")])
+        main(
+            [
+                "label",
+                "export",
+                "--db",
+                str(store.path),
+                "--out",
+                str(tmp_path / "train.jsonl"),
+                "--val_out",
+                str(tmp_path / "val.jsonl"),
+            ]
+        )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "--val_out" in err and "1 item(s)" in err and "nothing written" in err

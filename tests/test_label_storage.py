@@ -8,13 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from label_support import synthetic_samples, write_samples
+
 from lit_rlhf.cli import main
 from lit_rlhf.data.records import RecordError
 from lit_rlhf.label.export import export_comparisons
 from lit_rlhf.label.judgments import (
-    Judgment, SubmissionError, dense_ranks, parse_judgment, positional_ranks, ranks_from_groups,
+    Judgment,
+    SubmissionError,
+    dense_ranks,
+    parse_judgment,
+    positional_ranks,
+    ranks_from_groups,
 )
 from lit_rlhf.label.stats import agreement, compare_rankings, format_stats, labeler_activity
 from lit_rlhf.label.storage import LabelStore
@@ -51,13 +56,16 @@ def test_import_dedupes_responses_and_a_second_import_adds_only_new_lines(tmp_pa
     assert len(store.items()) == 6
 
 
-@pytest.mark.parametrize("line, field, problem", [
-    ('{"responses": ["a", "b"]}', "prompt", "missing"),
-    ('{"prompt": "p", "responses": "a"}', "responses", "expected a list"),
-    ('{"prompt": "p", "responses": ["a", 3]}', "responses[1]", "expected a string"),
-    ('{"prompt": "p", "responses": ["a", "b"]', None, "not valid JSON"),
-    ('{"messages": [{"role": "robot", "content": "x"}], "responses": ["a", "b"]}', "messages", ""),
-])
+@pytest.mark.parametrize(
+    "line, field, problem",
+    [
+        ('{"responses": ["a", "b"]}', "prompt", "missing"),
+        ('{"prompt": "p", "responses": "a"}', "responses", "expected a list"),
+        ('{"prompt": "p", "responses": ["a", 3]}', "responses[1]", "expected a string"),
+        ('{"prompt": "p", "responses": ["a", "b"]', None, "not valid JSON"),
+        ('{"messages": [{"role": "robot", "content": "x"}], "responses": ["a", "b"]}', "messages", ""),
+    ],
+)
 def test_bad_samples_file_names_file_line_and_field_and_imports_nothing(tmp_path, line, field, problem):
     samples = write_samples(tmp_path / "samples.jsonl", [synthetic_samples(1)[0], line])
     store = LabelStore(tmp_path / "labels.db")
@@ -72,7 +80,9 @@ def test_bad_samples_file_names_file_line_and_field_and_imports_nothing(tmp_path
 
 
 def test_bad_samples_file_through_the_command_is_one_line_and_exit_code_2(tmp_path, capsys):
-    samples = write_samples(tmp_path / "samples.jsonl", [synthetic_samples(1)[0], '{"prompt": "p", "responses": ["a", 3]}'])
+    samples = write_samples(
+        tmp_path / "samples.jsonl", [synthetic_samples(1)[0], '{"prompt": "p", "responses": ["a", 3]}']
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["label", "import", "--db", str(tmp_path / "labels.db"), "--samples", str(samples)])
     assert exit_info.value.code == 2
@@ -82,7 +92,9 @@ def test_bad_samples_file_through_the_command_is_one_line_and_exit_code_2(tmp_pa
 
 
 def test_chat_prompts_show_their_turns(tmp_path):
-    samples = write_samples(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "Hi <there>"}], "responses": ["a", "b"]}])
+    samples = write_samples(
+        tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "Hi <there>"}], "responses": ["a", "b"]}]
+    )
     store = LabelStore(tmp_path / "labels.db")
     store.import_samples(str(samples))
     assert store.items()[0].prompt_text == "user: Hi <there>"
@@ -100,7 +112,14 @@ def test_overlap_hands_each_item_to_at_most_n_labelers_and_resumes_the_lease(sto
     store.submit("cid", 2, None)  # a skip frees cid's slot for someone else, and cid never sees it again
     assert store.next_item("cid") == 3  # bob holds item 3: one slot of two left
     assert store.next_item("ann") == 2  # ann still holds 2 after cid skipped it
-    assert store.progress("cid") == {"done": 0, "skipped": 1, "remaining": 2, "items": 4, "items_complete": 1, "overlap": 2}
+    assert store.progress("cid") == {
+        "done": 0,
+        "skipped": 1,
+        "remaining": 2,
+        "items": 4,
+        "items_complete": 1,
+        "overlap": 2,
+    }
     assert store.progress("ann")["remaining"] == 3  # items 2, 3, 4 still need a judgment from someone like ann
 
 
@@ -140,17 +159,20 @@ def test_edits_need_the_revision_the_labeler_saw(store):
     assert [h["item_id"] for h in store.history("ann")] == [1]
 
 
-@pytest.mark.parametrize("payload, problem", [
-    ({"ranking": [[0], [1], [2]]}, "ranks 3 responses but this item has 4"),
-    ({"ranking": [[0], [1], [2], [3], [4]]}, "4 is not a response index"),
-    ({"ranking": [[0], [1, 0], [2], [3]]}, "response 0 is ranked twice"),
-    ({"ranking": [[0], [], [1, 2, 3]]}, "ranking[1]: expected a non-empty list"),
-    ({"ranking": "0123"}, "expected a list of tie groups"),
-    ({"ranking": [[0], [1], [2], [3]], "scores": [1, 2, 8, None]}, "scores[2]: expected an integer from 1 to 7"),
-    ({"ranking": [[0], [1], [2], [3]], "scores": [1, 2]}, "scores: expected a list of 4"),
-    ({"ranking": [[0], [1], [2], [3]], "flags": [[], ["nonsense"], [], []]}, "flags[1]: unknown flag 'nonsense'"),
-    ({"ranking": [[True], [1], [2], [3]]}, "True is not a response index"),
-])
+@pytest.mark.parametrize(
+    "payload, problem",
+    [
+        ({"ranking": [[0], [1], [2]]}, "ranks 3 responses but this item has 4"),
+        ({"ranking": [[0], [1], [2], [3], [4]]}, "4 is not a response index"),
+        ({"ranking": [[0], [1, 0], [2], [3]]}, "response 0 is ranked twice"),
+        ({"ranking": [[0], [], [1, 2, 3]]}, "ranking[1]: expected a non-empty list"),
+        ({"ranking": "0123"}, "expected a list of tie groups"),
+        ({"ranking": [[0], [1], [2], [3]], "scores": [1, 2, 8, None]}, "scores[2]: expected an integer from 1 to 7"),
+        ({"ranking": [[0], [1], [2], [3]], "scores": [1, 2]}, "scores: expected a list of 4"),
+        ({"ranking": [[0], [1], [2], [3]], "flags": [[], ["nonsense"], [], []]}, "flags[1]: unknown flag 'nonsense'"),
+        ({"ranking": [[True], [1], [2], [3]]}, "True is not a response index"),
+    ],
+)
 def test_bad_submissions_name_the_field(payload, problem):
     with pytest.raises(SubmissionError, match=problem.replace("[", r"\[").replace("]", r"\]")) as error:
         parse_judgment(payload, 4)
@@ -161,7 +183,9 @@ def test_rank_arithmetic():
     assert ranks_from_groups([[2], [0, 3], [1]]) == [1, 2, 0, 1]
     assert positional_ranks([[2], [0, 3], [1]]) == [1.5, 3.0, 0.0, 1.5]
     assert dense_ranks([1.5, 3.0, 0.0, 1.5]) == [1, 2, 0, 1]
-    ok = parse_judgment({"ranking": [[2], [3, 0], [1]], "scores": [7, None, 1, 4], "flags": [["opinion", "opinion"], [], [], []]}, 4)
+    ok = parse_judgment(
+        {"ranking": [[2], [3, 0], [1]], "scores": [7, None, 1, 4], "flags": [["opinion", "opinion"], [], [], []]}, 4
+    )
     assert ok.ranking == [[2], [0, 3], [1]] and ok.flags[0] == ["opinion"] and ok.scores == [7, None, 1, 4]
 
 
@@ -207,7 +231,9 @@ def test_export_split_keeps_an_items_records_together(tmp_path):
         store.add_labeler(name)
         while (item_id := store.next_item(name)) is not None:
             store.submit(name, item_id, judged([[0], [1], [2], [3]]))
-    counts = export_comparisons(str(store.path), str(tmp_path / "train.jsonl"), val_out=str(tmp_path / "val.jsonl"), val_fraction=0.2)
+    counts = export_comparisons(
+        str(store.path), str(tmp_path / "train.jsonl"), val_out=str(tmp_path / "val.jsonl"), val_fraction=0.2
+    )
     assert (counts.comparisons, counts.val_comparisons) == (16, 4)
     train_prompts = {r["prompt"] for r in read_jsonl(tmp_path / "train.jsonl")}
     val_prompts = {r["prompt"] for r in read_jsonl(tmp_path / "val.jsonl")}
@@ -223,13 +249,23 @@ def test_agreement_is_the_share_of_pairs_ordered_alike():
     assert (tally.agreed, tally.compared, tally.tied_pairs) == (5, 5, 1)
 
     def j(item, labeler, ranking):
-        return {"item_id": item, "labeler": labeler, "status": "ranked", "ranking": ranking, "revision": 1,
-                "shown_at": 0.0, "submitted_at": 10.0 * item}
+        return {
+            "item_id": item,
+            "labeler": labeler,
+            "status": "ranked",
+            "ranking": ranking,
+            "revision": 1,
+            "shown_at": 0.0,
+            "submitted_at": 10.0 * item,
+        }
 
     judgments = [
-        j(1, "ann", [[0], [1], [2], [3]]), j(1, "bob", [[1], [0], [2], [3]]),  # 5/6
-        j(2, "ann", [[0], [1], [2]]), j(2, "cid", [[2], [1], [0]]),  # 0/3
-        j(3, "bob", [[0], [1]]), j(3, "cid", [[0], [1]]),  # 1/1
+        j(1, "ann", [[0], [1], [2], [3]]),
+        j(1, "bob", [[1], [0], [2], [3]]),  # 5/6
+        j(2, "ann", [[0], [1], [2]]),
+        j(2, "cid", [[2], [1], [0]]),  # 0/3
+        j(3, "bob", [[0], [1]]),
+        j(3, "cid", [[0], [1]]),  # 1/1
         j(4, "ann", [[0], [1]]),  # one labeler only: no agreement to measure
     ]
     found = agreement(judgments)
@@ -240,7 +276,7 @@ def test_agreement_is_the_share_of_pairs_ordered_alike():
     mean, stderr = found.mean_and_stderr
     shares = [5 / 9, 6 / 7, 1 / 4]
     assert mean == pytest.approx(sum(shares) / 3)
-    assert stderr == pytest.approx((sum((s - mean) ** 2 for s in shares) / 2) ** 0.5 / 3 ** 0.5)
+    assert stderr == pytest.approx((sum((s - mean) ** 2 for s in shares) / 2) ** 0.5 / 3**0.5)
     activity = labeler_activity(judgments)
     assert activity["ann"]["ranked"] == 3 and activity["ann"]["median_seconds"] == 20.0
 
@@ -265,7 +301,13 @@ def test_only_the_server_module_imports_the_web_framework():
     offenders = []
     for path in root.rglob("*.py"):
         for node in ast.parse(path.read_text()).body:  # module level only: imports inside functions are lazy
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 if (name.split(".")[0] in web and path.name != "server.py") or name == "lit_rlhf.label.server":
                     offenders.append(f"{path.relative_to(root)}: {name}")

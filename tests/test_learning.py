@@ -24,9 +24,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from learning_support import (EVAL_PROMPTS, TRAIN_PROMPTS, fit, gold_score, labeled_comparisons, option_args,
-                              preference_accuracy, scratch_root)
+from learning_support import (
+    EVAL_PROMPTS,
+    TRAIN_PROMPTS,
+    fit,
+    gold_score,
+    labeled_comparisons,
+    option_args,
+    preference_accuracy,
+    scratch_root,
+)
 from ppo_support import one_cpu_thread  # noqa: F401
 
 SEED = 0
@@ -66,10 +73,22 @@ def sandbox_sft(tmp_path_factory) -> tuple[Path, Path, float]:
 def test_critic_free_rl_raises_the_gold_score_it_is_given(sandbox_sft, estimator):
     root, sft, sft_gold = sandbox_sft
     (root / "gold_reward.yaml").write_text(
-        "model:\n  init_args:\n    rewards:\n      - {class_path: lit_rlhf.sandbox.GoldReward}\n")
-    trained = fit(root, "grpo.yaml", estimator, SEED, "--model.init_args.policy", str(sft),
-                  "--model.init_args.advantage.estimator", estimator, "--trainer.max_steps", str(RL_STEPS),
-                  *option_args(OVERRIDES["grpo"]), extra_config="gold_reward.yaml")
+        "model:\n  init_args:\n    rewards:\n      - {class_path: lit_rlhf.sandbox.GoldReward}\n"
+    )
+    trained = fit(
+        root,
+        "grpo.yaml",
+        estimator,
+        SEED,
+        "--model.init_args.policy",
+        str(sft),
+        "--model.init_args.advantage.estimator",
+        estimator,
+        "--trainer.max_steps",
+        str(RL_STEPS),
+        *option_args(OVERRIDES["grpo"]),
+        extra_config="gold_reward.yaml",
+    )
     gold = gold_score(trained, EVAL_PROMPTS_N, EVAL_SAMPLES)
     assert gold > sft_gold + RL_MARGIN, f"{estimator}: gold {gold:.3f} vs SFT {sft_gold:.3f} (needs +{RL_MARGIN})"
 
@@ -79,10 +98,21 @@ def test_dpo_raises_heldout_preference_accuracy(sandbox_sft):
     train = labeled_comparisons(sft, TRAIN_PROMPTS, root / "comparisons", limit=DPO_PROMPTS, k=4, seed=SEED)
     heldout = labeled_comparisons(sft, EVAL_PROMPTS, root / "heldout", limit=HELDOUT_PROMPTS, k=4, seed=SEED)
     heldout_files = [str(heldout / "train.jsonl"), str(heldout / "val.jsonl")]  # both halves: all held-out prompts
-    trained = fit(root, "dpo.yaml", "dpo", SEED, "--model.init_args.policy", str(sft),
-                  "--data.init_args.train", str(train / "train.jsonl"),
-                  "--data.init_args.val", str(train / "val.jsonl"),
-                  "--trainer.max_steps", str(DPO_STEPS), *option_args(OVERRIDES["dpo"]))
+    trained = fit(
+        root,
+        "dpo.yaml",
+        "dpo",
+        SEED,
+        "--model.init_args.policy",
+        str(sft),
+        "--data.init_args.train",
+        str(train / "train.jsonl"),
+        "--data.init_args.val",
+        str(train / "val.jsonl"),
+        "--trainer.max_steps",
+        str(DPO_STEPS),
+        *option_args(OVERRIDES["dpo"]),
+    )
     reference_accuracy, pairs = preference_accuracy(sft, sft, heldout_files)
     assert reference_accuracy == 0.5 and pairs > 300  # every implicit reward of the reference itself is exactly 0
     accuracy, _ = preference_accuracy(trained, sft, heldout_files)

@@ -61,7 +61,10 @@ def test_reference_is_the_policy_with_adapters_off(base_dir):
     torch.testing.assert_close(reference, expected)
     assert not torch.allclose(adapted, expected, atol=1e-3)  # the adapters do act when enabled
     # no second copy of the base weights: every base parameter is shared by the "two" models
-    assert sum(p.numel() for p in policy.parameters()) == sum(p.numel() for p in base.parameters()) + LAYERS * 2 * R * 2 * HIDDEN
+    assert (
+        sum(p.numel() for p in policy.parameters())
+        == sum(p.numel() for p in base.parameters()) + LAYERS * 2 * R * 2 * HIDDEN
+    )
 
 
 def test_merged_export_equals_the_adapted_model(base_dir, tmp_path):

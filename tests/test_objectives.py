@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 from lightning.pytorch import Callback
+from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 from safetensors.torch import load_file
 
-from lit_rlhf.errors import ConfigError
 from lit_rlhf.episodes import RolloutSummary, concat_responses
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.rewards import FunctionReward, RewardError, RewardModelScore
 from lit_rlhf.sandbox import DATA_DIR, GoldLabeler
 from lit_rlhf.sandbox.rewards import GoldReward, exact_answer
-from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
 SANDBOX_BASE = "lit_rlhf/sandbox/assets/base_model"
 
@@ -35,8 +35,12 @@ def not_a_number(prompt: str, response: str, record: dict):
 
 
 def reward_batch(tokenizer, records):
-    rollout = concat_responses(torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long),
-                               torch.tensor([[50, 51, 1], [52, 1, 0]]), eos_token_id=1)
+    rollout = concat_responses(
+        torch.tensor([[40, 41], [40, 41]]),
+        torch.ones(2, 2, dtype=torch.long),
+        torch.tensor([[50, 51, 1], [52, 1, 0]]),
+        eos_token_id=1,
+    )
     return rollout.with_values(records=records, tokenizer=tokenizer)
 
 
@@ -68,8 +72,12 @@ def test_rewards_are_summed_with_their_weights_and_logged_by_name(ppo_world, tmp
     module = tiny_module(ppo_world, rewards=rewards, gamma_ptx=0.0)
     module.configure_model()
     records = [{"target": 3}, {"target": 1}]
-    rollout = concat_responses(torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long),
-                               torch.tensor([[50, 51, 1], [52, 1, 0]]), eos_token_id=1)
+    rollout = concat_responses(
+        torch.tensor([[40, 41], [40, 41]]),
+        torch.ones(2, 2, dtype=torch.long),
+        torch.tensor([[50, 51, 1], [52, 1, 0]]),
+        eos_token_id=1,
+    )
     rollout = rollout.with_values(records=records, tokenizer=module.tokenizer)
     rollout = module.score_episodes(rollout, {"records": records}, module.policy, 1)
     scores, parts = rollout.scores, rollout.component_scores
@@ -83,8 +91,11 @@ def test_rewards_are_summed_with_their_weights_and_logged_by_name(ppo_world, tmp
 def test_critic_free_estimators_build_no_value_model_and_refuse_critic_settings(ppo_world, tmp_path):
     module = tiny_module(ppo_world, advantage_estimator="rloo", samples_per_prompt=2, value_learning_rate=None)
     summaries = []
-    record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(
-        RolloutSummary.from_outputs(outputs))})
+    record = type(
+        "Record",
+        (Callback,),
+        {"on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(RolloutSummary.from_outputs(outputs))},
+    )
     trainer = tiny_trainer(tmp_path, max_steps=2, callbacks=[record()])
     trainer.fit(module, tiny_data(ppo_world, module))
     assert module.value_model is None and len(trainer.optimizers[0].param_groups) == 1
@@ -92,7 +103,9 @@ def test_critic_free_estimators_build_no_value_model_and_refuse_critic_settings(
     advantages = summaries[-1].episodes.advantages
     per_response = advantages.max(dim=1).values  # RLOO: one advantage per response, on every token
     assert torch.allclose(per_response.view(-1, 2).sum(1), torch.zeros(2), atol=1e-5)  # leave-one-out pairs cancel
-    with pytest.raises(ConfigError, match="value.learning_rate set, but advantage.estimator=grpo trains no value model"):
+    with pytest.raises(
+        ConfigError, match="value.learning_rate set, but advantage.estimator=grpo trains no value model"
+    ):
         tiny_module(ppo_world, advantage_estimator="grpo", samples_per_prompt=2)  # TINY sets value_learning_rate
     with pytest.raises(ConfigError, match="samples_per_prompt >= 2"):
         tiny_module(ppo_world, advantage_estimator="grpo", samples_per_prompt=1, value_learning_rate=None)
@@ -101,7 +114,10 @@ def test_critic_free_estimators_build_no_value_model_and_refuse_critic_settings(
 def test_kl_as_a_loss_term_and_entropy_bonus_use_one_policy_forward(ppo_world):
     module = tiny_module(ppo_world, kl_placement="loss", kl_estimator="k3", entropy_coef=0.01, kl_coef=0.5)
     module.configure_model()
-    prompts = {"input_ids": torch.tensor([[0, 40, 41], [42, 43, 44]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    prompts = {
+        "input_ids": torch.tensor([[0, 40, 41], [42, 43, 44]]),
+        "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+    }
     rollout, _ = module.make_rollout(prompts)
     # The KL is not in the reward: only the score, on the last token.
     assert torch.allclose(rollout.rewards.sum(1), rollout.scores)
@@ -121,14 +137,38 @@ def test_grpo_with_a_verifiable_reward_and_no_reward_model_runs_from_its_config(
     # The untrained base model never answers exactly (exact_answer is 0 for every sample, so no advantage): add the
     # gold labeler's partial credit, as a second component, so a few rollouts have something to learn from.
     extra = in_scratch_dir / "gold.yaml"
-    extra.write_text("model:\n  init_args:\n    rewards:\n"
-                     "      - {class_path: lit_rlhf.rewards.FunctionReward, init_args: {function: 'lit_rlhf.sandbox.rewards:exact_answer'}}\n"
-                     "      - {class_path: lit_rlhf.sandbox.GoldReward}\n")
-    main(["fit", "--config", "configs/grpo.yaml", "--config", str(extra), "--model.init_args.policy", SANDBOX_BASE,
-          "--model.init_args.batch.rollout_batch_size", "8", "--model.init_args.batch.samples_per_prompt", "4",
-          "--model.init_args.batch.minibatch_size", "8", "--model.init_args.batch.micro_batch_size", "4",
-          "--model.init_args.sampling.max_new_tokens", "8", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
-          "--trainer.logger", "false"])
+    extra.write_text(
+        "model:\n  init_args:\n    rewards:\n"
+        "      - {class_path: lit_rlhf.rewards.FunctionReward, init_args: {function: 'lit_rlhf.sandbox.rewards:exact_answer'}}\n"
+        "      - {class_path: lit_rlhf.sandbox.GoldReward}\n"
+    )
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/grpo.yaml",
+            "--config",
+            str(extra),
+            "--model.init_args.policy",
+            SANDBOX_BASE,
+            "--model.init_args.batch.rollout_batch_size",
+            "8",
+            "--model.init_args.batch.samples_per_prompt",
+            "4",
+            "--model.init_args.batch.minibatch_size",
+            "8",
+            "--model.init_args.batch.micro_batch_size",
+            "4",
+            "--model.init_args.sampling.max_new_tokens",
+            "8",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     exported = load_file(in_scratch_dir / "runs/grpo/model/model.safetensors")
     initial = load_file(f"{SANDBOX_BASE}/model.safetensors")
     assert any(not torch.equal(exported[k], initial[k]) for k in initial if k in exported)
@@ -143,10 +183,28 @@ def test_dpo_trains_on_ranked_comparisons_from_its_config(in_scratch_dir):
     with open(comparisons / "train.jsonl", "w") as f:
         for row in rows:  # K = 3: the clean answer, with chatter, and a wrong one
             answer = row["response"].split(",")[0]
-            f.write(json.dumps({"prompt": row["prompt"], "responses": [answer, answer + ", there you go", "no idea"]}) + "\n")
+            f.write(
+                json.dumps({"prompt": row["prompt"], "responses": [answer, answer + ", there you go", "no idea"]})
+                + "\n"
+            )
     (comparisons / "val.jsonl").write_text((comparisons / "train.jsonl").read_text())
-    main(["fit", "--config", "configs/dpo.yaml", "--model.init_args.policy", SANDBOX_BASE, "--trainer.max_steps", "3",
-          "--data.init_args.batch_size", "8", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/dpo.yaml",
+            "--model.init_args.policy",
+            SANDBOX_BASE,
+            "--trainer.max_steps",
+            "3",
+            "--data.init_args.batch_size",
+            "8",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger",
+            "false",
+        ]
+    )
     exported = load_file(in_scratch_dir / "runs/dpo/model/model.safetensors")
     initial = load_file(f"{SANDBOX_BASE}/model.safetensors")
     assert any(not torch.equal(exported[k], initial[k]) for k in initial if k in exported)
@@ -173,15 +231,39 @@ def test_the_readme_objective_example_runs_unchanged(in_scratch_dir, ppo_world, 
 
     module = tiny_module(ppo_world, cls=UnclippedPG, ema_decay=None)
     module.configure_model()
-    prompts = {"input_ids": torch.tensor([[0, 40, 41], [42, 43, 44]]), "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]])}
+    prompts = {
+        "input_ids": torch.tensor([[0, 40, 41], [42, 43, 44]]),
+        "attention_mask": torch.tensor([[0, 1, 1], [1, 1, 1]]),
+    }
     rollout, _ = module.make_rollout(prompts)
     loss, stats = module.ppo_loss(rollout, rollout.response_mask.sum())
     assert "train/clip_fraction" not in stats  # its own policy loss, not the clipped surrogate
     # The README's command line, on the tiny world: `--model my_objective.UnclippedPG` with configs/ppo.yaml.
-    sizes = {"batch.rollout_batch_size": 4, "batch.minibatch_size": 2, "batch.micro_batch_size": 2,
-             "sampling.max_new_tokens": 6, "ptx.micro_batch_size": 8}
-    main(["fit", "--config", "configs/ppo.yaml", "--model", "my_objective.UnclippedPG", "--trainer.max_steps", "2",
-          "--trainer.enable_progress_bar", "false", "--trainer.logger", "false", "--data.init_args.prompts",
-          ppo_world["prompts.jsonl"], f"--model.init_args.policy={ppo_world['sft']}",
-          f"--model.init_args.reward_model={ppo_world['rm']}", *[f"--model.init_args.{k}={v}" for k, v in sizes.items()]])
+    sizes = {
+        "batch.rollout_batch_size": 4,
+        "batch.minibatch_size": 2,
+        "batch.micro_batch_size": 2,
+        "sampling.max_new_tokens": 6,
+        "ptx.micro_batch_size": 8,
+    }
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/ppo.yaml",
+            "--model",
+            "my_objective.UnclippedPG",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger",
+            "false",
+            "--data.init_args.prompts",
+            ppo_world["prompts.jsonl"],
+            f"--model.init_args.policy={ppo_world['sft']}",
+            f"--model.init_args.reward_model={ppo_world['rm']}",
+            *[f"--model.init_args.{k}={v}" for k, v in sizes.items()],
+        ]
+    )
     assert (in_scratch_dir / "runs/ppo/model/config.json").exists()

@@ -37,7 +37,9 @@ def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
         keep = batch.attention_mask[row].bool()
         ids = batch.input_ids[row][keep].unsqueeze(0)
         n_response = int(batch.response_mask[row].sum())
-        logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        logprobs = (
+            torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+        )
         assert float(sums[row]) == pytest.approx(float(logprobs[-n_response:].sum()), abs=1e-4)
 
 
@@ -47,7 +49,9 @@ def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir)
     tokenizer = load_tokenizer(str(BASE_MODEL_DIR), padding_side="left")
     base = load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
     reward_model = load_scalar_model(str(BASE_MODEL_DIR), trainable=False)  # a random head: any scalar will do
-    probe = GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=6, samples_per_prompt=3, max_new_tokens=8)
+    probe = GoldProxyKLProbe(
+        prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=6, samples_per_prompt=3, max_new_tokens=8
+    )
     probe._reference, probe._reward_model = base, reward_model
 
     same = probe.measure(base, tokenizer)
@@ -61,14 +65,28 @@ def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir)
 
     # The proxy is the RM's centred score of exactly the responses that were gold-scored.
     torch.manual_seed(1)
-    scored = score_samples(base, tokenizer, probe.records[:2], probe.labeler, reward_model=reward_model, samples_per_prompt=2, max_new_tokens=8)
+    scored = score_samples(
+        base,
+        tokenizer,
+        probe.records[:2],
+        probe.labeler,
+        reward_model=reward_model,
+        samples_per_prompt=2,
+        max_new_tokens=8,
+    )
     assert scored.prompt_index == [0, 0, 1, 1] and scored.kl is None
-    assert scored.gold == [probe.labeler.score(probe.records[i].data, t) for i, t in zip(scored.prompt_index, scored.texts)]
-    from lit_rlhf.data.tokenize import render_prompt
+    assert scored.gold == [
+        probe.labeler.score(probe.records[i].data, t) for i, t in zip(scored.prompt_index, scored.texts)
+    ]
     from lit_rlhf.data.records import FieldMap
+    from lit_rlhf.data.tokenize import render_prompt
 
     prompt = render_prompt(tokenizer, probe.records[0], FieldMap())
-    ids = tokenizer(prompt)["input_ids"] + tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (
+        tokenizer(prompt)["input_ids"]
+        + tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"]
+        + [tokenizer.eos_token_id]
+    )
     if len(tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"]) < 8:  # the response ended with EOS
         expected = sequence_rewards(reward_model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
         assert scored.proxy[0] == pytest.approx(float(expected), abs=1e-4)
@@ -79,7 +97,10 @@ def test_evaluated_policy_is_the_exported_one_unless_asked_for_the_trained_one()
 
     from lit_rlhf.evaluation import evaluated_policy
 
-    trained, averaged = load_causal_lm(str(BASE_MODEL_DIR), trainable=False), load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
+    trained, averaged = (
+        load_causal_lm(str(BASE_MODEL_DIR), trainable=False),
+        load_causal_lm(str(BASE_MODEL_DIR), trainable=False),
+    )
 
     class Stage:  # what a stage module offers: its trained policy and the exported weights in a block
         policy = trained
@@ -123,10 +144,37 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     base model with a random scalar head for the proxy RM (RM training is the `sandbox run` test's)."""
     from lit_rlhf.cli import main
 
-    rm = save_hf_directory(load_scalar_model(str(BASE_MODEL_DIR)), load_tokenizer(str(BASE_MODEL_DIR)), in_scratch_dir / "rm")
-    main(["sandbox", "overopt", "--out", "runs/overopt", "--fast", "true", "--sft", str(BASE_MODEL_DIR), "--rm", str(rm),
-          "--rollouts", "2", "--probe_every", "1", "--probe_prompts", "4", "--probe_samples", "2", "--bon_prompts", "4",
-          "--bon_samples", "4", "--ptx", "false"])
+    rm = save_hf_directory(
+        load_scalar_model(str(BASE_MODEL_DIR)), load_tokenizer(str(BASE_MODEL_DIR)), in_scratch_dir / "rm"
+    )
+    main(
+        [
+            "sandbox",
+            "overopt",
+            "--out",
+            "runs/overopt",
+            "--fast",
+            "true",
+            "--sft",
+            str(BASE_MODEL_DIR),
+            "--rm",
+            str(rm),
+            "--rollouts",
+            "2",
+            "--probe_every",
+            "1",
+            "--probe_prompts",
+            "4",
+            "--probe_samples",
+            "2",
+            "--bon_prompts",
+            "4",
+            "--bon_samples",
+            "4",
+            "--ptx",
+            "false",
+        ]
+    )
     root = in_scratch_dir / "runs/overopt"
     results = json.loads((root / "overopt.json").read_text())
     bon = results["best_of_n"]
@@ -153,7 +201,7 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
         assert f"| {p['n']} | {p['kl']:.3f} | {p['kl_sampled']:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" in md
     for p in ppo:
         kl, gold, proxy = p["kl"], p["gold"], p["proxy"]
-        assert f"| {int(p['rollout'])} | {kl:.3f} | {kl ** 0.5:.3f} | {gold:.3f} | {proxy:.3f} |" in md
+        assert f"| {int(p['rollout'])} | {kl:.3f} | {kl**0.5:.3f} | {gold:.3f} | {proxy:.3f} |" in md
 
     # The figure: one panel per curve (best-of-n, PPO) of 5.2 x 4.2 inches at 110 dpi. Best-of-n: gold (orange) and
     # proxy (blue) points with their fitted curves (measured: ~1000 pixels each), the measured gold peak (red star,
@@ -161,15 +209,21 @@ def test_overopt_command_writes_table_plot_and_fits(in_scratch_dir):
     # proxy points (measured: 283 red, 124 blue).
     from figure_support import assert_plot
 
-    assert_plot(root / "overopt.png", (1144, 462), [{"tab:orange": 300, "tab:blue": 300, "tab:red": 150},
-                                                     {"tab:red": 150, "tab:blue": 80}])
+    assert_plot(
+        root / "overopt.png",
+        (1144, 462),
+        [{"tab:orange": 300, "tab:blue": 300, "tab:red": 150}, {"tab:red": 150, "tab:blue": 80}],
+    )
 
     # The probe measured the policy as exported (the EMA weights, not the trained ones): measuring the
     # exported directory again with the same seed reproduces the last point exactly.
     from lit_rlhf.sandbox.callbacks import GoldProxyKLProbe
 
     probe = GoldProxyKLProbe(prompts=str(DATA_DIR / "prompts_eval.jsonl"), num_prompts=4, samples_per_prompt=2)
-    probe._reference, probe._reward_model = load_causal_lm(str(BASE_MODEL_DIR), trainable=False), load_scalar_model(str(rm), trainable=False)
+    probe._reference, probe._reward_model = (
+        load_causal_lm(str(BASE_MODEL_DIR), trainable=False),
+        load_scalar_model(str(rm), trainable=False),
+    )
     sums = probe.measure(load_causal_lm(str(root / "ppo/model"), trainable=False), load_tokenizer(str(BASE_MODEL_DIR)))
     for key in ("gold", "kl", "proxy"):
         assert float(sums[key] / sums["count"]) == pytest.approx(ppo[-1][key], abs=1e-5), key
@@ -193,8 +247,11 @@ def test_report_plot_takes_gold_proxy_and_kl_from_the_probe_only(tmp_path):
     # (Each line across a panel: ~1000 pixels of its colour, measured; its legend entry alone: ~100.)
     one = assert_plot(plot_gold_vs_kl({"PPO": rows}, tmp_path / "plot.png"), (1000, 400), [{"tab:blue": 300}] * 2)
     assert colour_pixels(one, TAB["tab:orange"]) == 0  # one run: one colour (the check tells series apart)
-    ptx = [dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3})
-           for r in rows if "probe/kl" in r]
+    ptx = [
+        dict(r, **{"probe/gold": r["probe/gold"] - 0.2, "probe/proxy": r["probe/proxy"] + 0.3})
+        for r in rows
+        if "probe/kl" in r
+    ]
     two = plot_gold_vs_kl({"PPO": rows, "PPO-ptx": ptx}, tmp_path / "two.png")
     assert_plot(two, (1000, 400), [{"tab:blue": 300, "tab:orange": 300}] * 2)
     assert plot_gold_vs_kl({"PPO": rows[1:2]}, tmp_path / "none.png") is None

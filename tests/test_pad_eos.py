@@ -14,8 +14,8 @@ import string
 import lightning as L
 import pytest
 import torch
-
 from conftest import write_jsonl
+
 from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.data import PromptDataModule, RewardDataModule, SFTDataModule
 from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
@@ -41,7 +41,10 @@ def build_eos_pad_tokenizer(out_dir):
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<eos>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
-    vocab = {tok: i for i, tok in enumerate(specials + list(string.ascii_letters + string.digits + string.punctuation + " \n"))}
+    vocab = {
+        tok: i
+        for i, tok in enumerate(specials + list(string.ascii_letters + string.digits + string.punctuation + " \n"))
+    }
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     core.decoder = decoders.Fuse()
@@ -60,9 +63,19 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("pad_eos")
     tokenizer = load_tokenizer(str(build_eos_pad_tokenizer(root / "tokenizer")))
     assert tokenizer.pad_token_id == tokenizer.eos_token_id == 0
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, eos_token_id=0, bos_token_id=None,
-                         tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=0,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
     config.to_json_file(root / "config.json")
     torch.manual_seed(0)
     policy = load_causal_lm(str(root / "config.json"))
@@ -77,8 +90,14 @@ def world(tmp_path_factory):
 def _rows(batch):
     """Per row: (ids, attention, labels or None) as lists."""
     labels = batch.get("labels")
-    return [(batch["input_ids"][i].tolist(), batch["attention_mask"][i].tolist(), None if labels is None else labels[i].tolist())
-            for i in range(len(batch["input_ids"]))]
+    return [
+        (
+            batch["input_ids"][i].tolist(),
+            batch["attention_mask"][i].tolist(),
+            None if labels is None else labels[i].tolist(),
+        )
+        for i in range(len(batch["input_ids"]))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -94,8 +113,12 @@ SFT_RECORDS = [
 
 def test_sft_labels_the_final_eos_and_masks_only_padding(world, tmp_path):
     eos = world["tokenizer"].eos_token_id
-    data = SFTDataModule(train=str(write_jsonl(tmp_path / "sft.jsonl", SFT_RECORDS)), tokenizer=str(world["root"] / "tokenizer"),
-                         batch_size=3, group_by_length=False)
+    data = SFTDataModule(
+        train=str(write_jsonl(tmp_path / "sft.jsonl", SFT_RECORDS)),
+        tokenizer=str(world["root"] / "tokenizer"),
+        batch_size=3,
+        group_by_length=False,
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     assert len(batch["input_ids"]) == 3
@@ -105,7 +128,9 @@ def test_sft_labels_the_final_eos_and_masks_only_padding(world, tmp_path):
         assert all(label == IGNORE_INDEX for label in labels[length:])  # ... padding (the same id) is not
         assert all(token == eos for token in ids[length:])
     # the chat row: the user turn's EOS is context (not trained); the assistant turn's EOS is trained
-    chat_ids, chat_attention, chat_labels = next(r for r in _rows(batch) if r[0][0] == world["tokenizer"].convert_tokens_to_ids("<|user|>"))
+    chat_ids, chat_attention, chat_labels = next(
+        r for r in _rows(batch) if r[0][0] == world["tokenizer"].convert_tokens_to_ids("<|user|>")
+    )
     eos_positions = [i for i in range(sum(chat_attention)) if chat_ids[i] == eos]
     assert len(eos_positions) == 2
     assert chat_labels[eos_positions[0]] == IGNORE_INDEX and chat_labels[eos_positions[1]] == eos
@@ -125,8 +150,16 @@ def test_sft_training_teaches_the_model_to_stop(world, tmp_path):
             return float(module.model(input_ids=ids).logits[0, -1].softmax(-1)[tokenizer.eos_token_id])
 
     L.seed_everything(0)
-    trainer = L.Trainer(accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     module.configure_model()
     before = p_stop()
     trainer.fit(module, data)
@@ -143,7 +176,9 @@ def test_reward_is_read_at_the_real_last_token_not_at_padding_or_a_prompt_eos(wo
     from lit_rlhf.modules import RewardModule
 
     records = [{"prompt": [{"role": "user", "content": "pick"}], "responses": ["a", "a much longer response", "bc"]}]
-    data = RewardDataModule(train=str(write_jsonl(tmp_path / "rm.jsonl", records)), tokenizer=str(world["root"] / "tokenizer"))
+    data = RewardDataModule(
+        train=str(write_jsonl(tmp_path / "rm.jsonl", records)), tokenizer=str(world["root"] / "tokenizer")
+    )
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
     module = RewardModule(model=world["rm"])
@@ -151,8 +186,17 @@ def test_reward_is_read_at_the_real_last_token_not_at_padding_or_a_prompt_eos(wo
     module.eval()
     with torch.no_grad():
         padded = module(batch)
-        alone = torch.cat([module({"input_ids": torch.tensor([ids[: sum(mask)]]), "attention_mask": torch.ones(1, sum(mask), dtype=torch.long)})
-                           for ids, mask, _ in _rows(batch)])
+        alone = torch.cat(
+            [
+                module(
+                    {
+                        "input_ids": torch.tensor([ids[: sum(mask)]]),
+                        "attention_mask": torch.ones(1, sum(mask), dtype=torch.long),
+                    }
+                )
+                for ids, mask, _ in _rows(batch)
+            ]
+        )
     torch.testing.assert_close(padded, alone, rtol=1e-5, atol=1e-5)  # padding (EOS ids) changes nothing
     # every row holds two EOS ids before its padding: the user turn's and the response's own
     eos = world["tokenizer"].eos_token_id
@@ -160,8 +204,17 @@ def test_reward_is_read_at_the_real_last_token_not_at_padding_or_a_prompt_eos(wo
         assert sum(token == eos for token in ids[: sum(mask)]) == 2 and ids[sum(mask) - 1] == eos
     # reading at a different position (e.g. the last non-EOS token, HF's pad-id pooling) gives other scores
     with torch.no_grad():
-        before_eos = torch.cat([module({"input_ids": torch.tensor([ids[: sum(mask) - 1]]),
-                                        "attention_mask": torch.ones(1, sum(mask) - 1, dtype=torch.long)}) for ids, mask, _ in _rows(batch)])
+        before_eos = torch.cat(
+            [
+                module(
+                    {
+                        "input_ids": torch.tensor([ids[: sum(mask) - 1]]),
+                        "attention_mask": torch.ones(1, sum(mask) - 1, dtype=torch.long),
+                    }
+                )
+                for ids, mask, _ in _rows(batch)
+            ]
+        )
     assert not torch.allclose(padded, before_eos, atol=1e-4)
 
 
@@ -175,13 +228,23 @@ def test_ppo_response_mask_ends_at_the_first_sampled_eos(world, tmp_path):
 
     tokenizer, eos = world["tokenizer"], world["tokenizer"].eos_token_id
     prompts = [{"messages": [{"role": "user", "content": text}]} for text in ("sort b a", "hi", "count to three", "x")]
-    data = PromptDataModule(prompts=str(write_jsonl(tmp_path / "p.jsonl", prompts)), val_prompts=str(tmp_path / "p.jsonl"),
-                            tokenizer=str(world["root"] / "tokenizer"), val_batch_size=4)
+    data = PromptDataModule(
+        prompts=str(write_jsonl(tmp_path / "p.jsonl", prompts)),
+        val_prompts=str(tmp_path / "p.jsonl"),
+        tokenizer=str(world["root"] / "tokenizer"),
+        val_batch_size=4,
+    )
     data.setup("fit")
     batch = next(iter(data.val_dataloader()[-1]))
-    module = PPOModule(policy=world["sft"], reward_model=world["rm"],
-                       batch={"rollout_batch_size": 8, "samples_per_prompt": 2, "minibatch_size": 4, "micro_batch_size": 4},
-                       sampling={"max_new_tokens": 8}, ema_decay=None, ptx={"gamma": 0.0}, seed=3)
+    module = PPOModule(
+        policy=world["sft"],
+        reward_model=world["rm"],
+        batch={"rollout_batch_size": 8, "samples_per_prompt": 2, "minibatch_size": 4, "micro_batch_size": 4},
+        sampling={"max_new_tokens": 8},
+        ema_decay=None,
+        ptx={"gamma": 0.0},
+        seed=3,
+    )
     module.configure_model()
     rollout, _ = module.make_rollout(batch)
 
@@ -203,5 +266,7 @@ def test_ppo_response_mask_ends_at_the_first_sampled_eos(world, tmp_path):
     reward_model = load_scalar_model(world["rm"], trainable=False)
     for i in range(len(rollout)):
         keep = rollout.attention_mask[i].bool()
-        alone = sequence_rewards(reward_model, rollout.input_ids[i][keep][None], torch.ones(1, int(keep.sum()), dtype=torch.long))
+        alone = sequence_rewards(
+            reward_model, rollout.input_ids[i][keep][None], torch.ones(1, int(keep.sum()), dtype=torch.long)
+        )
         torch.testing.assert_close(rollout.scores[i : i + 1], alone, rtol=1e-5, atol=1e-5)

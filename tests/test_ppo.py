@@ -3,21 +3,20 @@ checkpoint holds, and how bad input and bad numbers stop a run."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
-from lightning.pytorch import Callback
-
 from conftest import build_char_tokenizer
+from lightning.pytorch import Callback
+from ppo_support import REWARD_BIAS, changed, one_cpu_thread, ppo_world, snapshot, tiny_data, tiny_module, tiny_trainer  # noqa: F401
+
+from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses, response_mask_from_tokens
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.models.loading import load_scalar_model, load_tokenizer
 from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.models.sources import ModelSourceError
 from lit_rlhf.modules import PPOModule
-from lit_rlhf.reliability.guards import TrainingStopped
-from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses, response_mask_from_tokens
 from lit_rlhf.modules.rollout import response_values
-from ppo_support import REWARD_BIAS, changed, one_cpu_thread, ppo_world, snapshot, tiny_data, tiny_module, tiny_trainer  # noqa: F401
+from lit_rlhf.reliability.guards import TrainingStopped
 
 
 def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_path):
@@ -25,14 +24,21 @@ def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_
     data = tiny_data(ppo_world, module)
     trainer = tiny_trainer(tmp_path, max_steps=4)  # 2 rollouts x 2 optimizer steps
     module.configure_model()
-    models = {"policy": module.policy, "value_model": module.value_model, "reference_model": module.reference_model,
-              "reward_model": module.rewards[0].reward_model, "ema": module.ema}
+    models = {
+        "policy": module.policy,
+        "value_model": module.value_model,
+        "reference_model": module.reference_model,
+        "reward_model": module.rewards[0].reward_model,
+        "ema": module.ema,
+    }
     before = {name: {k: v.clone() for k, v in model.state_dict().items()} for name, model in models.items()}
     trainer.fit(module, data)
 
     assert trainer.global_step == 4 and module.rollouts_done == 2  # global_step counts optimizer steps
     for name in ("policy", "value_model", "ema"):
-        assert any(not torch.equal(v, models[name].state_dict()[k]) for k, v in before[name].items()), f"{name} did not change"
+        assert any(not torch.equal(v, models[name].state_dict()[k]) for k, v in before[name].items()), (
+            f"{name} did not change"
+        )
     # The EMA averages the trained parameters only: one buffer per parameter of the policy.
     assert len(module.ema.names) == len(list(module.policy.parameters()))
     for name in ("reference_model", "reward_model"):
@@ -41,9 +47,20 @@ def test_fit_trains_policy_and_value_and_never_the_frozen_models(ppo_world, tmp_
         assert not model.training and all(p.grad is None and not p.requires_grad for p in model.parameters())
     assert module.policy.training and module.value_model.training  # back in train mode after generation
     metrics = trainer.callback_metrics
-    for key in ("rollout/score", "rollout/reward/reward_model", "rollout/kl", "rollout/entropy", "train/clip_fraction",
-                "train/approx_kl", "train/value_loss", "train/explained_variance", "rollout/response_length",
-                "rollout/eos_rate", "perf/generation_tokens_per_sec", "perf/training_tokens_per_sec"):
+    for key in (
+        "rollout/score",
+        "rollout/reward/reward_model",
+        "rollout/kl",
+        "rollout/entropy",
+        "train/clip_fraction",
+        "train/approx_kl",
+        "train/value_loss",
+        "train/explained_variance",
+        "rollout/response_length",
+        "rollout/eos_rate",
+        "perf/generation_tokens_per_sec",
+        "perf/training_tokens_per_sec",
+    ):
         assert key in metrics, key
     # One reward component (the reward model) with weight 1: the score is its centred score.
     assert metrics["rollout/score"] == pytest.approx(float(metrics["rollout/reward/reward_model"]), abs=1e-5)
@@ -60,10 +77,26 @@ class RewardsLetterA(PPOModule):
 
 def test_ppo_raises_the_reward_it_is_given(ppo_world, tmp_path):
     scores = []
-    module = tiny_module(ppo_world, cls=RewardsLetterA, gamma_ptx=0.0, rollout_batch_size=12, minibatch_size=4,
-                         micro_batch_size=4, max_new_tokens=8, learning_rate=1e-2, ema_decay=None)
-    record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, outputs, *a: scores.append(
-        float(RolloutSummary.from_outputs(outputs).episodes.scores.mean()))})
+    module = tiny_module(
+        ppo_world,
+        cls=RewardsLetterA,
+        gamma_ptx=0.0,
+        rollout_batch_size=12,
+        minibatch_size=4,
+        micro_batch_size=4,
+        max_new_tokens=8,
+        learning_rate=1e-2,
+        ema_decay=None,
+    )
+    record = type(
+        "Record",
+        (Callback,),
+        {
+            "on_train_batch_end": lambda self, t, m, outputs, *a: scores.append(
+                float(RolloutSummary.from_outputs(outputs).episodes.scores.mean())
+            )
+        },
+    )
     tiny_trainer(tmp_path, max_steps=45, max_epochs=100, callbacks=[record()]).fit(module, tiny_data(ppo_world, module))
     assert len(scores) == 15
     assert sum(scores[:3]) / 3 < 1.0 and sum(scores[-3:]) / 3 > 4.0, scores
@@ -75,9 +108,18 @@ def test_gamma_ptx_changes_the_update_and_zero_is_plain_ppo(ppo_world, tmp_path)
         torch.manual_seed(0)
         module = tiny_module(ppo_world, gamma_ptx=gamma_ptx, ema_decay=None)
         summaries = []
-        record = type("Record", (Callback,), {"on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(
-            RolloutSummary.from_outputs(outputs))})
-        tiny_trainer(tmp_path / str(gamma_ptx), max_steps=2, callbacks=[record()]).fit(module, tiny_data(ppo_world, module))
+        record = type(
+            "Record",
+            (Callback,),
+            {
+                "on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(
+                    RolloutSummary.from_outputs(outputs)
+                )
+            },
+        )
+        tiny_trainer(tmp_path / str(gamma_ptx), max_steps=2, callbacks=[record()]).fit(
+            module, tiny_data(ppo_world, module)
+        )
         weights[gamma_ptx] = snapshot(module.policy)
         assert ("ptx/loss" in summaries[-1].stats) == (gamma_ptx > 0) and summaries[-1].ptx_gamma == gamma_ptx
     assert any(not torch.equal(weights[0.0][k], weights[5.0][k]) for k in weights[0.0])
@@ -170,7 +212,10 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
         return original(prompts, model=model, num_samples=num_samples)
 
     module.generate_rollout = spy
-    prompts = {"input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45]]), "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])}
+    prompts = {
+        "input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45]]),
+        "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+    }
     rollout, _ = module.make_rollout(prompts)
     assert seen_modes == [False] and module.policy.training  # eval while generating, train again after
     assert rollout.prompt_length == 4 and rollout.values.shape == rollout.response_mask.shape
@@ -181,27 +226,41 @@ def test_response_layout_masks_values_and_first_update_ratio(ppo_world):
     last = rollout.response_mask.sum(1) - 1
     assert torch.allclose(rollout.rewards[torch.arange(2), last], rollout.scores)
     # the value of the state before token t is read at position P - 1 + t
-    full = module.value_model.score(module.value_model.model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                                                             position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state)
+    full = module.value_model.score(
+        module.value_model.model(
+            input_ids=rollout.input_ids,
+            attention_mask=rollout.attention_mask,
+            position_ids=(rollout.attention_mask.cumsum(-1) - 1).clamp(min=0),
+        ).last_hidden_state
+    )
     with torch.no_grad():
         assert torch.allclose(response_values(module.value_model, rollout), full[:, 3:-1, 0] + REWARD_BIAS, atol=1e-5)
     # before any update the new policy equals the old one: ratio 1, nothing clipped
     _, stats = module.ppo_loss(rollout, rollout.response_mask.sum())
-    assert float(stats["train/approx_kl"]) == pytest.approx(0.0, abs=1e-6) and float(stats["train/clip_fraction"]) == 0.0
+    assert (
+        float(stats["train/approx_kl"]) == pytest.approx(0.0, abs=1e-6) and float(stats["train/clip_fraction"]) == 0.0
+    )
 
 
-@pytest.mark.parametrize("temperature, top_p, generation_batch_size", [(1.0, 1.0, None), (0.7, 0.8, 1), (0.0, 1.0, None)])
-def test_log_probs_recorded_while_sampling_equal_a_scoring_forward_pass(ppo_world, temperature, top_p, generation_batch_size):
+@pytest.mark.parametrize(
+    "temperature, top_p, generation_batch_size", [(1.0, 1.0, None), (0.7, 0.8, 1), (0.0, 1.0, None)]
+)
+def test_log_probs_recorded_while_sampling_equal_a_scoring_forward_pass(
+    ppo_world, temperature, top_p, generation_batch_size
+):
     """Recorded at sampling time: the full distribution at the temperature (top-p only truncates what is drawn)."""
     from lit_rlhf.modules.rollout import logprobs_and_entropy
 
-    module = tiny_module(ppo_world, temperature=temperature, top_p=top_p, generation_batch_size=generation_batch_size,
-                         max_new_tokens=8)
+    module = tiny_module(
+        ppo_world, temperature=temperature, top_p=top_p, generation_batch_size=generation_batch_size, max_new_tokens=8
+    )
     module.configure_model()
     module.policy.generation_config.repetition_penalty = 5.0  # saved settings must not reach the sampler
     module.policy.eval()
-    prompts = {"input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45], [0, 46, 47, 48]]),
-               "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])}
+    prompts = {
+        "input_ids": torch.tensor([[0, 0, 40, 41], [42, 43, 44, 45], [0, 46, 47, 48]]),
+        "attention_mask": torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]]),
+    }
     torch.manual_seed(0)
     with torch.no_grad():
         rollout = module.generate_rollout(prompts, model=module.policy)
@@ -223,7 +282,9 @@ def test_a_generate_override_without_log_probs_gets_them_from_a_forward_pass(ppo
         return original(prompts, model=model, num_samples=num_samples).with_values(logprobs=None, entropy=None)
 
     module.generate_rollout = without_logprobs
-    rollout, _ = module.make_rollout({"input_ids": torch.tensor([[40, 41]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)})
+    rollout, _ = module.make_rollout(
+        {"input_ids": torch.tensor([[40, 41]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)}
+    )
     with torch.no_grad():
         expected, _ = logprobs_and_entropy(module.policy.eval(), rollout, 1.0)
     assert torch.allclose(rollout.logprobs, expected, atol=1e-6)
@@ -232,12 +293,12 @@ def test_a_generate_override_without_log_probs_gets_them_from_a_forward_pass(ppo
 def test_missing_eos_penalty_applies_only_to_unfinished_responses(ppo_world):
     module = tiny_module(ppo_world, missing_eos_penalty=2.0)
     module.configure_model()
-    rollout = concat_responses(torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long), torch.tensor([[50, 1], [50, 51]]), 1)
+    rollout = concat_responses(
+        torch.tensor([[40, 41], [40, 41]]), torch.ones(2, 2, dtype=torch.long), torch.tensor([[50, 1], [50, 51]]), 1
+    )
     rollout = rollout.with_values(component_scores={"reward_model": module.rewards[0].score(rollout)})
     scores = module.score_responses(rollout)
     assert torch.allclose(scores, rollout.component_scores["reward_model"] - torch.tensor([0.0, 2.0]))
-
-
 
 
 def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):
@@ -245,13 +306,29 @@ def test_shipped_ppo_config_runs_and_exports(in_scratch_dir, ppo_world):
 
     from lit_rlhf.cli import main
 
-    overrides = {"policy": ppo_world["sft"], "reward_model": ppo_world["rm"], "batch.rollout_batch_size": 4,
-                 "batch.minibatch_size": 2, "batch.micro_batch_size": 2, "sampling.max_new_tokens": 6,
-                 "ptx.micro_batch_size": 8}
+    overrides = {
+        "policy": ppo_world["sft"],
+        "reward_model": ppo_world["rm"],
+        "batch.rollout_batch_size": 4,
+        "batch.minibatch_size": 2,
+        "batch.micro_batch_size": 2,
+        "sampling.max_new_tokens": 6,
+        "ptx.micro_batch_size": 8,
+    }
     args = ["fit", "--config", "configs/ppo.yaml", "--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false"]
     args += [f"--model.init_args.{k}={v}" for k, v in overrides.items()]
-    args += ["--data.init_args.prompts", ppo_world["prompts.jsonl"], "--data.init_args.val_prompts", ppo_world["prompts.jsonl"],
-             "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2", "--data.init_args.val_batch_size", "4"]
+    args += [
+        "--data.init_args.prompts",
+        ppo_world["prompts.jsonl"],
+        "--data.init_args.val_prompts",
+        ppo_world["prompts.jsonl"],
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.val_check_interval",
+        "2",
+        "--data.init_args.val_batch_size",
+        "4",
+    ]
     main(args)
     export = in_scratch_dir / "runs/ppo/model"
     assert AutoModelForCausalLM.from_pretrained(export).config.model_type == "llama"
@@ -268,6 +345,14 @@ def test_sampling_ignores_the_models_saved_generation_settings(ppo_world):
     model.generation_config.repetition_penalty = 10.0
     prompt = torch.tensor([[40, 41, 42]] * 8)
     torch.manual_seed(0)
-    samples = sample_continuations(model, prompt, torch.ones_like(prompt), max_new_tokens=6, temperature=1.0, top_p=1.0,
-                                   eos_token_id=1, pad_token_id=0)
+    samples = sample_continuations(
+        model,
+        prompt,
+        torch.ones_like(prompt),
+        max_new_tokens=6,
+        temperature=1.0,
+        top_p=1.0,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     assert len({tuple(row) for row in samples.tolist()}) > 1

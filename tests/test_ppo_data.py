@@ -6,13 +6,13 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from lightning.pytorch.utilities import CombinedLoader
-
 from conftest import write_jsonl
+from lightning.pytorch.utilities import CombinedLoader
+from ppo_support import one_cpu_thread  # noqa: F401
+
 from lit_rlhf.data import PromptDataModule, RecordError
 from lit_rlhf.data.prompts import RolloutSampler
 from lit_rlhf.errors import ConfigError
-from ppo_support import one_cpu_thread  # noqa: F401
 
 
 def batches(sampler: RolloutSampler, epoch: int) -> list[list[int]]:
@@ -62,10 +62,14 @@ def attach(data: PromptDataModule, tokenizer) -> None:
 
 
 def test_batches_pair_left_padded_prompts_with_their_ptx_sequences(tmp_path, tiny_tokenizer):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ab"}, {"prompt": "abcd"}] * 4
-                          + [{"messages": [{"role": "user", "content": "hi"}]}] * 2)
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "ab"}, {"prompt": "abcd"}] * 4 + [{"messages": [{"role": "user", "content": "hi"}]}] * 2,
+    )
     (tmp_path / "t.txt").write_text("some text\nmore text here\n")
-    data = PromptDataModule(prompts, ptx_text=str(tmp_path / "t.txt"), ptx_ratio=2, rollout_batch_size=4, samples_per_prompt=2)
+    data = PromptDataModule(
+        prompts, ptx_text=str(tmp_path / "t.txt"), ptx_ratio=2, rollout_batch_size=4, samples_per_prompt=2
+    )
     attach(data, tiny_tokenizer)
     data.setup("fit")
     loader = data.train_dataloader()
@@ -78,7 +82,11 @@ def test_batches_pair_left_padded_prompts_with_their_ptx_sequences(tmp_path, tin
     ids, mask = batch["prompts"]["input_ids"], batch["prompts"]["attention_mask"]
     assert ids.shape[0] == 2 and bool(mask[:, -1].all())  # left-padded: every prompt ends in the last column
     assert batch["ptx"]["input_ids"].shape[0] == 8  # ptx_ratio x episodes per rollout
-    rendered = [tiny_tokenizer.decode(row[m.bool()]) for b in all_batches for row, m in zip(b[0]["prompts"]["input_ids"], b[0]["prompts"]["attention_mask"])]
+    rendered = [
+        tiny_tokenizer.decode(row[m.bool()])
+        for b in all_batches
+        for row, m in zip(b[0]["prompts"]["input_ids"], b[0]["prompts"]["attention_mask"])
+    ]
     assert "<|user|>hi\n<|assistant|>" in rendered  # messages go through the chat template with its generation prompt
 
 
@@ -86,8 +94,9 @@ def test_resume_position_comes_from_the_data_modules_own_state(tmp_path, tiny_to
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"p{i}"} for i in range(8)])
     data = PromptDataModule(prompts, rollout_batch_size=2)
     attach(data, tiny_tokenizer)
-    data.load_state_dict({"data_position": {"prompts": {"epoch": 0, "batches": 3, "num_items": 8, "batch_size": 2,
-                                                        "num_replicas": 1}}})
+    data.load_state_dict(
+        {"data_position": {"prompts": {"epoch": 0, "batches": 3, "num_items": 8, "batch_size": 2, "num_replicas": 1}}}
+    )
     data.setup("fit")
     loader = data.train_dataloader()
     assert "ptx" not in loader.iterables  # no ptx data: plain PPO batches

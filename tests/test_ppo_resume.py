@@ -11,13 +11,22 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
-
-from lit_rlhf.episodes import RolloutSummary
 from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_trainer  # noqa: F401
 
+from lit_rlhf.episodes import RolloutSummary
+
 STEPS_PER_ROLLOUT = 2
-COMPARED = ("rollout/score", "rollout/kl", "rollout/beta", "rollout/entropy", "train/policy_loss", "train/value_loss",
-            "train/approx_kl", "train/grad_norm", "train/lr")
+COMPARED = (
+    "rollout/score",
+    "rollout/kl",
+    "rollout/beta",
+    "rollout/entropy",
+    "train/policy_loss",
+    "train/value_loss",
+    "train/approx_kl",
+    "train/grad_norm",
+    "train/lr",
+)
 
 
 class Recorder(Callback):
@@ -38,8 +47,13 @@ def run(world, root, rollouts: int, ckpt_path=None):
     recorder = Recorder()
     module = tiny_module(world, target_kl=0.5, kl_horizon=100)  # adaptive beta: its state must resume too
     checkpoints = ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=STEPS_PER_ROLLOUT)
-    trainer = tiny_trainer(root, max_steps=rollouts * STEPS_PER_ROLLOUT, max_epochs=10, enable_checkpointing=True,
-                           callbacks=[checkpoints, recorder])
+    trainer = tiny_trainer(
+        root,
+        max_steps=rollouts * STEPS_PER_ROLLOUT,
+        max_epochs=10,
+        enable_checkpointing=True,
+        callbacks=[checkpoints, recorder],
+    )
     trainer.fit(module, tiny_data(world, module), ckpt_path=ckpt_path)
     return module, trainer, recorder.rows
 
@@ -64,7 +78,9 @@ def test_resumed_run_repeats_the_uninterrupted_run(ppo_world, tmp_path, straight
             if key != "prompts":
                 assert value == pytest.approx(expected[key], rel=1e-5, abs=1e-7), f"rollout {rollout}: {key}"
     for name in ("policy", "value_model", "ema"):
-        for (key, a), b in zip(getattr(module, name).state_dict().items(), getattr(full_module, name).state_dict().values()):
+        for (key, a), b in zip(
+            getattr(module, name).state_dict().items(), getattr(full_module, name).state_dict().values()
+        ):
             assert torch.allclose(a, b, atol=1e-6), f"{name}.{key} differs after resume"
     assert module.kl_controller.beta == pytest.approx(full_module.kl_controller.beta)
     # The data module's checkpoint state holds the position (epoch, rollouts consumed): the one place a resume reads.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
-
 from conftest import write_jsonl
+
 from lit_rlhf.errors import ConfigError
 from lit_rlhf.modules.optim import adamw
 from lit_rlhf.precision import CompensatedAdamW, effective_weight
@@ -98,7 +98,9 @@ def sft_start(tmp_path_factory, tiny_dir):
 
     root = tmp_path_factory.mktemp("precision")
     torch.manual_seed(0)
-    save_hf_directory(load_causal_lm(str(tiny_dir / "config.json")), load_tokenizer(str(tiny_dir / "tokenizer")), root / "start")
+    save_hf_directory(
+        load_causal_lm(str(tiny_dir / "config.json")), load_tokenizer(str(tiny_dir / "tokenizer")), root / "start"
+    )
     records = [{"prompt": f"add {i} and {i + 1}:", "response": f" {2 * i + 1}"} for i in range(16)]
     write_jsonl(root / "train.jsonl", records)
     return root
@@ -113,8 +115,15 @@ def _fit_sft(root, precision: str):
     module = SFTModule(model=str(root / "start"), optimizer=OptimizerSettings(learning_rate=LR, min_lr_ratio=1.0))
     data = SFTDataModule(train=str(root / "train.jsonl"), batch_size=4, group_by_length=False, max_length=64)
     trainer = L.Trainer(
-        accelerator="cpu", precision=precision, max_steps=40, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        accelerator="cpu",
+        precision=precision,
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(module, data)
     optimizer = trainer.optimizers[0]
@@ -149,14 +158,29 @@ def _ppo_export(root, precision: str, ema_decay, keep: dict | None = None):
 
     L.seed_everything(0)
     out = root / f"ppo-{precision}-{ema_decay}"
-    module = PPOModule(policy=str(root / "start"), reward_model=str(root / "rm"),
-                       batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
-                       sampling={"max_new_tokens": 4}, ptx={"gamma": 0.0}, optimizer={"learning_rate": 1e-4, "warmup_steps": 0},
-                       ema_decay=ema_decay, output_dir=str(out))
+    module = PPOModule(
+        policy=str(root / "start"),
+        reward_model=str(root / "rm"),
+        batch={"rollout_batch_size": 4, "minibatch_size": 2, "micro_batch_size": 2},
+        sampling={"max_new_tokens": 4},
+        ptx={"gamma": 0.0},
+        optimizer={"learning_rate": 1e-4, "warmup_steps": 0},
+        ema_decay=ema_decay,
+        output_dir=str(out),
+    )
     data = PromptDataModule(prompts=str(root / "prompts.jsonl"), ptx_ratio=0.0, rollout_batch_size=4)
-    trainer = L.Trainer(accelerator="cpu", precision=precision, max_steps=4, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                        default_root_dir=str(root))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(root),
+    )
     trainer.fit(module, data)
     if keep is not None:
         keep["module"] = module
@@ -195,8 +219,13 @@ def test_bf16_true_ppo_ema_averages_move_like_the_float32_ones(sft_start):
         _ppo_export(sft_start, precision, 0.992, keep)
         ema = keep["module"].ema
         assert all(average.dtype == torch.float32 for average in ema.averages())
-        moved[precision] = torch.cat([(average.float() - start[name].detach().float()).flatten()
-                                      for name, average in zip(ema.names, ema.averages()) if name in start])
+        moved[precision] = torch.cat(
+            [
+                (average.float() - start[name].detach().float()).flatten()
+                for name, average in zip(ema.names, ema.averages())
+                if name in start
+            ]
+        )
     fp32, bf16 = moved["32-true"], moved["bf16-true"]
     assert torch.nn.functional.cosine_similarity(fp32, bf16, dim=0) > 0.9
     assert bf16.norm() > 0.5 * fp32.norm()

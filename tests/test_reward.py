@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 
 from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.common import DropCounter
-from lit_rlhf.data.comparisons import RewardDataModule, collate_groups, encode_comparisons, encode_demonstrations, rank_share
+from lit_rlhf.data.comparisons import (
+    RewardDataModule,
+    collate_groups,
+    encode_comparisons,
+    encode_demonstrations,
+    rank_share,
+)
 from lit_rlhf.data.records import FieldMap, RecordError, read_records
 from lit_rlhf.models.heads import token_scores
 from lit_rlhf.models.loading import load_scalar_model
@@ -56,7 +62,9 @@ def explicit_loss(rewards: list[float], records: list[dict]) -> torch.Tensor:
         ranks = record.get("ranks") or (list(range(len(record["responses"]))) if "responses" in record else [0, 1])
         terms = [
             -F.logsigmoid(torch.tensor(rewards[offset + i] - rewards[offset + j]))
-            for i in range(len(ranks)) for j in range(len(ranks)) if ranks[i] < ranks[j]
+            for i in range(len(ranks))
+            for j in range(len(ranks))
+            if ranks[i] < ranks[j]
         ]
         losses.append(torch.stack(terms).mean())
         offset += len(ranks)
@@ -128,7 +136,11 @@ def test_groups_stay_whole_across_shuffled_batches_and_ranks(tmp_path, tiny_dir,
 def test_reward_is_read_at_the_last_real_token(side, module, tiny_tokenizer):
     module.configure_model()
     module.model.eval()
-    sequences = [tiny_tokenizer("Q:abc")["input_ids"] + [1], tiny_tokenizer("Q:a")["input_ids"] + [1], [5, 6, 7, 8, 9, 10, 1]]
+    sequences = [
+        tiny_tokenizer("Q:abc")["input_ids"] + [1],
+        tiny_tokenizer("Q:a")["input_ids"] + [1],
+        [5, 6, 7, 8, 9, 10, 1],
+    ]
     input_ids, attention_mask = pad_sequences(sequences, tiny_tokenizer.pad_token_id, side=side)
     with torch.no_grad():
         padded = module({"input_ids": input_ids, "attention_mask": attention_mask})
@@ -162,8 +174,15 @@ BAD = [
     ({"prompt": "p", "chosen": "a"}, "rejected", "missing"),
     ({"prompt": "p", "response": "a"}, None, "no comparison fields"),
     ({"prompt": "p", "responses": ["a", "b"], "chosen": "a", "rejected": "b"}, None, "one format"),
-    ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "chosen": "a", "rejected": "b"},
-     "messages", "last message must be from the user"),
+    (
+        {
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+            "chosen": "a",
+            "rejected": "b",
+        },
+        "messages",
+        "last message must be from the user",
+    ),
 ]
 
 
@@ -212,14 +231,21 @@ def test_csv_pairs_remapped_fields_and_chat_prompts(tmp_path, tiny_tokenizer):
         writer.writerow(["Q1", "yes", "no"])
     (group,), _ = encode(path, tiny_tokenizer, fields={"prompt": "question", "chosen": "good", "rejected": "bad"})
     assert [tiny_tokenizer.decode(s) for s in group.sequences] == ["Q1yes<eos>", "Q1no<eos>"] and group.ranks == [0, 1]
-    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}], "responses": ["a", "b"]}])
+    chat = write_jsonl(
+        tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "hi"}], "responses": ["a", "b"]}]
+    )
     (group,), _ = encode(chat, tiny_tokenizer)
     assert tiny_tokenizer.decode(group.sequences[0]) == "<|user|>hi\n<|assistant|>a<eos>"
     # centering scores a chat demonstration exactly as the RM scores that response to that prompt
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]
     demo = write_jsonl(tmp_path / "demo.jsonl", [{"messages": turns}])
     (sequence,) = encode_demonstrations(
-        read_records(str(demo)), tiny_tokenizer, FieldMap(), max_length=64, truncation="error", counter=DropCounter("test")
+        read_records(str(demo)),
+        tiny_tokenizer,
+        FieldMap(),
+        max_length=64,
+        truncation="error",
+        counter=DropCounter("test"),
     )
     assert sequence == group.sequences[0]
 
@@ -283,15 +309,44 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
     monkeypatch.chdir(tmp_path)  # the config's relative paths (checkpoints) land here
     train = write_jsonl(tmp_path / "train.jsonl", preference_data(240, seed=0))
     val = write_jsonl(tmp_path / "val.jsonl", preference_data(60, seed=1))
-    demos = write_jsonl(tmp_path / "demos.jsonl", [{"prompt": f"q{i}:", "response": "abz"[: 1 + i % 3] * 2} for i in range(30)])
+    demos = write_jsonl(
+        tmp_path / "demos.jsonl", [{"prompt": f"q{i}:", "response": "abz"[: 1 + i % 3] * 2} for i in range(30)]
+    )
     out = tmp_path / "rm"
-    common = ["--config", str(REPO_ROOT / "configs/rm.yaml"), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--model.init_args.tokenizer", str(tiny_dir / "tokenizer")]
-    main(["fit", *common, "--trainer.logger.save_dir", str(tmp_path / "logs"),  # the config's 1 epoch
-          "--model.init_args.model", str(tiny_dir / "config.json"), "--model.init_args.optimizer.learning_rate", "3e-3",
-          "--model.init_args.output_dir", str(out), "--data.init_args.train", str(train), "--data.init_args.val", str(val),
-          "--data.init_args.center_on", str(demos), "--data.init_args.batch_size", "16"])
+    common = [
+        "--config",
+        str(REPO_ROOT / "configs/rm.yaml"),
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--model.init_args.tokenizer",
+        str(tiny_dir / "tokenizer"),
+    ]
+    main(
+        [
+            "fit",
+            *common,
+            "--trainer.logger.save_dir",
+            str(tmp_path / "logs"),  # the config's 1 epoch
+            "--model.init_args.model",
+            str(tiny_dir / "config.json"),
+            "--model.init_args.optimizer.learning_rate",
+            "3e-3",
+            "--model.init_args.output_dir",
+            str(out),
+            "--data.init_args.train",
+            str(train),
+            "--data.init_args.val",
+            str(val),
+            "--data.init_args.center_on",
+            str(demos),
+            "--data.init_args.batch_size",
+            "16",
+        ]
+    )
 
     fit_metrics = read_metrics(tmp_path / "logs")
     assert fit_metrics["val/accuracy"][-1] > 0.85  # chance is 0.5
@@ -305,8 +360,20 @@ def test_fit_learns_a_preference_exports_centered_model_and_validates(tmp_path, 
     rewards = torch.cat([reloaded_rewards(reloaded, b) for b in data.center_dataloader()])
     assert abs(rewards.mean().item()) < 1e-4  # centered: the demonstrations score mean 0
 
-    main(["validate", *common, "--trainer.logger.save_dir", str(tmp_path / "val_logs"), "--model.init_args.model", str(out),
-          "--data.init_args.val", str(val), "--data.init_args.train", str(tmp_path / "absent.jsonl")])
+    main(
+        [
+            "validate",
+            *common,
+            "--trainer.logger.save_dir",
+            str(tmp_path / "val_logs"),
+            "--model.init_args.model",
+            str(out),
+            "--data.init_args.val",
+            str(val),
+            "--data.init_args.train",
+            str(tmp_path / "absent.jsonl"),
+        ]
+    )
     val_metrics = read_metrics(tmp_path / "val_logs")
     assert val_metrics["val/accuracy"][-1] == pytest.approx(fit_metrics["val/accuracy"][-1], abs=1e-4)
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import write_jsonl
+
 from lit_rlhf.cli import main
 from lit_rlhf.evaluation import lm_loss_on_texts
 from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
@@ -25,15 +25,49 @@ def sandbox_model_dir(tmp_path_factory):
 
 def test_sample_then_label_writes_valid_comparisons(sandbox_model_dir, tmp_path):
     samples = tmp_path / "samples.jsonl"
-    main(["sample", "--model", str(sandbox_model_dir), "--prompts", str(DATA_DIR / "prompts_train.jsonl"),
-          "--out", str(samples), "--k", "4", "--limit", "12", "--max_new_tokens", "8", "--seed", "3"])
+    main(
+        [
+            "sample",
+            "--model",
+            str(sandbox_model_dir),
+            "--prompts",
+            str(DATA_DIR / "prompts_train.jsonl"),
+            "--out",
+            str(samples),
+            "--k",
+            "4",
+            "--limit",
+            "12",
+            "--max_new_tokens",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     lines = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(lines) == 12 and all(len(line["responses"]) == 4 for line in lines)
     assert all("family" in line and "answer" in line for line in lines)  # prompt fields pass through for the labeler
 
     again = tmp_path / "again.jsonl"
-    main(["sample", "--model", str(sandbox_model_dir), "--prompts", str(DATA_DIR / "prompts_train.jsonl"),
-          "--out", str(again), "--k", "4", "--limit", "12", "--max_new_tokens", "8", "--seed", "3"])
+    main(
+        [
+            "sample",
+            "--model",
+            str(sandbox_model_dir),
+            "--prompts",
+            str(DATA_DIR / "prompts_train.jsonl"),
+            "--out",
+            str(again),
+            "--k",
+            "4",
+            "--limit",
+            "12",
+            "--max_new_tokens",
+            "8",
+            "--seed",
+            "3",
+        ]
+    )
     assert again.read_text() == samples.read_text()  # same seed, same samples
 
     main(["sandbox", "label", "--samples", str(samples), "--out_dir", str(tmp_path / "cmp"), "--val_fraction", "0.25"])
@@ -54,7 +88,19 @@ def test_sample_then_label_writes_valid_comparisons(sandbox_model_dir, tmp_path)
 
 def test_sample_refuses_k_below_two(sandbox_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["sample", "--model", str(sandbox_model_dir), "--prompts", str(DATA_DIR / "prompts_train.jsonl"), "--out", str(tmp_path / "x"), "--k", "1"])
+        main(
+            [
+                "sample",
+                "--model",
+                str(sandbox_model_dir),
+                "--prompts",
+                str(DATA_DIR / "prompts_train.jsonl"),
+                "--out",
+                str(tmp_path / "x"),
+                "--k",
+                "1",
+            ]
+        )
     assert exit_info.value.code == 2
     assert "lit-rlhf: error: k must be >= 2, got 1" in capsys.readouterr().err
 
@@ -63,7 +109,10 @@ def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
     """The callback's numbers are the labeler's: an oracle 'model' scores 1, an empty one 0."""
     from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:10]])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:10]],
+    )
     evaluation = GoldScoreEvaluation(prompts=str(prompts), num_prompts=10)
     answers = {r.data["prompt"]: " " + r.data["answer"] for r in evaluation.records}
 
@@ -88,14 +137,21 @@ def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
 
 def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_path, sandbox_model_dir):
     """T=1 evaluation scores all samples_per_prompt responses; the same seed gives the same number."""
-    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
     import lit_rlhf.sandbox.callbacks as module
+    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
 
-    prompts = write_jsonl(tmp_path / "p.jsonl", [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:6]])
-    evaluation = GoldScoreEvaluation(prompts=str(prompts), num_prompts=6, temperature=1.0, samples_per_prompt=4, max_new_tokens=8)
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [json.loads(line) for line in (DATA_DIR / "prompts_eval.jsonl").read_text().splitlines()[:6]],
+    )
+    evaluation = GoldScoreEvaluation(
+        prompts=str(prompts), num_prompts=6, temperature=1.0, samples_per_prompt=4, max_new_tokens=8
+    )
     answers = [" " + r.data["answer"] for r in evaluation.records]
 
-    def half_right(model, tokenizer, prompts, num_return_sequences, **kwargs):  # 2 exact answers and 2 empty ones per prompt
+    def half_right(
+        model, tokenizer, prompts, num_return_sequences, **kwargs
+    ):  # 2 exact answers and 2 empty ones per prompt
         return [answers[i] if j % 2 == 0 else "" for i in range(len(prompts)) for j in range(num_return_sequences)]
 
     original = module.generate_responses
@@ -107,7 +163,10 @@ def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_pat
     assert float(sums["gold/score/count"]) == 24
     assert float(sums["gold/score"] / sums["gold/score/count"]) == pytest.approx(0.5)
 
-    model, tokenizer = load_causal_lm(str(sandbox_model_dir), trainable=False), load_tokenizer(str(sandbox_model_dir), padding_side="left")
+    model, tokenizer = (
+        load_causal_lm(str(sandbox_model_dir), trainable=False),
+        load_tokenizer(str(sandbox_model_dir), padding_side="left"),
+    )
     first, second = (evaluation.evaluate(model, tokenizer)["gold/score"] for _ in range(2))
     assert float(first) == float(second)
     assert GoldScoreEvaluation(prompts=str(prompts), temperature=0.0, samples_per_prompt=4).samples_per_prompt == 1

@@ -42,7 +42,15 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
     assert_plot(runs / "gold_vs_kl.png", (1000, 400), [{"tab:green": 300}, {"tab:blue": 300, "tab:orange": 300}])
     # Each fit ran in its own process: its wall time and its own peak memory (a model, an optimizer: well over 10 MB).
     costs = report["costs"]
-    assert set(costs) == {"SFT", "sample K + gold labels", "RM", "PPO-ptx", "PPO (no ptx)", "DPO", "evaluation (this report)"}
+    assert set(costs) == {
+        "SFT",
+        "sample K + gold labels",
+        "RM",
+        "PPO-ptx",
+        "PPO (no ptx)",
+        "DPO",
+        "evaluation (this report)",
+    }
     for stage in ("SFT", "RM", "PPO-ptx", "PPO (no ptx)", "DPO"):
         assert costs[stage]["wall_s"] > 0 and 0.01 < costs[stage]["peak_rss_gib"] < 20, (stage, costs[stage])
     assert "| SFT |" in (runs / "report.md").read_text().split("peak memory")[1]
@@ -51,7 +59,10 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
 def test_sandbox_pipeline_stage_options_are_checked_before_any_work(in_scratch_dir, capsys):
     import pytest
 
-    for bad, expected in ((["--stages", "[ppo, rlhf]"], "--stages"), (["--samples_per_prompt", "1"], "samples_per_prompt")):
+    for bad, expected in (
+        (["--stages", "[ppo, rlhf]"], "--stages"),
+        (["--samples_per_prompt", "1"], "samples_per_prompt"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(["sandbox", "run", "--out", "runs", "--fast", "true", "--wandb", "false", *bad])
         assert exit_info.value.code == 2
@@ -64,7 +75,20 @@ def test_a_failing_stage_stops_the_pipeline_with_one_line_naming_it(in_scratch_d
     import pytest
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["sandbox", "run", "--out", "runs", "--fast", "true", "--wandb", "false", "--base_model", "no/such/model.gguf"])
+        main(
+            [
+                "sandbox",
+                "run",
+                "--out",
+                "runs",
+                "--fast",
+                "true",
+                "--wandb",
+                "false",
+                "--base_model",
+                "no/such/model.gguf",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "lit-rlhf: error: stage 'sft' failed (exit code 2)" in err

@@ -24,8 +24,12 @@ from lit_rlhf.sandbox.assets_build import build_assets
 from lit_rlhf.sandbox.world import CHATTER, CHATTY_SHARE, record_key
 
 SMALL = dict(
-    n_pretrain=200, n_pretrain_heldout=50, n_sft_train=100,
-    n_sft_val=20, n_prompts_train=50, n_prompts_eval=20,
+    n_pretrain=200,
+    n_pretrain_heldout=50,
+    n_sft_train=100,
+    n_sft_val=20,
+    n_prompts_train=50,
+    n_prompts_eval=20,
 )
 
 
@@ -75,8 +79,12 @@ def test_shipped_assets_equal_a_fresh_regeneration(tmp_path: Path) -> None:
 def test_shipped_sizes_and_family_balance(shipped: dict[str, list]) -> None:
     sizes = {name: len(rows) for name, rows in shipped.items()}
     assert sizes == {
-        "pretrain.txt": 4000, "pretrain_heldout.txt": 400, "sft_train.jsonl": 2000,
-        "sft_val.jsonl": 200, "prompts_train.jsonl": 1000, "prompts_eval.jsonl": 200,
+        "pretrain.txt": 4000,
+        "pretrain_heldout.txt": 400,
+        "sft_train.jsonl": 2000,
+        "sft_val.jsonl": 200,
+        "prompts_train.jsonl": 1000,
+        "prompts_eval.jsonl": 200,
     }
     assert sum((DATA_DIR / n).stat().st_size for n in SANDBOX_FILES) < 2_000_000
     per_family = [sum(r["family"] == f.name for r in shipped["prompts_eval.jsonl"]) for f in FAMILIES]
@@ -169,9 +177,7 @@ def test_labeler_rejects_unknown_family() -> None:
         GoldLabeler().score({"prompt": "x", "family": "poetry", "answer": "y"}, "y")
 
 
-def test_tokenizer_round_trips_and_keeps_letters_and_digits_apart(
-    tokenizer, shipped: dict[str, list]
-) -> None:
+def test_tokenizer_round_trips_and_keeps_letters_and_digits_apart(tokenizer, shipped: dict[str, list]) -> None:
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
     assert tokenizer.pad_token_id != tokenizer.eos_token_id
     for demo in shipped["sft_val.jsonl"]:
@@ -212,7 +218,10 @@ def test_base_config_builds_a_model_that_generates(tokenizer) -> None:
 def test_labeler_prefers_the_bare_answer_to_the_demonstrations_chatter() -> None:
     # The chatter some demonstrations carry costs gold score: that is what RLHF can fix over SFT.
     labeler = GoldLabeler()
-    for record in ({"prompt": "p", "family": "reverse", "answer": "m a d k"}, {"prompt": "p", "family": "arithmetic", "answer": "23"}):
+    for record in (
+        {"prompt": "p", "family": "reverse", "answer": "m a d k"},
+        {"prompt": "p", "family": "arithmetic", "answer": "23"},
+    ):
         bare = labeler.score(record, " " + record["answer"])
         assert bare == 1.0
         assert all(labeler.score(record, " " + record["answer"] + chatter) < 0.6 for chatter in CHATTER)

@@ -2,30 +2,42 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
+from conftest import REPO_ROOT, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from conftest import REPO_ROOT, write_jsonl
 from lit_rlhf.cli import main
 from lit_rlhf.modules import SFTModule
 from lit_rlhf.settings import OptimizerSettings
 
 SANDBOX = "lit_rlhf/sandbox/assets"
 TINY_OVERRIDES = [
-    "--model.init_args.model", f"{SANDBOX}/base_config.json",
-    "--model.init_args.tokenizer", f"{SANDBOX}/tokenizer",
-    "--trainer.limit_val_batches", "2",
-    "--trainer.enable_progress_bar", "false",
+    "--model.init_args.model",
+    f"{SANDBOX}/base_config.json",
+    "--model.init_args.tokenizer",
+    f"{SANDBOX}/tokenizer",
+    "--trainer.limit_val_batches",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
 ]
-
-
 
 
 def test_shipped_sft_config_trains_exports_and_resumes(in_scratch_dir):
     # The shipped config as is (wandb offline), on the random-init sandbox model for a few steps.
-    main(["fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES, "--trainer.max_steps", "4", "--trainer.val_check_interval", "2"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/sft.yaml",
+            *TINY_OVERRIDES,
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "2",
+        ]
+    )
     export = in_scratch_dir / "runs/sft/model"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in export.iterdir()}
     model = AutoModelForCausalLM.from_pretrained(export)
@@ -43,8 +55,20 @@ def test_shipped_sft_config_trains_exports_and_resumes(in_scratch_dir):
 
     # Resume from the last checkpoint with a new learning rate and train 2 more steps: the step counter
     # continues, and the new learning rate applies (the cosine schedule rescaled to the new peak).
-    main(["fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES, "--trainer.max_steps", "6", "--ckpt_path", "last",
-          "--model.init_args.optimizer.learning_rate", "1e-3"])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/sft.yaml",
+            *TINY_OVERRIDES,
+            "--trainer.max_steps",
+            "6",
+            "--ckpt_path",
+            "last",
+            "--model.init_args.optimizer.learning_rate",
+            "1e-3",
+        ]
+    )
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == 6
     assert resumed["optimizer_states"][0]["param_groups"][0]["initial_lr"] == 1e-3
@@ -55,34 +79,76 @@ def test_shipped_sft_config_trains_exports_and_resumes(in_scratch_dir):
 def test_sft_learns_the_response_only(in_scratch_dir):
     """Loss on responses only: the model learns a fixed reply and still scores badly on prompt text."""
     data = write_jsonl(in_scratch_dir / "d.jsonl", [{"prompt": f"q{i % 7} x", "response": " ok"} for i in range(64)])
-    main([
-        "fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES,
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "runs",
-        "--trainer.max_steps", "40", "--data.init_args.train", str(data), "--data.init_args.val", str(data),
-        "--data.init_args.batch_size", "16", "--model.init_args.optimizer.learning_rate", "3e-3",
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            "configs/sft.yaml",
+            *TINY_OVERRIDES,
+            "--trainer.logger",
+            "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir",
+            "runs",
+            "--trainer.max_steps",
+            "40",
+            "--data.init_args.train",
+            str(data),
+            "--data.init_args.val",
+            str(data),
+            "--data.init_args.batch_size",
+            "16",
+            "--model.init_args.optimizer.learning_rate",
+            "3e-3",
+        ]
+    )
     from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer("runs/sft/model")
     model = load_causal_lm("runs/sft/model", trainable=False)
     prompt = tokenizer("q3 x")["input_ids"]
     out = model.generate(torch.tensor([prompt]), max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    assert tokenizer.decode(out[0, len(prompt):], skip_special_tokens=True) == " ok"
+    assert tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True) == " ok"
 
 
 def test_print_config_shows_every_sft_option(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--print_config", "--config", str(REPO_ROOT / "configs/sft.yaml")])
     printed = capsys.readouterr().out
-    for option in ("optimizer", "learning_rate", "betas", "min_lr_ratio", "warmup_steps", "dropout", "gradient_checkpointing",
-                   "output_dir", "export_checkpoint", "max_length", "truncation", "group_by_length", "pack", "val_fraction", "fields"):
+    for option in (
+        "optimizer",
+        "learning_rate",
+        "betas",
+        "min_lr_ratio",
+        "warmup_steps",
+        "dropout",
+        "gradient_checkpointing",
+        "output_dir",
+        "export_checkpoint",
+        "max_length",
+        "truncation",
+        "group_by_length",
+        "pack",
+        "val_fraction",
+        "fields",
+    ):
         assert f"{option}:" in printed, option
 
 
 def test_bad_record_stops_before_training_with_file_line_and_field(in_scratch_dir, capsys):
     bad = write_jsonl(in_scratch_dir / "bad.jsonl", [{"prompt": "a", "response": "b"}, {"prompt": "a", "response": ""}])
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "configs/sft.yaml", *TINY_OVERRIDES, "--trainer.logger", "false", "--data.init_args.train", str(bad)])
+        main(
+            [
+                "fit",
+                "--config",
+                "configs/sft.yaml",
+                *TINY_OVERRIDES,
+                "--trainer.logger",
+                "false",
+                "--data.init_args.train",
+                str(bad),
+            ]
+        )
     assert exit_info.value.code == 2
     assert f"lit-rlhf: error: {bad}: record 2: field 'response': is empty" in capsys.readouterr().err
     assert not (in_scratch_dir / "runs/sft/checkpoints").exists()

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_jsonl
 from lightning.pytorch import Trainer
+from test_reward import encode
 from torch.utils.data import DataLoader
 
-from conftest import write_jsonl
 from lit_rlhf.data.batching import collate_examples
 from lit_rlhf.data.comparisons import collate_groups
 from lit_rlhf.data.tokenize import encode_prompt_response
@@ -17,14 +18,13 @@ from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 from lit_rlhf.models.saving import save_hf_directory
 from lit_rlhf.modules import DPOModule, RewardModule, SFTModule
 from lit_rlhf.settings import OptimizerSettings
-from test_reward import encode
 
 SFT_PAIRS = [("q:", "a"), ("question two:", "a much longer answer"), ("x:", "yz"), ("long prompt here:", "mid answer")]
 RANKED = [
-    {"prompt": "A:", "responses": ["w", "xx", "yyyyy", "z"]},                              # K=4: 6 pairs
-    {"prompt": "B:", "chosen": "good and long", "rejected": "bad"},                        # 1 pair
-    {"prompt": "C:", "responses": ["p", "qq", "rrr"], "ranks": [0, 1, 1]},                 # a tie: 2 pairs
-    {"prompt": "D:", "responses": list("abcde"), "ranks": [0, 1, 2, 3, 4]},               # 10 pairs
+    {"prompt": "A:", "responses": ["w", "xx", "yyyyy", "z"]},  # K=4: 6 pairs
+    {"prompt": "B:", "chosen": "good and long", "rejected": "bad"},  # 1 pair
+    {"prompt": "C:", "responses": ["p", "qq", "rrr"], "ranks": [0, 1, 1]},  # a tie: 2 pairs
+    {"prompt": "D:", "responses": list("abcde"), "ranks": [0, 1, 2, 3, 4]},  # 10 pairs
 ]
 
 
@@ -41,8 +41,15 @@ def recording(cls):
 
 def step_gradients(module, batches: list, accumulate: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    trainer = Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=False,
-                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=1,
+        accumulate_grad_batches=accumulate,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, DataLoader(batches, batch_size=None))
     return module.step_grads
 

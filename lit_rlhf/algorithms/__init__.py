@@ -17,10 +17,10 @@
 - ``ema``: ``ema_update`` for an exponential moving average of weights.
 """
 
+from lit_rlhf.algorithms.aggregation import LOSS_AGGREGATIONS, LossAggregation, aggregate_loss, step_normalizer
 from lit_rlhf.algorithms.ema import ema_update
 from lit_rlhf.algorithms.gae import gae_advantages
 from lit_rlhf.algorithms.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController, kl_penalty
-from lit_rlhf.algorithms.aggregation import LOSS_AGGREGATIONS, LossAggregation, aggregate_loss, step_normalizer
 from lit_rlhf.algorithms.losses import (
     TokenLoss,
     clipped_policy_loss,
@@ -28,8 +28,8 @@ from lit_rlhf.algorithms.losses import (
     entropy_from_logits,
     logprobs_from_logits,
 )
-from lit_rlhf.algorithms.preference import DPOLossOutput, dpo_loss
 from lit_rlhf.algorithms.masked import explained_variance, masked_mean, masked_sum, masked_var, whiten
+from lit_rlhf.algorithms.preference import DPOLossOutput, dpo_loss
 from lit_rlhf.algorithms.ranking import ComparisonPairs, comparison_pairs, kwise_ranking_loss
 from lit_rlhf.algorithms.rewards import grpo_advantages, per_token_rewards, rloo_advantages
 from lit_rlhf.algorithms.schedules import warmup_then_cosine

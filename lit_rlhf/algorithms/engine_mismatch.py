@@ -46,4 +46,3 @@ def truncated_importance_weights(trainer_logprobs: Tensor, engine_logprobs: Tens
         raise ValueError(f"the truncation cap must be positive, got {cap}")
     log_ratio = trainer_logprobs.detach().float() - engine_logprobs.detach().float()
     return torch.exp(log_ratio.clamp(max=math.log(cap)))  # clamped before exp: no overflow to inf
-

@@ -13,7 +13,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-
 DEFAULT_BLOCK_ELEMENTS = 2**24  # 64 MiB of float32 per block
 
 _Index = tuple[int | slice, ...]
@@ -70,9 +69,7 @@ class _TokenLogProbs(torch.autograd.Function):
         return grad_logits, None, None
 
 
-def logprobs_from_logits(
-    logits: Tensor, tokens: Tensor, *, max_block_elements: int = DEFAULT_BLOCK_ELEMENTS
-) -> Tensor:
+def logprobs_from_logits(logits: Tensor, tokens: Tensor, *, max_block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> Tensor:
     """Log-probability of each token under the logits: ``log_softmax(logits)[..., token]``.
 
     Computed as ``logit[token] - logsumexp(logits)`` in float32, block by block, without ever
@@ -119,7 +116,9 @@ class TokenLoss(NamedTuple):
     metrics: dict[str, Tensor]
 
 
-def clipped_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range: float = 0.2) -> TokenLoss:
+def clipped_policy_loss(
+    logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, clip_range: float = 0.2
+) -> TokenLoss:
     """PPO's clipped surrogate objective as a per-token loss.
 
     Per token, with ``ratio = exp(logprobs - old_logprobs)``:
@@ -142,7 +141,10 @@ def clipped_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tens
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     per_token = torch.maximum(unclipped, clipped)
     with torch.no_grad():
-        metrics = {"clip_fraction": (clipped > unclipped).to(per_token.dtype), "approx_kl": torch.expm1(log_ratio) - log_ratio}
+        metrics = {
+            "clip_fraction": (clipped > unclipped).to(per_token.dtype),
+            "approx_kl": torch.expm1(log_ratio) - log_ratio,
+        }
     return TokenLoss(per_token, metrics)
 
 

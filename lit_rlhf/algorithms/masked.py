@@ -50,8 +50,13 @@ def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
     return sum_sq / (count - 1) if unbiased else sum_sq / count.clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: float = 1e-8,
-           moments: tuple[Tensor, Tensor] | None = None) -> Tensor:
+def whiten(
+    x: Tensor,
+    mask: Tensor | None = None,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    moments: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Normalise the masked entries of ``x`` to unit variance (and zero mean).
 
     Uses the biased variance, so a single selected entry whitens to 0 instead of NaN.
@@ -67,7 +72,9 @@ def whiten(x: Tensor, mask: Tensor | None = None, shift_mean: bool = True, eps: 
         Tensor shaped like ``x``; entries outside the mask are 0.
     """
     bool_mask = torch.ones_like(x, dtype=torch.bool) if mask is None else _as_bool(mask, x)
-    mean, var = moments if moments is not None else (masked_mean(x, bool_mask), masked_var(x, bool_mask, unbiased=False))
+    mean, var = (
+        moments if moments is not None else (masked_mean(x, bool_mask), masked_var(x, bool_mask, unbiased=False))
+    )
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -18,7 +18,9 @@ class DPOLossOutput(NamedTuple):
     rejected_rewards: Tensor
 
 
-def dpo_loss(policy_logps: Tensor, reference_logps: Tensor, pairs: ComparisonPairs, beta: float, label_smoothing: float = 0.0) -> DPOLossOutput:
+def dpo_loss(
+    policy_logps: Tensor, reference_logps: Tensor, pairs: ComparisonPairs, beta: float, label_smoothing: float = 0.0
+) -> DPOLossOutput:
     """DPO's loss for every pair: ``-log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l)))``.
 
     With ``label_smoothing`` eps (conservative DPO): ``-(1 - eps) log sigmoid(m) - eps log sigmoid(-m)``.

@@ -25,6 +25,8 @@ def warmup_then_cosine(
     if floor == 1.0:
         return 1.0
     if not warmup_steps < total_steps < float("inf"):
-        raise ValueError(f"a decaying schedule needs warmup_steps < total_steps < inf, got {warmup_steps} and {total_steps}")
+        raise ValueError(
+            f"a decaying schedule needs warmup_steps < total_steps < inf, got {warmup_steps} and {total_steps}"
+        )
     progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))

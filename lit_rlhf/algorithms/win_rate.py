@@ -92,9 +92,7 @@ def win_rate(
     return _interval(rates[0].item(), rates[1:], level, n_groups, len(outcomes))
 
 
-def _fit_length_logistic(
-    outcomes: Tensor, feature: Tensor, weights: Tensor, l2: float, iterations: int = 25
-) -> Tensor:
+def _fit_length_logistic(outcomes: Tensor, feature: Tensor, weights: Tensor, l2: float, iterations: int = 25) -> Tensor:
     """``[B]`` intercepts of weighted logistic fits ``outcome ~ sigmoid(theta + phi * feature)``, one per row of
     ``weights`` (``[B, N]``), by Newton's method with a small L2 penalty on ``phi`` (keeps a perfectly separable
     length effect finite)."""

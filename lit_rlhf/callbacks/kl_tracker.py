@@ -53,7 +53,9 @@ class KLTracker(Callback):
         self.total = 0.0
         self.count = 0
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         summary = RolloutSummary.from_outputs(outputs)
         if summary is None or summary.episodes.kl is None:
             return
@@ -80,13 +82,17 @@ class KLTracker(Callback):
         if not self.stop_on_exceed:
             rank_zero_warn(f"{message}; raise model.kl.coef or set a kl.target to pull it back.")
             return
-        path = Path(self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir)
+        path = Path(
+            self.checkpoint_dir or getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+        )
         trainer.save_checkpoint(path / CHECKPOINT_NAME)  # collective: every rank reaches here (reduced decision)
         # Raising (not should_stop) keeps every later checkpoint save and the export from running: last.ckpt stays
         # the last good state and output_dir keeps whatever good model it held.
-        raise TrainingStopped(f"{message}; stopped without exporting. The diverged state is {path / CHECKPOINT_NAME}; "
-                              "resume from the last good checkpoint (--ckpt_path last) with a larger kl.coef or a lower "
-                              "optimizer.learning_rate (new values apply on resume).")
+        raise TrainingStopped(
+            f"{message}; stopped without exporting. The diverged state is {path / CHECKPOINT_NAME}; "
+            "resume from the last good checkpoint (--ckpt_path last) with a larger kl.coef or a lower "
+            "optimizer.learning_rate (new values apply on resume)."
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total, "count": self.count}

@@ -25,7 +25,9 @@ class PretrainMixLogger(Callback):
     def __init__(self):
         self.baseline: Optional[float] = None
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         summary = RolloutSummary.from_outputs(outputs)
         if summary is None:
             return
@@ -36,8 +38,11 @@ class PretrainMixLogger(Callback):
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
         if summary.grad_norms_measured and "ptx/grad_norm" in stats:
             ratio = stats["ptx/grad_norm"] / stats["ptx/ppo_grad_norm"].clamp(min=1e-12)
-            norms = {"ptx/grad_norm": stats["ptx/grad_norm"], "ptx/ppo_grad_norm": stats["ptx/ppo_grad_norm"],
-                     "ptx/grad_norm_ratio": ratio}
+            norms = {
+                "ptx/grad_norm": stats["ptx/grad_norm"],
+                "ptx/ppo_grad_norm": stats["ptx/ppo_grad_norm"],
+                "ptx/grad_norm_ratio": ratio,
+            }
             # Straight to the loggers: a value logged through self.log on only some steps is repeated on the others.
             self._log_now(trainer, pl_module, {k: float(v) for k, v in norms.items()})
 

@@ -39,7 +39,9 @@ class SampleLogger(Callback):
         print_without_wandb: Print the rows when no WandbLogger is attached.
     """
 
-    def __init__(self, every_n_rollouts: int = 10, num_samples: int = 8, key: str = "samples", print_without_wandb: bool = True):
+    def __init__(
+        self, every_n_rollouts: int = 10, num_samples: int = 8, key: str = "samples", print_without_wandb: bool = True
+    ):
         if every_n_rollouts < 1:
             raise ValueError(f"every_n_rollouts must be >= 1, got {every_n_rollouts}")
         self.every = every_n_rollouts
@@ -47,7 +49,9 @@ class SampleLogger(Callback):
         self.key = key
         self.print_without_wandb = print_without_wandb
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         summary = RolloutSummary.from_outputs(outputs)
         if trainer.sanity_checking or not trainer.is_global_zero or summary is None or (summary.index - 1) % self.every:
             return

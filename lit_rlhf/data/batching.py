@@ -7,8 +7,8 @@ from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import torch
-from torch import Tensor
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lit_rlhf.data.tokenize import IGNORE_INDEX, Example
@@ -127,8 +127,16 @@ class LengthGroupedSampler(ResumableSampler):
     round-robin, so every rank still receives runs of similar length.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, *, group_factor: int = 50, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0):
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        group_factor: int = 50,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         super().__init__(len(lengths), batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
         self.lengths = list(lengths)
         self.group_factor = group_factor
@@ -165,8 +173,13 @@ class ResumableDataLoader(DataLoader):
             return {}
         sampler: ResumableSampler = self.sampler
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        return {"epoch": self.trainer.current_epoch, "batches": progress.processed,
-                "num_items": sampler.num_items, "batch_size": sampler.batch_size, "num_replicas": sampler.num_replicas}
+        return {
+            "epoch": self.trainer.current_epoch,
+            "batches": progress.processed,
+            "num_items": sampler.num_items,
+            "batch_size": sampler.batch_size,
+            "num_replicas": sampler.num_replicas,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state:

@@ -18,12 +18,13 @@ from transformers import PreTrainedTokenizerBase
 from lit_rlhf.data.batching import LengthGroupedSampler, ResumableDataLoader, ResumableSampler, ShuffledSampler
 from lit_rlhf.data.records import DataSource, FieldMap, Record, read_records
 from lit_rlhf.errors import ConfigError, check_option
-from lit_rlhf.random_state import rng_states, set_rng_states
 from lit_rlhf.models.loading import load_tokenizer
+from lit_rlhf.random_state import rng_states, set_rng_states
 
 
-
-def resolve_tokenizer(datamodule: Any, source: Optional[str], *, padding_side: str = "right") -> PreTrainedTokenizerBase:
+def resolve_tokenizer(
+    datamodule: Any, source: Optional[str], *, padding_side: str = "right"
+) -> PreTrainedTokenizerBase:
     """The DataModule's own tokenizer if configured, else the LightningModule's.
 
     Taking the module's tokenizer by default keeps one source of truth in YAML: the model path.
@@ -76,7 +77,9 @@ class StageDataModule(LightningDataModule):
             if name in self.hparams:
                 check_option(f"data.{name}", self.hparams[name], **allowed)
         if self.hparams.get("val") is not None and self.hparams.get("val_fraction"):
-            raise ConfigError("data.val and data.val_fraction are both set; give a validation file or a fraction, not both")
+            raise ConfigError(
+                "data.val and data.val_fraction are both set; give a validation file or a fraction, not both"
+            )
         self.hparams.seed = resolve_seed(seed)
         self.tokenizer_source = tokenizer
         self.fields = FieldMap(fields or {})
@@ -84,8 +87,15 @@ class StageDataModule(LightningDataModule):
         self._train_loaders: dict[str, ResumableDataLoader] = {}
         self._positions_to_load: dict[str, dict] = {}
 
-    def train_loader(self, items: Sequence, batch_size: int, collate: Callable, *, lengths: Optional[Sequence[int]] = None,
-                     num_workers: int = 0) -> ResumableDataLoader:
+    def train_loader(
+        self,
+        items: Sequence,
+        batch_size: int,
+        collate: Callable,
+        *,
+        lengths: Optional[Sequence[int]] = None,
+        num_workers: int = 0,
+    ) -> ResumableDataLoader:
         """A training loader that resumes exactly mid-epoch: its order is a pure function of (seed, epoch)
         (length-grouped when ``lengths`` are given) and its position is kept in every checkpoint."""
         trainer = self.trainer
@@ -97,11 +107,25 @@ class StageDataModule(LightningDataModule):
             sampler = ShuffledSampler(len(items), batch_size, **placement)
         return self.resumable_loader("train", items, batch_size, collate, sampler, num_workers=num_workers)
 
-    def resumable_loader(self, name: str, items: Sequence, batch_size: int, collate: Callable, sampler: ResumableSampler,
-                         *, num_workers: int = 0) -> ResumableDataLoader:
+    def resumable_loader(
+        self,
+        name: str,
+        items: Sequence,
+        batch_size: int,
+        collate: Callable,
+        sampler: ResumableSampler,
+        *,
+        num_workers: int = 0,
+    ) -> ResumableDataLoader:
         """A training loader over ``sampler`` whose position goes into checkpoints under ``name``."""
-        loader = ResumableDataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                     num_workers=num_workers, generator=self._loader_generator())
+        loader = ResumableDataLoader(
+            items,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=num_workers,
+            generator=self._loader_generator(),
+        )
         loader.trainer = self.trainer
         if name in self._positions_to_load:
             loader.load_state_dict(self._positions_to_load.pop(name))
@@ -110,7 +134,13 @@ class StageDataModule(LightningDataModule):
 
     def eval_loader(self, items: Sequence, batch_size: int, collate: Callable, *, num_workers: int = 0) -> DataLoader:
         """A loader in data order that leaves the global RNG alone (a resumed run must not draw differently)."""
-        return DataLoader(items, batch_size=batch_size, collate_fn=collate, num_workers=num_workers, generator=self._loader_generator())
+        return DataLoader(
+            items,
+            batch_size=batch_size,
+            collate_fn=collate,
+            num_workers=num_workers,
+            generator=self._loader_generator(),
+        )
 
     def _loader_generator(self) -> torch.Generator:
         # Without a generator every new iterator draws its worker seed from the global RNG, which shifts the
@@ -124,7 +154,10 @@ class StageDataModule(LightningDataModule):
         trainer = self.trainer
         if trainer is None or trainer.state.fn != TrainerFn.FITTING:
             return {}
-        return {"rng": rng_states(), "data_position": {name: loader.state_dict() for name, loader in self._train_loaders.items()}}
+        return {
+            "rng": rng_states(),
+            "data_position": {name: loader.state_dict() for name, loader in self._train_loaders.items()},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores the data module before it builds the training loaders, except that a module
@@ -181,7 +214,7 @@ class DropCounter:
     def _describe(self, reason: str, n: int) -> str:
         named = self.records.get(reason, [])
         more = ", ..." if len(named) > self.NAMED else ""
-        return f"{n} {reason}" + (f" ({', '.join(named[:self.NAMED])}{more})" if named else "")
+        return f"{n} {reason}" + (f" ({', '.join(named[: self.NAMED])}{more})" if named else "")
 
     def report(self, split: str, kept: int) -> dict[str, int]:
         if self.reasons:
@@ -189,10 +222,15 @@ class DropCounter:
             dropped = {r: n for r, n in self.reasons.items() if r not in truncated}
             parts = []
             if dropped:
-                parts.append(f"dropped {sum(dropped.values())} records: " + "; ".join(self._describe(r, n) for r, n in dropped.items()))
+                parts.append(
+                    f"dropped {sum(dropped.values())} records: "
+                    + "; ".join(self._describe(r, n) for r, n in dropped.items())
+                )
             if truncated:
-                parts.append(f"truncated {sum(truncated.values())} sequences and kept them: "
-                             + "; ".join(self._describe(r, n) for r, n in truncated.items()))
+                parts.append(
+                    f"truncated {sum(truncated.values())} sequences and kept them: "
+                    + "; ".join(self._describe(r, n) for r, n in truncated.items())
+                )
             rank_zero_warn(f"{self.stage} {split}: {'. '.join(parts)}. Using {kept} records.")
         else:
             rank_zero_info(f"{self.stage} {split}: {kept} records.")

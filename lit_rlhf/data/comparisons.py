@@ -95,7 +95,9 @@ def _check_distinct(record: Record, name: str, responses: list[str]) -> None:
     for i, response in enumerate(responses):
         if response in first_seen:
             raise ComparisonError(
-                record, f"{name}[{i}]", f"repeats {name}[{first_seen[response]}]; a response may appear once per prompt",
+                record,
+                f"{name}[{i}]",
+                f"repeats {name}[{first_seen[response]}]; a response may appear once per prompt",
                 "repeated response",
             )
         first_seen[response] = i
@@ -114,7 +116,9 @@ def _rank_list(record: Record, name: str, num_responses: int, responses_name: st
         if isinstance(rank, bool) or not isinstance(rank, Integral):
             raise ComparisonError(record, f"{name}[{i}]", f"expected an integer rank, got {rank!r}", "bad ranks")
     if len(set(value)) < 2:
-        raise ComparisonError(record, name, f"all responses are tied ({list(value)}): no pair to learn from", "all tied")
+        raise ComparisonError(
+            record, name, f"all responses are tied ({list(value)}): no pair to learn from", "all tied"
+        )
     return [int(rank) for rank in value]
 
 
@@ -156,7 +160,9 @@ def _pair_responses(record: Record, chosen_name: str, rejected_name: str) -> lis
     """``[chosen, rejected]``: two different non-empty strings."""
     for name in (chosen_name, rejected_name):
         if not _present(record, name):
-            raise ComparisonError(record, name, "missing (a pair record needs both chosen and rejected)", "missing field")
+            raise ComparisonError(
+                record, name, "missing (a pair record needs both chosen and rejected)", "missing field"
+            )
         _check_response(record, name, record.data[name])
     if record.data[chosen_name] == record.data[rejected_name]:
         raise ComparisonError(record, rejected_name, f"is identical to '{chosen_name}'", "repeated response")
@@ -202,7 +208,10 @@ def encode_comparisons(
         if response_fills_length(encoded, max_length, truncation):
             counter.add(RESPONSE_TOO_LONG, record)
             continue
-        fitted = [fit_to_length(example, max_length, truncation, record, counter if truncation != "drop" else None) for example in encoded]
+        fitted = [
+            fit_to_length(example, max_length, truncation, record, counter if truncation != "drop" else None)
+            for example in encoded
+        ]
         if any(example is None for example in fitted):
             counter.add("over max_length", record)
             continue
@@ -268,7 +277,13 @@ def collate_groups(groups: list[ComparisonGroup], pad_id: int) -> dict:
     ends = attention_mask.sum(dim=1, keepdim=True)
     positions = torch.arange(input_ids.shape[1])
     response_mask = (positions >= ends - lengths[:, None]) & (positions < ends)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "pairs": pairs, "group": group, "response_mask": response_mask}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pairs": pairs,
+        "group": group,
+        "response_mask": response_mask,
+    }
 
 
 def collate_sequences(items: list[tuple[list[int], float]], pad_id: int) -> dict[str, Tensor]:
@@ -346,7 +361,7 @@ class RewardDataModule(StageDataModule):
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        if (self.train_groups if stage == "fit" else self.val_groups):
+        if self.train_groups if stage == "fit" else self.val_groups:
             return
         self.tokenizer = resolve_tokenizer(self, self.tokenizer_source)
         if stage != "fit" and hp.val is not None:  # validate a saved RM: the training data need not exist
@@ -358,11 +373,22 @@ class RewardDataModule(StageDataModule):
         for split, records in (("train", train_records), ("val", val_records)):
             counter = DropCounter("RM")
             records, fields = convert_records(
-                records, hp.format, "comparisons", self.fields, self.tokenizer, on_invalid=hp.on_invalid, counter=counter
+                records,
+                hp.format,
+                "comparisons",
+                self.fields,
+                self.tokenizer,
+                on_invalid=hp.on_invalid,
+                counter=counter,
             )
             groups = encode_comparisons(
-                records, self.tokenizer, fields,
-                max_length=hp.max_length, truncation=hp.truncation, on_invalid=hp.on_invalid, counter=counter,
+                records,
+                self.tokenizer,
+                fields,
+                max_length=hp.max_length,
+                truncation=hp.truncation,
+                on_invalid=hp.on_invalid,
+                counter=counter,
             )
             if records:
                 self.drop_counts.update(counter.report(split, len(groups)))
@@ -370,8 +396,10 @@ class RewardDataModule(StageDataModule):
         if stage == "fit" and not self.train_groups:
             raise ValueError(f"no training comparisons left in {hp.train} after dropping invalid ones")
         if val_records and not self.val_groups:  # training on without validation would hide it
-            raise ConfigError(f"no validation comparisons left in {hp.val or hp.train} after truncation={hp.truncation!r} "
-                              f"and on_invalid={hp.on_invalid!r}")
+            raise ConfigError(
+                f"no validation comparisons left in {hp.val or hp.train} after truncation={hp.truncation!r} "
+                f"and on_invalid={hp.on_invalid!r}"
+            )
         if stage == "fit" and hp.center_on is not None:
             self._center_sequences = self._encode_center_on()  # read now: a bad file must not cost a whole training run
         if stage != "fit" and not self.val_groups:
@@ -396,7 +424,9 @@ class RewardDataModule(StageDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         sizes = [g.padded_size for g in self.train_groups] if hp.group_by_length else None
-        return self.train_loader(self.train_groups, hp.batch_size, self._collate(), lengths=sizes, num_workers=hp.num_workers)
+        return self.train_loader(
+            self.train_groups, hp.batch_size, self._collate(), lengths=sizes, num_workers=hp.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         hp = self.hparams

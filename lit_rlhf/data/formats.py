@@ -40,8 +40,17 @@ Stage = Literal["sft", "comparisons", "prompts"]
 DEFAULT_SCORE_FIELD = "fine-grained_score"
 #: Layouts that hold no comparisons (no RM data).
 DEMONSTRATION_FORMATS = ("alpaca", "sharegpt")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "bing": "assistant", "model": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 
@@ -82,7 +91,9 @@ class Parsed:
 def _value(record: Record, name: str, *, required: bool = True) -> Any:
     value = record.data.get(name)
     if value is None and required:
-        raise FormatError(record, name, f"missing (record has fields: {', '.join(sorted(record.data)) or 'none'})", "missing field")
+        raise FormatError(
+            record, name, f"missing (record has fields: {', '.join(sorted(record.data)) or 'none'})", "missing field"
+        )
     return value
 
 
@@ -129,8 +140,12 @@ def _check_comparison(record: Record, name: str, responses: list[str], ranks: li
     seen: dict[str, int] = {}
     for i, response in enumerate(responses):
         if response in seen:
-            raise FormatError(record, f"{name}[{i}]", f"repeats {name}[{seen[response]}]; a response may appear once per prompt",
-                              "repeated response")
+            raise FormatError(
+                record,
+                f"{name}[{i}]",
+                f"repeats {name}[{seen[response]}]; a response may appear once per prompt",
+                "repeated response",
+            )
         seen[response] = i
     if len(set(ranks)) < 2:
         raise FormatError(record, name, f"all responses are tied ({ranks}): no pair to learn from", "all tied")
@@ -145,7 +160,11 @@ def _dense_ranks(scores: list[float]) -> list[int]:
 def _messages(record: Record, name: str, value: Any, *, must_end_with: Optional[str]) -> list[dict[str, str]]:
     """Chat messages ``[{"role", "content"}]`` validated as native ``messages``, errors naming ``name``."""
     try:
-        return get_messages(Record({name: value}, record.source, record.index), FieldMap({"messages": name}), must_end_with=must_end_with)
+        return get_messages(
+            Record({name: value}, record.source, record.index),
+            FieldMap({"messages": name}),
+            must_end_with=must_end_with,
+        )
     except RecordError as e:
         raise FormatError(record, e.field_name, e.problem, "bad messages") from None
 
@@ -158,13 +177,22 @@ def _transcript_turns(record: Record, name: str, text: str) -> list[tuple[str, s
     """``[(role, raw content)]`` of an Anthropic-style transcript, Human first and alternating."""
     parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
     if parts[0].strip() or len(parts) < 3:
-        raise FormatError(record, name, "expected a transcript of '\\n\\nHuman: ...' and '\\n\\nAssistant: ...' turns", "bad transcript")
+        raise FormatError(
+            record,
+            name,
+            "expected a transcript of '\\n\\nHuman: ...' and '\\n\\nAssistant: ...' turns",
+            "bad transcript",
+        )
     turns = [(parts[i], parts[i + 1]) for i in range(1, len(parts), 2)]
     for i, (speaker, _) in enumerate(turns):
         expected = "Human" if i % 2 == 0 else "Assistant"
         if speaker != expected:
-            raise FormatError(record, name, f"turn {i + 1} is from {speaker}, expected {expected} (turns alternate, Human first)",
-                              "bad transcript")
+            raise FormatError(
+                record,
+                name,
+                f"turn {i + 1} is from {speaker}, expected {expected} (turns alternate, Human first)",
+                "bad transcript",
+            )
     return turns
 
 
@@ -199,10 +227,14 @@ def parse_hh_rlhf(record: Record, fields: FieldMap, chat: bool, prompt_only: boo
     if chosen_turns[:-1] != texts[rejected_name][1][:-1]:
         problem = f"does not share the conversation of '{chosen_name}' up to its last Assistant turn"
         raise FormatError(record, rejected_name, problem, "bad transcript")
-    responses = [_text(record, name, finals[name].strip() if chat else finals[name], reason="bad responses")
-                 for name in (chosen_name, rejected_name)]
+    responses = [
+        _text(record, name, finals[name].strip() if chat else finals[name], reason="bad responses")
+        for name in (chosen_name, rejected_name)
+    ]
     if responses[0] == responses[1]:
-        raise FormatError(record, rejected_name, f"has the same last Assistant turn as '{chosen_name}'", "repeated response")
+        raise FormatError(
+            record, rejected_name, f"has the same last Assistant turn as '{chosen_name}'", "repeated response"
+        )
     return Parsed(prompt, chosen_name, responses, [0, 1])
 
 
@@ -211,7 +243,9 @@ def _transcript_only_prompt(record: Record, name: str, chat: bool) -> Prompt:
     text = _text(record, name, _value(record, name), reason="bad prompt")
     turns = _transcript_turns(record, name, text)
     if turns[-1][0] != "Assistant" or turns[-1][1].strip():
-        raise FormatError(record, name, "a prompt transcript must end with an empty '\\n\\nAssistant:' turn", "bad prompt")
+        raise FormatError(
+            record, name, "a prompt transcript must end with an empty '\\n\\nAssistant:' turn", "bad prompt"
+        )
     return _transcript_prompt(record, name, turns[:-1], text.rstrip(), chat)
 
 
@@ -237,17 +271,25 @@ def parse_conversational(record: Record, fields: FieldMap, chat: bool, prompt_on
         while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
             shared += 1
         if not shared:
-            raise FormatError(record, chosen_name, f"shares no prompt messages with '{rejected_name}' (and there is no '{prompt_name}')",
-                              "bad messages")
+            raise FormatError(
+                record,
+                chosen_name,
+                f"shares no prompt messages with '{rejected_name}' (and there is no '{prompt_name}')",
+                "bad messages",
+            )
         prompt = _messages(record, chosen_name, chosen[:shared], must_end_with="user")
         lists = {chosen_name: chosen[shared:], rejected_name: rejected[shared:]}
     responses = []
     for name, messages in lists.items():
         if len(messages) != 1:
-            raise FormatError(record, name, f"expected one assistant message after the prompt, got {len(messages)}", "bad messages")
+            raise FormatError(
+                record, name, f"expected one assistant message after the prompt, got {len(messages)}", "bad messages"
+            )
         message = messages[0]
         if not isinstance(message, Mapping) or message.get("role") != "assistant":
-            raise FormatError(record, name, "the response must be one {'role': 'assistant', 'content'} message", "bad messages")
+            raise FormatError(
+                record, name, "the response must be one {'role': 'assistant', 'content'} message", "bad messages"
+            )
         responses.append(_text(record, f"{name}[-1].content", message.get("content"), reason="bad responses"))
     if responses[0] == responses[1]:
         raise FormatError(record, rejected_name, f"has the same response as '{chosen_name}'", "repeated response")
@@ -258,7 +300,9 @@ def _single_turn_prompt(text: str, chat: bool) -> Prompt:
     return [{"role": "user", "content": text}] if chat else text
 
 
-def _scored_responses(record: Record, name: str, value: list, text_name: str, score_path: str) -> tuple[list[str], list[float]]:
+def _scored_responses(
+    record: Record, name: str, value: list, text_name: str, score_path: str
+) -> tuple[list[str], list[float]]:
     """K >= 2 objects, each with a response text and a number (UltraFeedback completions, Nectar answers)."""
     responses, scores = [], []
     for i, item in enumerate(_items(record, name, value, 2, "bad responses")):
@@ -295,7 +339,9 @@ def parse_nectar(record: Record, fields: FieldMap, chat: bool, prompt_only: bool
     responses, scores = _scored_responses(record, answers_name, answers, fields("answer"), fields("rank"))
     for i, rank in enumerate(scores):
         if rank != int(rank):
-            raise FormatError(record, f"{answers_name}[{i}].{fields('rank')}", f"expected an integer rank, got {rank}", "bad ranks")
+            raise FormatError(
+                record, f"{answers_name}[{i}].{fields('rank')}", f"expected an integer rank, got {rank}", "bad ranks"
+            )
     ranks = [int(rank) for rank in scores]
     _check_comparison(record, answers_name, responses, ranks)
     return Parsed(prompt, answers_name, responses, ranks)
@@ -309,7 +355,11 @@ def parse_alpaca(record: Record, fields: FieldMap, chat: bool, prompt_only: bool
     if chat:
         prompt: Prompt = [{"role": "user", "content": f"{instruction}\n\n{context}" if context else instruction}]
     else:
-        prompt = f"### Instruction:\n{instruction}\n\n" + (f"### Input:\n{context}\n\n" if context else "") + "### Response:\n"
+        prompt = (
+            f"### Instruction:\n{instruction}\n\n"
+            + (f"### Input:\n{context}\n\n" if context else "")
+            + "### Response:\n"
+        )
     output = record.data.get(fields("output"))
     if output is None:
         return Parsed(prompt, fields("output"))
@@ -324,13 +374,26 @@ def parse_sharegpt(record: Record, fields: FieldMap, chat: bool, prompt_only: bo
     for i, turn in enumerate(turns):
         where = f"{name}[{i}]"
         if not isinstance(turn, Mapping):
-            raise FormatError(record, where, f"expected an object with '{from_name}' and '{value_name}', got {type(turn).__name__}",
-                              "bad messages")
+            raise FormatError(
+                record,
+                where,
+                f"expected an object with '{from_name}' and '{value_name}', got {type(turn).__name__}",
+                "bad messages",
+            )
         role = SHAREGPT_ROLES.get(str(turn.get(from_name)).lower())
         if role is None:
-            raise FormatError(record, f"{where}.{from_name}", f"expected one of {', '.join(SHAREGPT_ROLES)}, got {turn.get(from_name)!r}",
-                              "bad messages")
-        messages.append({"role": role, "content": _text(record, f"{where}.{value_name}", turn.get(value_name), reason="bad messages")})
+            raise FormatError(
+                record,
+                f"{where}.{from_name}",
+                f"expected one of {', '.join(SHAREGPT_ROLES)}, got {turn.get(from_name)!r}",
+                "bad messages",
+            )
+        messages.append(
+            {
+                "role": role,
+                "content": _text(record, f"{where}.{value_name}", turn.get(value_name), reason="bad messages"),
+            }
+        )
     # Role order is checked as for native messages, then reported with this layout's field names.
     try:
         messages = get_messages(Record({"m": messages}, record.source, record.index), FieldMap({"messages": "m"}))
@@ -347,8 +410,12 @@ def parse_sharegpt(record: Record, fields: FieldMap, chat: bool, prompt_only: bo
 #: format -> parser ``(record, fields, chat, prompt_only) -> Parsed``; ``prompt_only`` (PPO prompts) leaves the
 #: responses unread, so a problem there (a repeated Nectar answer) does not stop a prompt set.
 PARSERS = {
-    "hh_rlhf": parse_hh_rlhf, "conversational": parse_conversational, "ultrafeedback": parse_ultrafeedback,
-    "nectar": parse_nectar, "alpaca": parse_alpaca, "sharegpt": parse_sharegpt,
+    "hh_rlhf": parse_hh_rlhf,
+    "conversational": parse_conversational,
+    "ultrafeedback": parse_ultrafeedback,
+    "nectar": parse_nectar,
+    "alpaca": parse_alpaca,
+    "sharegpt": parse_sharegpt,
 }
 
 
@@ -358,6 +425,7 @@ PARSERS = {
 
 def detect_format(record: Record, fields: FieldMap) -> str:
     """The layout of ``record`` from the fields it has; ``native`` when no public layout matches."""
+
     def has(canonical: str) -> bool:
         return record.data.get(fields(canonical)) is not None
 
@@ -377,7 +445,12 @@ def detect_format(record: Record, fields: FieldMap) -> str:
             return "hh_rlhf"
         return "native"
     prompt = record.data.get(fields("prompt"))
-    if isinstance(prompt, str) and prompt.lstrip().startswith("Human:") and "\n\nAssistant:" in prompt and not has("response"):
+    if (
+        isinstance(prompt, str)
+        and prompt.lstrip().startswith("Human:")
+        and "\n\nAssistant:" in prompt
+        and not has("response")
+    ):
         return "hh_rlhf"  # a prompt transcript, as Nectar's or HH-derived prompt sets have
     return "native"
 
@@ -397,7 +470,9 @@ def _sft_record(parsed: Parsed, record: Record, fmt: str) -> dict:
 
 def _comparison_record(parsed: Parsed, record: Record, fmt: str) -> dict:
     if not parsed.responses:
-        raise FormatError(record, parsed.responses_field, f"missing: a {fmt} comparison needs its responses", "missing field")
+        raise FormatError(
+            record, parsed.responses_field, f"missing: a {fmt} comparison needs its responses", "missing field"
+        )
     return {"prompt": parsed.prompt, "responses": parsed.responses, "ranks": parsed.ranks}
 
 
@@ -441,10 +516,14 @@ def convert_records(
     if fmt == "native":
         return records, fields
     if stage == "comparisons" and fmt in DEMONSTRATION_FORMATS:
-        raise RecordError(source, None, None, f"{fmt} records are demonstrations, not comparisons: use them for SFT or PPO prompts")
+        raise RecordError(
+            source, None, None, f"{fmt} records are demonstrations, not comparisons: use them for SFT or PPO prompts"
+        )
     chat = bool(getattr(tokenizer, "chat_template", None))
     if fmt in CHAT_ONLY_FORMATS and not chat:
-        raise RecordError(source, None, None, f"{fmt} records are chats, and the tokenizer has no chat template to render them")
+        raise RecordError(
+            source, None, None, f"{fmt} records are chats, and the tokenizer has no chat template to render them"
+        )
     parse, layout = PARSERS[fmt], LAYOUTS[stage]
     converted = []
     for record in records:

@@ -52,8 +52,16 @@ class RolloutSampler(ResumableSampler):
         batches_per_epoch: See above.
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 batches_per_epoch: Optional[int] = None):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        batches_per_epoch: Optional[int] = None,
+    ):
         super().__init__(num_items, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
         self.batches_per_epoch_fixed = batches_per_epoch
         self.global_batch = batch_size * num_replicas
@@ -94,19 +102,24 @@ def collate_prompts(prompts: list[tuple[list[int], dict]], pad_id: int) -> dict:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "records": [fields for _, fields in prompts]}
 
 
-def encode_prompts(records: list[Record], tokenizer, fields: FieldMap, max_length: int, truncation: str,
-                   counter: DropCounter) -> list[tuple[list[int], dict]]:
+def encode_prompts(
+    records: list[Record], tokenizer, fields: FieldMap, max_length: int, truncation: str, counter: DropCounter
+) -> list[tuple[list[int], dict]]:
     """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`, and its record's fields."""
     prompts = []
     for record in records:
         ids = tokenizer(render_prompt(tokenizer, record, fields), add_special_tokens=True)["input_ids"]
-        fitted = fit_to_length(Example(ids, ids), max_length, truncation, record, counter, option="max_prompt_length", what="prompt")
+        fitted = fit_to_length(
+            Example(ids, ids), max_length, truncation, record, counter, option="max_prompt_length", what="prompt"
+        )
         if fitted is not None:
             prompts.append((fitted.input_ids, dict(record.data)))
     return prompts
 
 
-def encode_texts(records: list[Record], tokenizer, fields: FieldMap, max_length: int, counter: DropCounter) -> list[Example]:
+def encode_texts(
+    records: list[Record], tokenizer, fields: FieldMap, max_length: int, counter: DropCounter
+) -> list[Example]:
     """Pretraining sequences (loss on every token), cut to their first ``max_length`` tokens."""
     examples = []
     for record in records:
@@ -179,11 +192,16 @@ class PromptDataModule(StageDataModule):
         for split, source in (("train", hp.prompts), ("val", hp.val_prompts)):
             if source is not None:
                 counter = DropCounter("PPO prompts")
-                records, fields = convert_records(read_records(source), hp.format, "prompts", self.fields, self.tokenizer)
+                records, fields = convert_records(
+                    read_records(source), hp.format, "prompts", self.fields, self.tokenizer
+                )
                 encoded = encode_prompts(records, self.tokenizer, fields, hp.max_prompt_length, hp.truncation, counter)
                 counter.report(split, len(encoded))
                 setattr(self, f"{split}_prompts" if split == "train" else "val_prompts", encoded)
-        for attribute, source in (("ptx_examples", hp.ptx_text if hp.ptx_ratio > 0 else None), ("val_texts", hp.val_text)):
+        for attribute, source in (
+            ("ptx_examples", hp.ptx_text if hp.ptx_ratio > 0 else None),
+            ("val_texts", hp.val_text),
+        ):
             if source is not None:
                 counter = DropCounter("PPO ptx text")
                 examples = encode_texts(read_records(source), self.tokenizer, self.fields, hp.max_ptx_length, counter)
@@ -196,8 +214,10 @@ class PromptDataModule(StageDataModule):
         """(prompts, episodes) per rollout per device."""
         episodes, samples = self.hparams.rollout_batch_size, self.hparams.samples_per_prompt
         if episodes is None:
-            raise ConfigError("PromptDataModule needs rollout_batch_size (and samples_per_prompt): lit-rlhf fit links "
-                              "them from model.init_args.batch; in Python pass the PPOModule's batch sizes")
+            raise ConfigError(
+                "PromptDataModule needs rollout_batch_size (and samples_per_prompt): lit-rlhf fit links "
+                "them from model.init_args.batch; in Python pass the PPOModule's batch sizes"
+            )
         check_option("rollout_batch_size", episodes, min=1, integer=True)
         check_option("samples_per_prompt", samples, min=1, integer=True)
         if episodes % samples:
@@ -208,7 +228,9 @@ class PromptDataModule(StageDataModule):
         hp, trainer = self.hparams, self.trainer
         prompts_per_rollout, episodes = self.rollout_sizes()
         replicas, rank = trainer.world_size, trainer.global_rank
-        prompt_sampler = RolloutSampler(len(self.train_prompts), prompts_per_rollout, num_replicas=replicas, rank=rank, seed=hp.seed)
+        prompt_sampler = RolloutSampler(
+            len(self.train_prompts), prompts_per_rollout, num_replicas=replicas, rank=rank, seed=hp.seed
+        )
         if prompt_sampler.batches_per_epoch == 0:
             raise ConfigError(
                 f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each of "
@@ -217,8 +239,14 @@ class PromptDataModule(StageDataModule):
         loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
         if self.ptx_examples:
             ptx_batch = max(1, round(hp.ptx_ratio * episodes))
-            ptx_sampler = RolloutSampler(len(self.ptx_examples), ptx_batch, num_replicas=replicas, rank=rank,
-                                         seed=hp.seed + 1, batches_per_epoch=prompt_sampler.batches_per_epoch)
+            ptx_sampler = RolloutSampler(
+                len(self.ptx_examples),
+                ptx_batch,
+                num_replicas=replicas,
+                rank=rank,
+                seed=hp.seed + 1,
+                batches_per_epoch=prompt_sampler.batches_per_epoch,
+            )
             loaders["ptx"] = self._loader(self.ptx_examples, ptx_sampler, ptx_batch, collate_examples)
         return CombinedLoader(loaders, mode="min_size")
 
@@ -236,4 +264,6 @@ class PromptDataModule(StageDataModule):
         if sampler is None:
             return self.eval_loader(items, batch_size, collate)
         # The loaders' position goes into the data module's checkpoint state: the one place a resume reads it from.
-        return self.resumable_loader("ptx" if sampler.batches_per_epoch_fixed is not None else "prompts", items, batch_size, collate, sampler)
+        return self.resumable_loader(
+            "ptx" if sampler.batches_per_epoch_fixed is not None else "prompts", items, batch_size, collate, sampler
+        )

@@ -67,11 +67,21 @@ def read_records(source: DataSource) -> list[Record]:
             raise RecordError(str(source), None, None, "file not found")
         return _read_with_datasets({"path": source})  # a dataset name, e.g. on the hub
     if path.is_dir():
-        raise RecordError(str(source), None, None, f"is a directory; give a file ({', '.join(FILE_SUFFIXES)}) or datasets arguments")
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".txt": _read_txt, ".parquet": _read_table, ".csv": _read_csv}
+        raise RecordError(
+            str(source), None, None, f"is a directory; give a file ({', '.join(FILE_SUFFIXES)}) or datasets arguments"
+        )
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_json,
+        ".txt": _read_txt,
+        ".parquet": _read_table,
+        ".csv": _read_csv,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise RecordError(str(source), None, None, f"unknown file type '{path.suffix}'; expected one of {', '.join(FILE_SUFFIXES)}")
+        raise RecordError(
+            str(source), None, None, f"unknown file type '{path.suffix}'; expected one of {', '.join(FILE_SUFFIXES)}"
+        )
     records = reader(path)
     if not records:
         raise RecordError(str(source), None, None, "contains no records")
@@ -85,8 +95,12 @@ def _text_lines(path: Path):
             try:
                 yield line_no, raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise RecordError(str(path), line_no, None, f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                                  "save the file as UTF-8") from None
+                raise RecordError(
+                    str(path),
+                    line_no,
+                    None,
+                    f"is not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); save the file as UTF-8",
+                ) from None
 
 
 def _read_jsonl(path: Path) -> list[Record]:
@@ -97,9 +111,19 @@ def _read_jsonl(path: Path) -> list[Record]:
         try:
             data = json.loads(line)
         except json.JSONDecodeError as e:
-            raise RecordError(str(path), line_no, None, f"not valid JSON ({e.msg} at column {e.colno}){_whole_json_hint(path, records)}") from None
+            raise RecordError(
+                str(path),
+                line_no,
+                None,
+                f"not valid JSON ({e.msg} at column {e.colno}){_whole_json_hint(path, records)}",
+            ) from None
         if not isinstance(data, dict):
-            raise RecordError(str(path), line_no, None, f"expected a JSON object, got {type(data).__name__}{_whole_json_hint(path, records)}")
+            raise RecordError(
+                str(path),
+                line_no,
+                None,
+                f"expected a JSON object, got {type(data).__name__}{_whole_json_hint(path, records)}",
+            )
         records.append(Record(data, str(path), line_no))
     return records
 
@@ -113,8 +137,10 @@ def _whole_json_hint(path: Path, records_so_far: list) -> str:
     except (OSError, ValueError):
         return ""
     kind = "array" if isinstance(data, list) else "document"
-    return (f"; the whole file is one JSON {kind}, not JSON Lines (one object a line): name it "
-            f"{path.with_suffix('.json').name} (.json), or write one object per line")
+    return (
+        f"; the whole file is one JSON {kind}, not JSON Lines (one object a line): name it "
+        f"{path.with_suffix('.json').name} (.json), or write one object per line"
+    )
 
 
 def _read_json(path: Path) -> list[Record]:
@@ -154,7 +180,12 @@ def _read_csv(path: Path) -> list[Record]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) != len(header):
-            raise RecordError(str(path), index, None, f"has {len(row)} cells but the header has {len(header)} columns ({', '.join(header)})")
+            raise RecordError(
+                str(path),
+                index,
+                None,
+                f"has {len(row)} cells but the header has {len(header)} columns ({', '.join(header)})",
+            )
         records.append(Record(dict(zip(header, row)), str(path), index))
     return records
 

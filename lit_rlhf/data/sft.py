@@ -26,7 +26,9 @@ def encode_sft_records(
     """Encode and apply the truncation policy; see :class:`SFTDataModule` ``truncation``."""
     examples = []
     for record in records:
-        example = fit_to_length(encode_sft_record(tokenizer, record, fields), max_length, truncation, record, counter, what="example")
+        example = fit_to_length(
+            encode_sft_record(tokenizer, record, fields), max_length, truncation, record, counter, what="example"
+        )
         if example is None:
             continue
         if example.num_loss_tokens == 0:
@@ -100,8 +102,10 @@ class SFTDataModule(StageDataModule):
         if not self.train_rows:
             raise ConfigError(f"no training examples left in {hp.train} after applying truncation={hp.truncation!r}")
         if val_records and not self.val_rows:  # training on without validation would hide it
-            raise ConfigError(f"no validation examples left in {hp.val or hp.train} after applying truncation={hp.truncation!r} "
-                              f"with max_length={hp.max_length}; raise max_length or fix the validation data")
+            raise ConfigError(
+                f"no validation examples left in {hp.val or hp.train} after applying truncation={hp.truncation!r} "
+                f"with max_length={hp.max_length}; raise max_length or fix the validation data"
+            )
 
     def _collate(self):
         collate = collate_packed if self.hparams.pack else collate_examples
@@ -110,7 +114,11 @@ class SFTDataModule(StageDataModule):
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
         lengths = [len(e.input_ids) for e in self.train_rows] if hp.group_by_length and not hp.pack else None
-        return self.train_loader(self.train_rows, hp.batch_size, self._collate(), lengths=lengths, num_workers=hp.num_workers)
+        return self.train_loader(
+            self.train_rows, hp.batch_size, self._collate(), lengths=lengths, num_workers=hp.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self.eval_loader(self.val_rows, self.hparams.batch_size, self._collate(), num_workers=self.hparams.num_workers)
+        return self.eval_loader(
+            self.val_rows, self.hparams.batch_size, self._collate(), num_workers=self.hparams.num_workers
+        )

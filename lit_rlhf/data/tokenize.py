@@ -7,10 +7,9 @@ and ``IGNORE_INDEX`` otherwise (HF shifts labels inside the loss; lit-rlhf does 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from transformers import PreTrainedTokenizerBase
-
-from typing import Optional
 
 from lit_rlhf.algorithms.lm import IGNORE_INDEX
 from lit_rlhf.data.records import FieldMap, Record, get_messages, get_str
@@ -53,8 +52,16 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> Example:
     return Example(ids, list(ids))
 
 
-def fit_to_length(example: Example, max_length: int, truncation: str, record: Record, counter=None, *,
-                  option: str = "max_length", what: str = "sequence") -> Optional[Example]:
+def fit_to_length(
+    example: Example,
+    max_length: int,
+    truncation: str,
+    record: Record,
+    counter=None,
+    *,
+    option: str = "max_length",
+    what: str = "sequence",
+) -> Optional[Example]:
     """The one truncation policy of every stage, for a sequence longer than ``max_length`` tokens.
 
     ``left`` keeps its last tokens (PPO prompts, RM sequences: the end is what is continued or scored),
@@ -86,7 +93,9 @@ def require_chat_template(tokenizer: PreTrainedTokenizerBase, record: Record, fi
         )
 
 
-def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], record: Record, fields: FieldMap) -> Example:
+def encode_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], record: Record, fields: FieldMap
+) -> Example:
     """A conversation rendered with the chat template, with loss on the assistant turns only.
 
     The template is rendered once per assistant turn: the text before the turn (with the generation
@@ -118,7 +127,9 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, record: Record, fields: Fi
     name = fields("messages") if fields("messages") in record.data else fields("prompt")
     value = record.data.get(name)
     if isinstance(value, list):
-        messages = get_messages(Record({fields("messages"): value}, record.source, record.index), fields, must_end_with="user")
+        messages = get_messages(
+            Record({fields("messages"): value}, record.source, record.index), fields, must_end_with="user"
+        )
         require_chat_template(tokenizer, record, fields)
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return get_str(record, fields, "prompt")

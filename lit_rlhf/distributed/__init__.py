@@ -16,7 +16,11 @@ The public names are importable from the package too (``class_path: lit_rlhf.dis
 """
 
 from lit_rlhf.distributed.collectives import (
-    all_reduce_mean, attached_trainer, global_masked_moments, local_backward, sync_gradients,
+    all_reduce_mean,
+    attached_trainer,
+    global_masked_moments,
+    local_backward,
+    sync_gradients,
 )
 from lit_rlhf.distributed.export import export_hf, full_state_dict, full_tensors_by_layer, submodule_state
 from lit_rlhf.distributed.generation import sample_continuations
@@ -24,7 +28,21 @@ from lit_rlhf.distributed.sharding import gathered_weights, is_sharded, shard_mo
 from lit_rlhf.distributed.strategies import FSDP2Strategy, HFFSDPStrategy, layer_class_names, layer_classes
 
 __all__ = [
-    "FSDP2Strategy", "HFFSDPStrategy", "all_reduce_mean", "attached_trainer", "export_hf", "full_state_dict",
-    "full_tensors_by_layer", "gathered_weights", "global_masked_moments", "is_sharded", "layer_class_names",
-    "layer_classes", "local_backward", "sample_continuations", "shard_models", "submodule_state", "sync_gradients",
+    "FSDP2Strategy",
+    "HFFSDPStrategy",
+    "all_reduce_mean",
+    "attached_trainer",
+    "export_hf",
+    "full_state_dict",
+    "full_tensors_by_layer",
+    "gathered_weights",
+    "global_masked_moments",
+    "is_sharded",
+    "layer_class_names",
+    "layer_classes",
+    "local_backward",
+    "sample_continuations",
+    "shard_models",
+    "submodule_state",
+    "sync_gradients",
 ]

@@ -64,7 +64,9 @@ def all_reduce_mean(value: torch.Tensor, module: LightningModule) -> torch.Tenso
     return trainer.strategy.reduce(value, reduce_op="mean")
 
 
-def global_masked_moments(x: torch.Tensor, mask: torch.Tensor, module: LightningModule) -> tuple[torch.Tensor, torch.Tensor]:
+def global_masked_moments(
+    x: torch.Tensor, mask: torch.Tensor, module: LightningModule
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean, biased variance)`` of the masked entries of ``x`` over all ranks' data, as one dataset would give."""
     mask = mask.bool()
     stats = torch.stack([x[mask].double().sum(), x[mask].double().square().sum(), mask.sum().double()])

@@ -64,6 +64,11 @@ def sample_continuations(
     sharded = is_sharded(model)
     synced = sharded and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with gathered_weights(model):
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, synced_gpus=synced,
-                                logits_processor=LogitsProcessorList(logits_processor or []))
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=config,
+            synced_gpus=synced,
+            logits_processor=LogitsProcessorList(logits_processor or []),
+        )
     return output[:, input_ids.shape[1] :]

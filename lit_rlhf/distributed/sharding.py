@@ -15,7 +15,9 @@ from lit_rlhf.distributed.strategies import layer_classes
 from lit_rlhf.models.adapters import unwrap
 
 
-def shard_models(module: LightningModule, models: Iterable[Optional[torch.nn.Module]], *, reshard_after_forward: bool = True) -> None:
+def shard_models(
+    module: LightningModule, models: Iterable[Optional[torch.nn.Module]], *, reshard_after_forward: bool = True
+) -> None:
     """``fully_shard`` each model over the data-parallel mesh: every decoder layer, then the model itself.
 
     Each model (trainable or frozen) becomes its own FSDP2 unit. A no-op unless the module runs under

@@ -54,8 +54,17 @@ class RolloutEngine:
     def setup(self, policy: torch.nn.Module, source: str) -> None:
         """Called once after the policy is built (and sharded); ``source`` is the directory it was loaded from."""
 
-    def generate(self, model: torch.nn.Module, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings,
-                 *, eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+    def generate(
+        self,
+        model: torch.nn.Module,
+        prompts: dict[str, Tensor],
+        num_samples: int,
+        settings: SamplingSettings,
+        *,
+        eos_token_id: int,
+        pad_token_id: int,
+        training: bool = True,
+    ) -> Episodes:
         """``num_samples`` responses per prompt (adjacent rows). ``training``: a training rollout, which an engine
         may sample from the weights it holds (loaded by :meth:`sync_weights`); False (evaluation): sample from
         ``model`` exactly as given (e.g. its EMA weights)."""

@@ -56,12 +56,16 @@ def engine_logprob_correction(episodes: Episodes, settings: RolloutCorrectionSet
     if engine_logprobs is None:
         return EngineCorrection()
     if engine_logprobs.shape != episodes.logprobs.shape:
-        raise RuntimeError(f"the engine recorded log-probs of shape {tuple(engine_logprobs.shape)} for episodes "
-                           f"of {tuple(episodes.logprobs.shape)} response tokens")
+        raise RuntimeError(
+            f"the engine recorded log-probs of shape {tuple(engine_logprobs.shape)} for episodes "
+            f"of {tuple(episodes.logprobs.shape)} response tokens"
+        )
     mask, trainer_logprobs = episodes.response_mask, episodes.logprobs
     engine_logprobs = engine_logprobs.to(trainer_logprobs.device)
-    metrics = {f"engine/{'logprob_' if name != 'kl' else ''}{name}": value
-               for name, value in logprob_mismatch(engine_logprobs, trainer_logprobs, mask).items()}
+    metrics = {
+        f"engine/{'logprob_' if name != 'kl' else ''}{name}": value
+        for name, value in logprob_mismatch(engine_logprobs, trainer_logprobs, mask).items()
+    }
     cap = settings.truncated_is_cap
     if cap is None:
         return EngineCorrection(None, metrics)

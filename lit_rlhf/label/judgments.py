@@ -90,13 +90,17 @@ def _parse_ranking(value: Any, num_responses: int) -> list[list[int]]:
             raise SubmissionError(f"ranking[{g}]: expected a non-empty list of response indices")
         for index in group:
             if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_responses:
-                raise SubmissionError(f"ranking[{g}]: {index!r} is not a response index of this item (0..{num_responses - 1})")
+                raise SubmissionError(
+                    f"ranking[{g}]: {index!r} is not a response index of this item (0..{num_responses - 1})"
+                )
             if index in seen:
                 raise SubmissionError(f"ranking[{g}]: response {index} is ranked twice")
             seen.add(index)
     if len(seen) != num_responses:
         missing = sorted(set(range(num_responses)) - seen)
-        raise SubmissionError(f"ranking: ranks {len(seen)} responses but this item has {num_responses} (missing {missing})")
+        raise SubmissionError(
+            f"ranking: ranks {len(seen)} responses but this item has {num_responses} (missing {missing})"
+        )
     return [sorted(group) for group in value]
 
 

@@ -72,7 +72,11 @@ def outcomes(store: LabelStore) -> list[Outcome]:
     for j in store.judgments(status="ranked"):
         item = items[j["item_id"]]
         left = "ab"[shown.get((item.id, j["labeler"]), [0, 1])[0]]
-        found.append(Outcome(item.id, j["labeler"], item.record["policy_a"], item.record["policy_b"], verdict(j["ranking"]), left))
+        found.append(
+            Outcome(
+                item.id, j["labeler"], item.record["policy_a"], item.record["policy_b"], verdict(j["ranking"]), left
+            )
+        )
     return found
 
 
@@ -81,10 +85,16 @@ def judgment_record(item: Item, judgment: dict[str, Any], left: str) -> dict[str
     winner = verdict(judgment["ranking"])
     record = dict(item.record)
     record.update(
-        response_a=item.responses[0], response_b=item.responses[1], labeler=judgment["labeler"], left=left,
-        winner=winner, winner_policy=None if winner == "tie" else item.record[f"policy_{winner}"],
-        score_a=judgment["scores"][0], score_b=judgment["scores"][1],
-        flags_a=judgment["flags"][0], flags_b=judgment["flags"][1],
+        response_a=item.responses[0],
+        response_b=item.responses[1],
+        labeler=judgment["labeler"],
+        left=left,
+        winner=winner,
+        winner_policy=None if winner == "tie" else item.record[f"policy_{winner}"],
+        score_a=judgment["scores"][0],
+        score_b=judgment["scores"][1],
+        flags_a=judgment["flags"][0],
+        flags_b=judgment["flags"][1],
     )
     if judgment["rewrite"]:
         record["rewrite"] = judgment["rewrite"]
@@ -160,8 +170,10 @@ def format_pairs_stats(store: LabelStore) -> str:
     judgments = store.judgments(status=None)
     found = outcomes(store)
     ties = sum(o.winner == "tie" for o in found)
-    lines = [f"side by side: {len(store.items())} pairs, {len({o.item_id for o in found})} judged at least once; "
-             f"{len(found)} judgments ({ties} ties), {sum(j['status'] == 'skipped' for j in judgments)} skipped"]
+    lines = [
+        f"side by side: {len(store.items())} pairs, {len({o.item_id for o in found})} judged at least once; "
+        f"{len(found)} judgments ({ties} ties), {sum(j['status'] == 'skipped' for j in judgments)} skipped"
+    ]
     lines.append(f"{'labeler':<20} {'judged':>7} {'skipped':>8} {'median s':>9}")
     for name, entry in sorted(labeler_activity(judgments).items()):
         lines.append(f"{name:<20} {entry['ranked']:>7} {entry['skipped']:>8} {_num(entry['median_seconds'], '.1f'):>9}")
@@ -172,15 +184,19 @@ def format_pairs_stats(store: LabelStore) -> str:
         )
     agreed, compared = agreement(found)
     if compared:
-        lines.append(f"agreement: {agreed / compared:.1%} ({agreed} of {compared} labeler pairs on overlapping items "
-                     f"gave the same verdict: a, b or tie)")
+        lines.append(
+            f"agreement: {agreed / compared:.1%} ({agreed} of {compared} labeler pairs on overlapping items "
+            f"gave the same verdict: a, b or tie)"
+        )
     else:
         lines.append("agreement: no pair judged by two labelers yet (serve with --overlap 2 or more to measure it)")
     left, decided = position_bias(found)
     if decided:
         low, high = wilson_interval(left / decided, decided)
-        lines.append(f"position bias: the left response won {left} of {decided} non-tie judgments ({left / decided:.1%}, "
-                     f"95% CI {low:.1%} to {high:.1%}; 50% is none)")
+        lines.append(
+            f"position bias: the left response won {left} of {decided} non-tie judgments ({left / decided:.1%}, "
+            f"95% CI {low:.1%} to {high:.1%}; 50% is none)"
+        )
     else:
         lines.append("position bias: no non-tie judgment yet")
     return "\n".join(lines)

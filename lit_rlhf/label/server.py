@@ -19,14 +19,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import json
 import random
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
-
-import json
-import time
 
 from flask import Flask, abort, g, jsonify, render_template, request, session
 from werkzeug.exceptions import HTTPException
@@ -43,8 +42,10 @@ CSP = (
 
 
 SESSION_ENDED = "your session has ended (logged out, idle too long, or revoked): reload the page and log in again"
-STALE_CSRF = ("this page's security token is out of date (you logged in or out in another tab, or the server's "
-              "database changed): reload the page; nothing was saved")
+STALE_CSRF = (
+    "this page's security token is out of date (you logged in or out in another tab, or the server's "
+    "database changed): reload the page; nothing was saved"
+)
 
 
 def origin_of(url: str) -> str:
@@ -157,7 +158,10 @@ def create_app(
             # Behind a proxy: it passes the public Host on (nginx: proxy_set_header Host $host), or talks to
             # us by our loopback address. Anything else is not a request for this deployment.
             if host.lower() != public_host and not is_loopback(hostname):
-                fail(400, f"host {host!r} refused: this server answers for {public_origin} (--public_url) and on loopback")
+                fail(
+                    400,
+                    f"host {host!r} refused: this server answers for {public_origin} (--public_url) and on loopback",
+                )
         elif not require_tokens and not is_loopback(hostname):
             # Without tokens the app trusts whoever reaches it, which is only safe on loopback: refuse other
             # Host headers too, so a web page cannot reach it through DNS rebinding.
@@ -178,7 +182,11 @@ def create_app(
             fail(401, SESSION_ENDED)
         expected = g.session_record["csrf"] if g.session_record else session.get("pre_csrf")
         sent = request.headers.get("X-CSRF-Token", "")
-        if not isinstance(expected, str) or not expected or not hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace")):
+        if (
+            not isinstance(expected, str)
+            or not expected
+            or not hmac.compare_digest(expected.encode(), sent.encode("utf-8", "replace"))
+        ):
             fail(403, "missing or wrong CSRF token: " + STALE_CSRF)
         if g.session_record and g.session_record["last_active"] < time.time() - min(60.0, session_idle_seconds / 10):
             store.touch_session(g.sid)  # a state-changing request: the idle timeout starts again
@@ -222,8 +230,11 @@ def create_app(
             session.pop("sid", None)
             session.setdefault("pre_csrf", secrets.token_urlsafe(32))  # for the login request only
         return render_template(
-            "index.html", csrf=record["csrf"] if record else session["pre_csrf"],
-            labeler=record["labeler"] if record else None, require_tokens=require_tokens, pairs=pairs,
+            "index.html",
+            csrf=record["csrf"] if record else session["pre_csrf"],
+            labeler=record["labeler"] if record else None,
+            require_tokens=require_tokens,
+            pairs=pairs,
         )
 
     @app.get("/favicon.ico")
@@ -240,7 +251,12 @@ def create_app(
                 fail(403, "unknown access token: check it, or ask for a new one (lit-rlhf label add-labeler)")
         else:
             name = payload.get("name")
-            if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_NAME_CHARS or not name.isprintable():
+            if (
+                not isinstance(name, str)
+                or not name.strip()
+                or len(name.strip()) > MAX_NAME_CHARS
+                or not name.isprintable()
+            ):
                 fail(400, f"name: expected 1 to {MAX_NAME_CHARS} printable characters")
             name = name.strip()
             store.add_labeler(name)
@@ -282,9 +298,9 @@ def create_app(
             responses = [{"index": i, "text": item.responses[i]} for i in order]
         return {
             "item": {"id": item.id, "prompt": item.prompt_text, "responses": responses},
-            "judgment": None if judgment is None else {
-                key: judgment[key] for key in ("status", "ranking", "scores", "flags", "rewrite", "revision")
-            },
+            "judgment": None
+            if judgment is None
+            else {key: judgment[key] for key in ("status", "ranking", "scores", "flags", "rewrite", "revision")},
             "progress": store.progress(name),
         }
 

@@ -106,8 +106,12 @@ def format_stats(store: LabelStore) -> str:
 
         return format_pairs_stats(store)
     judgments = store.judgments(status=None)
-    lines = [f"{len(store.items())} items, {len({j['item_id'] for j in judgments if j['status'] == 'ranked'})} ranked at least once"]
-    lines.append(f"{'labeler':<20} {'ranked':>7} {'skipped':>8} {'median s':>9} {'items/h':>8} {'agreement':>10} {'pairs':>7}")
+    lines = [
+        f"{len(store.items())} items, {len({j['item_id'] for j in judgments if j['status'] == 'ranked'})} ranked at least once"
+    ]
+    lines.append(
+        f"{'labeler':<20} {'ranked':>7} {'skipped':>8} {'median s':>9} {'items/h':>8} {'agreement':>10} {'pairs':>7}"
+    )
     found = agreement(judgments)
     for name, entry in sorted(labeler_activity(judgments).items()):
         tally = found.per_labeler.get(name, PairTally())

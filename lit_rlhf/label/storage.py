@@ -185,7 +185,9 @@ class LabelStore:
 
     def _claim_mode(self, conn: sqlite3.Connection, mode: str) -> None:
         row = conn.execute("SELECT value FROM meta WHERE key = 'mode'").fetchone()
-        current = row["value"] if row is not None else ("rank" if conn.execute("SELECT 1 FROM items").fetchone() else None)
+        current = (
+            row["value"] if row is not None else ("rank" if conn.execute("SELECT 1 FROM items").fetchone() else None)
+        )
         if current is not None and current != mode:
             what = {"rank": "ranking items (--samples)", "pairs": "side-by-side pairs (--pairs)"}
             raise ValueError(f"{self.path} holds {what[current]}; use another --db for {what[mode]}")
@@ -210,11 +212,25 @@ class LabelStore:
                 if name.startswith("policy") and not value.strip():
                     raise RecordError(record.source, record.index, name, "expected a policy name, got an empty string")
             if record.data["policy_a"] == record.data["policy_b"]:
-                raise RecordError(record.source, record.index, "policy_b", f"names the same policy as policy_a ({record.data['policy_a']!r})")
+                raise RecordError(
+                    record.source,
+                    record.index,
+                    "policy_b",
+                    f"names the same policy as policy_a ({record.data['policy_a']!r})",
+                )
             responses = [record.data["response_a"], record.data["response_b"]]
             data = {k: v for k, v in record.data.items() if k not in ("response_a", "response_b")}
             key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-            rows.append((key, json.dumps(data, ensure_ascii=False), prompt_text, json.dumps(responses, ensure_ascii=False), record.source, record.index))
+            rows.append(
+                (
+                    key,
+                    json.dumps(data, ensure_ascii=False),
+                    prompt_text,
+                    json.dumps(responses, ensure_ascii=False),
+                    record.source,
+                    record.index,
+                )
+            )
         return self._insert_items(rows, "pairs", too_few=0)
 
     def _insert_items(self, rows: list[tuple], mode: str, too_few: int) -> ImportCounts:
@@ -247,7 +263,16 @@ class LabelStore:
                 continue
             data = {k: v for k, v in record.data.items() if k != field_map("responses")}
             key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-            rows.append((key, json.dumps(data, ensure_ascii=False), prompt_text, json.dumps(responses, ensure_ascii=False), record.source, record.index))
+            rows.append(
+                (
+                    key,
+                    json.dumps(data, ensure_ascii=False),
+                    prompt_text,
+                    json.dumps(responses, ensure_ascii=False),
+                    record.source,
+                    record.index,
+                )
+            )
         return self._insert_items(rows, "rank", too_few=too_few)
 
     def item(self, item_id: int) -> Optional[Item]:
@@ -273,7 +298,9 @@ class LabelStore:
         """Remove ``name``'s access token and end their sessions (their judgments stay); returns the sessions ended."""
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone() is None:
-                raise ValueError(f"{self.path}: no labeler named {name!r} (known: {', '.join(self.labelers()) or 'none'})")
+                raise ValueError(
+                    f"{self.path}: no labeler named {name!r} (known: {', '.join(self.labelers()) or 'none'})"
+                )
             conn.execute("UPDATE labelers SET token_sha256 = NULL WHERE name = ?", (name,))
             return conn.execute("DELETE FROM sessions WHERE labeler = ?", (name,)).rowcount
 
@@ -343,7 +370,7 @@ class LabelStore:
             row = conn.execute(
                 f"""SELECT i.id FROM items i
                    WHERE NOT EXISTS (SELECT 1 FROM judgments j WHERE j.item_id = i.id AND j.labeler = ?)
-                     AND ({RANKED_COUNT.format(item='i.id')})
+                     AND ({RANKED_COUNT.format(item="i.id")})
                        + (SELECT count(*) FROM assignments a WHERE a.item_id = i.id AND a.lease_expires > ?) < ?
                    ORDER BY i.id LIMIT 1""",
                 (labeler, now, self.overlap),
@@ -356,18 +383,26 @@ class LabelStore:
             )
             if self.mode() == "pairs":  # a fresh coin per labeler and item, recorded: position bias is measurable
                 display = [0, 1] if secrets.randbelow(2) == 0 else [1, 0]
-                conn.execute("INSERT OR IGNORE INTO shown_order (item_id, labeler, display) VALUES (?, ?, ?)",
-                             (row["id"], labeler, json.dumps(display)))
+                conn.execute(
+                    "INSERT OR IGNORE INTO shown_order (item_id, labeler, display) VALUES (?, ?, ?)",
+                    (row["id"], labeler, json.dumps(display)),
+                )
             return row["id"]
 
     def shown_order(self, labeler: str, item_id: int) -> Optional[list[int]]:
         """The recorded display order of ``item_id`` for ``labeler`` (side-by-side items), or None."""
-        row = self._conn().execute("SELECT display FROM shown_order WHERE item_id = ? AND labeler = ?", (item_id, labeler)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT display FROM shown_order WHERE item_id = ? AND labeler = ?", (item_id, labeler))
+            .fetchone()
+        )
         return None if row is None else json.loads(row["display"])
 
     def shown_orders(self) -> dict[tuple[int, str], list[int]]:
-        return {(row["item_id"], row["labeler"]): json.loads(row["display"])
-                for row in self._conn().execute("SELECT * FROM shown_order")}
+        return {
+            (row["item_id"], row["labeler"]): json.loads(row["display"])
+            for row in self._conn().execute("SELECT * FROM shown_order")
+        }
 
     def can_see(self, labeler: str, item_id: int) -> bool:
         if not 0 < item_id <= MAX_SQL_INT:
@@ -382,7 +417,11 @@ class LabelStore:
     # Judgments
 
     def judgment(self, labeler: str, item_id: int) -> Optional[dict[str, Any]]:
-        row = self._conn().execute("SELECT * FROM judgments WHERE item_id = ? AND labeler = ?", (item_id, labeler)).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT * FROM judgments WHERE item_id = ? AND labeler = ?", (item_id, labeler))
+            .fetchone()
+        )
         return None if row is None else _judgment(row)
 
     def submit(self, labeler: str, item_id: int, judgment: Optional[Judgment], base_revision: int = 0) -> int:
@@ -393,8 +432,15 @@ class LabelStore:
         """
         now = time.time()
         status = "skipped" if judgment is None else "ranked"
-        values = (None, None, None, None) if judgment is None else (
-            json.dumps(judgment.ranking), json.dumps(judgment.scores), json.dumps(judgment.flags), judgment.rewrite,
+        values = (
+            (None, None, None, None)
+            if judgment is None
+            else (
+                json.dumps(judgment.ranking),
+                json.dumps(judgment.scores),
+                json.dumps(judgment.flags),
+                judgment.rewrite,
+            )
         )
         if not 0 < item_id <= MAX_SQL_INT:
             raise SubmissionError(f"item {item_id}: no such item", status=404)
@@ -416,7 +462,8 @@ class LabelStore:
                     if ranked >= self.overlap:
                         raise SubmissionError(
                             f"item {item_id}: you skipped it and {ranked} other labeler(s) have since ranked it "
-                            f"(overlap {self.overlap}); your skip stands, nothing was stored", status=409,
+                            f"(overlap {self.overlap}); your skip stands, nothing was stored",
+                            status=409,
                         )
                 conn.execute(
                     "UPDATE judgments SET status = ?, ranking = ?, scores = ?, flags = ?, rewrite = ?, submitted_at = ?, "
@@ -429,14 +476,20 @@ class LabelStore:
             ).fetchone()
             if lease is None:
                 raise SubmissionError(f"item {item_id}: not assigned to {labeler}; fetch /api/next first", status=409)
-            if lease["lease_expires"] <= now and conn.execute(
-                f"SELECT ({RANKED_COUNT.format(item='?')}) >= ?", (item_id, self.overlap)
-            ).fetchone()[0]:
+            if (
+                lease["lease_expires"] <= now
+                and conn.execute(f"SELECT ({RANKED_COUNT.format(item='?')}) >= ?", (item_id, self.overlap)).fetchone()[
+                    0
+                ]
+            ):
                 raise SubmissionError(
-                    f"item {item_id}: your lease ran out and other labelers completed the item; nothing was stored", status=409,
+                    f"item {item_id}: your lease ran out and other labelers completed the item; nothing was stored",
+                    status=409,
                 )
             if base_revision != 0:
-                raise SubmissionError(f"item {item_id}: stale submission (revision {base_revision}, nothing stored yet)", status=409)
+                raise SubmissionError(
+                    f"item {item_id}: stale submission (revision {base_revision}, nothing stored yet)", status=409
+                )
             conn.execute(
                 "INSERT INTO judgments (item_id, labeler, status, ranking, scores, flags, rewrite, shown_at, submitted_at, revision) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
@@ -464,11 +517,15 @@ class LabelStore:
     def progress(self, labeler: str) -> dict[str, int]:
         """Done, skipped and remaining for ``labeler``; items complete (judged by ``overlap`` labelers) overall."""
         conn = self._conn()
-        mine = dict(conn.execute("SELECT status, count(*) FROM judgments WHERE labeler = ? GROUP BY status", (labeler,)).fetchall())
+        mine = dict(
+            conn.execute(
+                "SELECT status, count(*) FROM judgments WHERE labeler = ? GROUP BY status", (labeler,)
+            ).fetchall()
+        )
         remaining = conn.execute(
             f"""SELECT count(*) FROM items i
                WHERE NOT EXISTS (SELECT 1 FROM judgments j WHERE j.item_id = i.id AND j.labeler = ?)
-                 AND ({RANKED_COUNT.format(item='i.id')}) < ?""",
+                 AND ({RANKED_COUNT.format(item="i.id")}) < ?""",
             (labeler, self.overlap),
         ).fetchone()[0]
         total = conn.execute("SELECT count(*) FROM items").fetchone()[0]
@@ -476,8 +533,14 @@ class LabelStore:
             "SELECT count(*) FROM (SELECT item_id FROM judgments WHERE status = 'ranked' GROUP BY item_id HAVING count(*) >= ?)",
             (self.overlap,),
         ).fetchone()[0]
-        return {"done": mine.get("ranked", 0), "skipped": mine.get("skipped", 0), "remaining": remaining,
-                "items": total, "items_complete": complete, "overlap": self.overlap}
+        return {
+            "done": mine.get("ranked", 0),
+            "skipped": mine.get("skipped", 0),
+            "remaining": remaining,
+            "items": total,
+            "items_complete": complete,
+            "overlap": self.overlap,
+        }
 
 
 def _prompt_text(record: Record, fields: FieldMap) -> str:
@@ -494,12 +557,19 @@ def _distinct_responses(record: Record, name: str) -> list[str]:
         raise RecordError(record.source, record.index, name, problem)
     for i, response in enumerate(value):
         if not isinstance(response, str):
-            raise RecordError(record.source, record.index, f"{name}[{i}]", f"expected a string, got {type(response).__name__}")
+            raise RecordError(
+                record.source, record.index, f"{name}[{i}]", f"expected a string, got {type(response).__name__}"
+            )
     return list(dict.fromkeys(r for r in value if r.strip()))
 
 
 def _item(row: sqlite3.Row) -> Item:
-    return Item(id=row["id"], prompt_text=row["prompt_text"], responses=json.loads(row["responses"]), record=json.loads(row["record"]))
+    return Item(
+        id=row["id"],
+        prompt_text=row["prompt_text"],
+        responses=json.loads(row["responses"]),
+        record=json.loads(row["record"]),
+    )
 
 
 def _judgment(row: sqlite3.Row) -> dict[str, Any]:

@@ -10,9 +10,13 @@ from typing import Optional
 from lit_rlhf.atomic import incomplete_files, read_marker
 from lit_rlhf.models.sources import ModelSourceError, missing_source_hint
 
-
 #: Weight files of a directory written by ``save_pretrained`` (one of them, or its index, must be there).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
@@ -21,7 +25,10 @@ def rewrite_hint(source: str) -> str:
     marker = read_marker(source) or {}
     if marker.get("command"):
         return f" It was written by `{marker['command']}`: run that again."
-    return missing_source_hint(source) or " Write it again with the command that produced it (save_pretrained writes a complete one)."
+    return (
+        missing_source_hint(source)
+        or " Write it again with the command that produced it (save_pretrained writes a complete one)."
+    )
 
 
 def incomplete_directory(source: str, problem: str) -> ModelSourceError:
@@ -75,7 +82,9 @@ def check_model_directory(source: str, *, weights: bool = True, tokenizer: bool 
         present = [name for name in WEIGHT_FILES if (path / name).is_file()]
         if not present:
             raise incomplete_directory(source, f"no weights ({' or '.join(WEIGHT_FILES[::2])})")
-        for name in [n for n in present if n.endswith(".safetensors")] + sorted(p.name for p in path.glob("model-*.safetensors")):
+        for name in [n for n in present if n.endswith(".safetensors")] + sorted(
+            p.name for p in path.glob("model-*.safetensors")
+        ):
             problem = safetensors_problem(path / name)
             if problem:
                 raise incomplete_directory(source, problem)

@@ -33,7 +33,9 @@ def scalar_head_name(model: PreTrainedModel) -> str:
     for name in ("score", "classifier"):
         if isinstance(getattr(model, name, None), torch.nn.Module):
             return name
-    raise TypeError(f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model.")
+    raise TypeError(
+        f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model."
+    )
 
 
 def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
@@ -46,7 +48,10 @@ def token_scores(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tens
     model = unwrap(model)  # a LoRA model's adapters live in the wrapped model's own layers
     backbone = getattr(model, model.base_model_prefix)
     hidden = backbone(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask), use_cache=False
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
     ).last_hidden_state
     return scalar_head(model)(hidden).squeeze(-1).float()
 
@@ -59,7 +64,9 @@ def set_reward_bias(model: PreTrainedModel, bias: float) -> None:
     setattr(unwrap(model).config, REWARD_BIAS_KEY, float(bias))
 
 
-def sequence_rewards(model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, centered: bool = True) -> Tensor:
+def sequence_rewards(
+    model: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor, *, centered: bool = True
+) -> Tensor:
     """Reward [B] read at the last non-padding token, plus the centering bias when ``centered``."""
     scores = token_scores(model, input_ids, attention_mask)
     rewards = scores.gather(-1, last_token_index(attention_mask).unsqueeze(-1)).squeeze(-1)

@@ -37,7 +37,9 @@ def load_config(source: str) -> PretrainedConfig:
         with open(source) as f:
             fields = json.load(f)
         if "model_type" not in fields:
-            raise ValueError(f"{source}: field 'model_type': a model config file must name its model_type (e.g. 'llama').")
+            raise ValueError(
+                f"{source}: field 'model_type': a model config file must name its model_type (e.g. 'llama')."
+            )
         return AutoConfig.for_model(**fields)
     if source.endswith(".gguf"):
         return AutoConfig.from_pretrained(str(Path(source).parent), gguf_file=Path(source).name)
@@ -155,7 +157,9 @@ def load_tokenizer(source: str, *, padding_side: str = "right") -> PreTrainedTok
         tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(f"tokenizer '{source}' has neither a pad nor an eos token; add one to its tokenizer_config.json.")
+            raise ValueError(
+                f"tokenizer '{source}' has neither a pad nor an eos token; add one to its tokenizer_config.json."
+            )
         # Padding is always masked by attention masks, so reusing eos as pad is safe here.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side

@@ -58,7 +58,12 @@ class EMAWeights(torch.nn.Module):
         super()._apply(fn, recurse)
         for name, before in originals.items():
             after = self._buffers[name]
-            if before is not None and after is not None and before.dtype == torch.float32 and after.dtype != torch.float32:
+            if (
+                before is not None
+                and after is not None
+                and before.dtype == torch.float32
+                and after.dtype != torch.float32
+            ):
                 self._buffers[name] = before.to(device=after.device)
         return self
 
@@ -118,7 +123,9 @@ class StageModule(LightningModule):
         self.save_hyperparameters(ignore=[*ignore, *groups], frame=inspect.currentframe().f_back)
         self.save_hyperparameters({name: as_hparams(group) for name, group in groups.items()})
 
-    def init_stage(self, model_source: str, tokenizer: Optional[str], lora: Optional[LoraOptions], output_dir: Optional[str]) -> None:
+    def init_stage(
+        self, model_source: str, tokenizer: Optional[str], lora: Optional[LoraOptions], output_dir: Optional[str]
+    ) -> None:
         """Common construction: the tokenizer, and the state every stage keeps."""
         self.tokenizer = load_tokenizer(default_tokenizer_source(model_source, tokenizer))
         self.ema: Optional[EMAWeights] = None
@@ -144,7 +151,9 @@ class StageModule(LightningModule):
         return load_causal_lm(source, dtype=getattr(torch, dtype) if dtype else None, trainable=False)
 
     @contextlib.contextmanager
-    def reference_view(self, reference: Optional[torch.nn.Module], trained: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    def reference_view(
+        self, reference: Optional[torch.nn.Module], trained: torch.nn.Module
+    ) -> Iterator[torch.nn.Module]:
         """The reference model to run: ``reference``, or ``trained`` with its adapters disabled (LoRA)."""
         if reference is not None:
             yield reference
@@ -190,7 +199,8 @@ class StageModule(LightningModule):
         missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
-                f"checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}")
+                f"checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
         return result
 
     # ------------------------------------------------------------------------------------------
@@ -198,7 +208,9 @@ class StageModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_optimizer_lrs = [
-            [group.get("initial_lr", group["lr"]) for group in opt["param_groups"]] for opt in checkpoint.get("optimizer_states", [])]
+            [group.get("initial_lr", group["lr"]) for group in opt["param_groups"]]
+            for opt in checkpoint.get("optimizer_states", [])
+        ]
 
     def on_train_start(self) -> None:
         """A resumed run whose config changed a learning rate applies the new one (and says so)."""
@@ -211,7 +223,9 @@ class StageModule(LightningModule):
                     continue
                 group["initial_lr"] = new
                 group["lr"] *= new / old
-                rank_zero_info(f"resumed with learning rate {new:g} (the checkpoint's was {old:g}); the new value applies")
+                rank_zero_info(
+                    f"resumed with learning rate {new:g} (the checkpoint's was {old:g}); the new value applies"
+                )
             for config in self.trainer.lr_scheduler_configs:
                 scheduler = config.scheduler
                 if hasattr(scheduler, "base_lrs") and scheduler.optimizer is optimizer:
@@ -273,10 +287,12 @@ def cosine_optimizer(model: torch.nn.Module, settings: OptimizerSettings, total_
     decays = settings.min_lr_ratio < 1
     if decays and not (0 < total_steps < math.inf):
         raise ConfigError(
-            "the cosine schedule needs a finite number of steps: set trainer.max_epochs or trainer.max_steps")
+            "the cosine schedule needs a finite number of steps: set trainer.max_epochs or trainer.max_steps"
+        )
     if decays and not settings.warmup_steps < total_steps:
         raise ConfigError(
-            f"optimizer.warmup_steps ({settings.warmup_steps}) must be below the run's {total_steps} optimizer steps")
+            f"optimizer.warmup_steps ({settings.warmup_steps}) must be below the run's {total_steps} optimizer steps"
+        )
     params = [{"params": list(model.parameters())}]
     optimizer = adamw(params, settings.learning_rate, settings.betas, settings.weight_decay)
     schedule = {"scheduler": lr_schedule(optimizer, settings, total_steps), "interval": "step", "name": "lr"}

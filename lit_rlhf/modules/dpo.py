@@ -30,8 +30,12 @@ DPO_OPTIMIZER = OptimizerSettings(learning_rate=5e-7)
 
 def sequence_logprobs(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """``[N]`` summed log-probs of each sequence's response tokens (``batch["response_mask"]``) under ``model``."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False).logits
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=position_ids_from_mask(batch["attention_mask"]),
+        use_cache=False,
+    ).logits
     token_logprobs = logprobs_from_logits(logits[:, :-1], batch["input_ids"][:, 1:])
     return masked_sum(token_logprobs, batch["response_mask"][:, 1:], dim=1)
 
@@ -57,9 +61,16 @@ class DPOModule(StageModule):
     frozen_models = ("reference_model",)
 
     def __init__(
-        self, policy: str, tokenizer: Optional[str] = None, beta: float = 0.1, label_smoothing: float = 0.0,
-        optimizer: OptimizerSettings = DPO_OPTIMIZER, reference_dtype: FrozenDtype = None,
-        gradient_checkpointing: bool = False, lora: Optional[LoraOptions] = None, output_dir: Optional[str] = None,
+        self,
+        policy: str,
+        tokenizer: Optional[str] = None,
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        optimizer: OptimizerSettings = DPO_OPTIMIZER,
+        reference_dtype: FrozenDtype = None,
+        gradient_checkpointing: bool = False,
+        lora: Optional[LoraOptions] = None,
+        output_dir: Optional[str] = None,
     ):
         super().__init__()
         self.optimizer = settings(OptimizerSettings, optimizer, DPO_OPTIMIZER)

@@ -50,7 +50,9 @@ def adamw(
             )
         if low_precision != "compensate":
             raise ValueError(f"low_precision must be 'compensate' or 'refuse', got {low_precision!r}")
-        rank_zero_info(f"AdamW: {len(low)} {dtype} weight tensors are updated with Kahan compensation (no update is rounded away)")
+        rank_zero_info(
+            f"AdamW: {len(low)} {dtype} weight tensors are updated with Kahan compensation (no update is rounded away)"
+        )
         return CompensatedAdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     # The fused kernel updates every tensor in one pass: ~5x faster than the default per-tensor loop on CPU
     # (benchmarks/BENCHMARKS.md); it exists for CPU and CUDA tensors only.
@@ -61,5 +63,13 @@ def adamw(
 def lr_schedule(optimizer: torch.optim.Optimizer, settings: OptimizerSettings, total_steps: float) -> LambdaLR:
     """The schedule of :class:`~lit_rlhf.settings.OptimizerSettings` over ``total_steps`` scheduler steps (may be
     infinite when ``min_lr_ratio`` is 1: a constant schedule after the warm-up)."""
-    return LambdaLR(optimizer, partial(warmup_then_cosine, total_steps=total_steps, warmup_steps=settings.warmup_steps,
-                                       start=settings.warmup_start, floor=settings.min_lr_ratio))
+    return LambdaLR(
+        optimizer,
+        partial(
+            warmup_then_cosine,
+            total_steps=total_steps,
+            warmup_steps=settings.warmup_steps,
+            start=settings.warmup_start,
+            floor=settings.min_lr_ratio,
+        ),
+    )

@@ -17,9 +17,20 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lit_rlhf.algorithms import (AdaptiveKLController, FixedKLController, TokenLoss, clipped_policy_loss,
-                                 clipped_value_loss, gae_advantages, grpo_advantages, kl_penalty, masked_sum,
-                                 per_token_rewards, rloo_advantages, whiten)
+from lit_rlhf.algorithms import (
+    AdaptiveKLController,
+    FixedKLController,
+    TokenLoss,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae_advantages,
+    grpo_advantages,
+    kl_penalty,
+    masked_sum,
+    per_token_rewards,
+    rloo_advantages,
+    whiten,
+)
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_moments, local_backward
 from lit_rlhf.engines import HFEngine, RolloutEngine
@@ -30,18 +41,35 @@ from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models.loading import check_same_tokenizer
 from lit_rlhf.models.sources import require_stage_output
 from lit_rlhf.modules.base import FrozenDtype, StageModule
-from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.optim import adamw, lr_schedule
-from lit_rlhf.modules.ppo_settings import (PPO_OPTIMIZER, AdvantageSettings, KLSettings, OptimizerSettings,
-                                          PolicyLossSettings, PtxSettings, RolloutBatchSettings,
-                                          RolloutCorrectionSettings, SamplingSettings, ValueSettings, ppo_groups,
-                                          scalar_model_sources)
+from lit_rlhf.modules.ppo_settings import (
+    PPO_OPTIMIZER,
+    AdvantageSettings,
+    KLSettings,
+    OptimizerSettings,
+    PolicyLossSettings,
+    PtxSettings,
+    RolloutBatchSettings,
+    RolloutCorrectionSettings,
+    SamplingSettings,
+    ValueSettings,
+    ppo_groups,
+    scalar_model_sources,
+)
 from lit_rlhf.modules.ppo_update import PPOUpdate
 from lit_rlhf.modules.ptx import lm_loss
-from lit_rlhf.modules.rollout import (eval_mode, in_chunks, logprobs_and_entropy, response_logprobs, response_values,
-                                     rollout_metrics)
+from lit_rlhf.modules.rollout import (
+    eval_mode,
+    in_chunks,
+    logprobs_and_entropy,
+    response_logprobs,
+    response_values,
+    rollout_metrics,
+)
 from lit_rlhf.random_state import rng_states, seeded, set_rng_states
+from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.rewards import Reward, RewardContext, RewardModelScore
+
 
 class PPOModule(PPOUpdate, StageModule):
     """Optimise an SFT policy against rewards with PPO, plus pretraining gradients (PPO-ptx); GRPO and RLOO by setting.
@@ -72,19 +100,40 @@ class PPOModule(PPOUpdate, StageModule):
     frozen_models = ("reference_model", "rewards")
 
     def __init__(
-        self, policy: str, reward_model: Optional[str] = None, rewards: Optional[list[Reward]] = None,
-        engine: Optional[RolloutEngine] = None, tokenizer: Optional[str] = None,
-        batch: RolloutBatchSettings = RolloutBatchSettings(), sampling: SamplingSettings = SamplingSettings(),
-        kl: KLSettings = KLSettings(), advantage: AdvantageSettings = AdvantageSettings(),
-        loss: PolicyLossSettings = PolicyLossSettings(), value: ValueSettings = ValueSettings(),
-        optimizer: OptimizerSettings = PPO_OPTIMIZER, ptx: PtxSettings = PtxSettings(),
-        correction: RolloutCorrectionSettings = RolloutCorrectionSettings(), ema_decay: Optional[float] = 0.992,
-        frozen_dtype: FrozenDtype = None, gradient_checkpointing: bool = False, lora: Optional[LoraOptions] = None,
-        seed: Optional[int] = None, output_dir: Optional[str] = None,
+        self,
+        policy: str,
+        reward_model: Optional[str] = None,
+        rewards: Optional[list[Reward]] = None,
+        engine: Optional[RolloutEngine] = None,
+        tokenizer: Optional[str] = None,
+        batch: RolloutBatchSettings = RolloutBatchSettings(),
+        sampling: SamplingSettings = SamplingSettings(),
+        kl: KLSettings = KLSettings(),
+        advantage: AdvantageSettings = AdvantageSettings(),
+        loss: PolicyLossSettings = PolicyLossSettings(),
+        value: ValueSettings = ValueSettings(),
+        optimizer: OptimizerSettings = PPO_OPTIMIZER,
+        ptx: PtxSettings = PtxSettings(),
+        correction: RolloutCorrectionSettings = RolloutCorrectionSettings(),
+        ema_decay: Optional[float] = 0.992,
+        frozen_dtype: FrozenDtype = None,
+        gradient_checkpointing: bool = False,
+        lora: Optional[LoraOptions] = None,
+        seed: Optional[int] = None,
+        output_dir: Optional[str] = None,
     ):
         super().__init__()
-        groups = ppo_groups(batch=batch, sampling=sampling, kl=kl, advantage=advantage, loss=loss, value=value,
-                            optimizer=optimizer, ptx=ptx, correction=correction)
+        groups = ppo_groups(
+            batch=batch,
+            sampling=sampling,
+            kl=kl,
+            advantage=advantage,
+            loss=loss,
+            value=value,
+            optimizer=optimizer,
+            ptx=ptx,
+            correction=correction,
+        )
         for name, settings in groups.items():  # typed groups, read from here
             setattr(self, name, settings)
         check_option("ema_decay", ema_decay, min=0, max=1, max_open=True)
@@ -99,8 +148,11 @@ class PPOModule(PPOUpdate, StageModule):
             check_same_tokenizer(self.tokenizer, source, argument)
         self.seed = resolve_seed(seed)  # not in hparams: the data module's seed stays as configured
         self.automatic_optimization = False  # a rollout makes several optimizer steps
-        self.kl_controller = (AdaptiveKLController(self.kl.coef, self.kl.target, self.kl.horizon) if self.kl.target
-                              else FixedKLController(self.kl.coef))
+        self.kl_controller = (
+            AdaptiveKLController(self.kl.coef, self.kl.target, self.kl.horizon)
+            if self.kl.target
+            else FixedKLController(self.kl.coef)
+        )
         self.policy = self.reference_model = self.value_model = None
         self.rollouts_done = 0
 
@@ -113,8 +165,9 @@ class PPOModule(PPOUpdate, StageModule):
         context = RewardContext(self.tokenizer, hp.reward_model, hp.frozen_dtype, self.batch.micro_batch_size)
         reward_models = [model for reward in self.rewards for model in reward.build(context)]
         if self.uses_critic:
-            self.value_model = self.load_trained(self.value.model or hp.reward_model, "scalar",
-                                                 gradient_checkpointing=hp.gradient_checkpointing)
+            self.value_model = self.load_trained(
+                self.value.model or hp.reward_model, "scalar", gradient_checkpointing=hp.gradient_checkpointing
+            )
         self.shard([self.policy, self.reference_model, *reward_models, self.value_model])
         self.enable_ema(self.policy, hp.ema_decay)  # after sharding: the averages are sharded like the weights
         self.engine.setup(self.policy, hp.policy)
@@ -135,16 +188,19 @@ class PPOModule(PPOUpdate, StageModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, RolloutSummary]:
         if self.ptx.gamma > 0 and "ptx" not in batch:
-            raise ConfigError(f"ptx.gamma={self.ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
-                              "ptx_ratio > 0), or ptx.gamma: 0 for plain PPO")
+            raise ConfigError(
+                f"ptx.gamma={self.ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
+                "ptx_ratio > 0), or ptx.gamma: 0 for plain PPO"
+            )
         where = f"rollout {self.rollouts_done} (global step {self.global_step})"
         every = self.ptx.measure_grad_norm_every
         measure = every > 0 and self.rollouts_done % every == 0
         episodes, metrics = self.make_rollout(batch["prompts"], where)
         started = time.perf_counter()
         with local_backward(self):  # DDP: gradients averaged once per optimizer step (sync_gradients)
-            stats = self.ppo_update(episodes, batch.get("ptx") if self.ptx.gamma > 0 else None, where,
-                                    measure_grad_norms=measure)
+            stats = self.ppo_update(
+                episodes, batch.get("ptx") if self.ptx.gamma > 0 else None, where, measure_grad_norms=measure
+            )
         stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
         self.lr_schedulers().step()
         self.engine.sync_weights(self.policy)  # the next rollout samples from the updated policy
@@ -154,8 +210,14 @@ class PPOModule(PPOUpdate, StageModule):
         metrics = {**rollout_metrics(episodes), **metrics, "rollout/beta": torch.tensor(self.kl_controller.beta)}
         metrics.update({k: v for k, v in stats.items() if not k.startswith("ptx/")})  # ptx/*: PretrainMixLogger
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(episodes))
-        self.log_dict({"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]}, prog_bar=True, logger=False,
-                      on_step=True, on_epoch=False, batch_size=len(episodes))
+        self.log_dict(
+            {"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]},
+            prog_bar=True,
+            logger=False,
+            on_step=True,
+            on_epoch=False,
+            batch_size=len(episodes),
+        )
         return {"rollout": RolloutSummary(self.rollouts_done, episodes, stats, metrics, self.ptx.gamma, measure)}
 
     @torch.no_grad()
@@ -177,8 +239,9 @@ class PPOModule(PPOUpdate, StageModule):
         metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
         return episodes.with_values(advantages=advantages, returns=returns), metrics
 
-    def score_episodes(self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int,
-                       values: bool = False) -> Episodes:
+    def score_episodes(
+        self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int, values: bool = False
+    ) -> Episodes:
         """The episodes with their prompt records, ``model``'s log-probs (unless recorded while sampling), reference
         log-probs, ``values`` (with a critic), reward components, scores and per-token KL."""
         records = [record for record in prompts.get("records", []) for _ in range(samples_per_prompt)]
@@ -203,8 +266,15 @@ class PPOModule(PPOUpdate, StageModule):
         """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
         recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
         tokenizer = self.tokenizer
-        return self.engine.generate(model, prompts, num_samples, self.sampling, eos_token_id=tokenizer.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id, training=self.training)
+        return self.engine.generate(
+            model,
+            prompts,
+            num_samples,
+            self.sampling,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            training=self.training,
+        )
 
     def reference_logprobs(self, episodes: Episodes) -> Tensor:
         """Hook: ``[B, R]`` log-probs of the responses under the KL reference (the frozen SFT model)."""
@@ -271,13 +341,17 @@ class PPOModule(PPOUpdate, StageModule):
             with seeded(self.seed + batch_idx, self.device):
                 episodes = self.generate_rollout(batch, model=model, num_samples=1)
             episodes = self.score_episodes(episodes, batch, model, 1)
-        metrics = {k.replace("rollout/", "val/"): v for k, v in rollout_metrics(episodes).items()
-                   if k.startswith("rollout/")}
+        metrics = {
+            k.replace("rollout/", "val/"): v for k, v in rollout_metrics(episodes).items() if k.startswith("rollout/")
+        }
         self.log_dict(metrics, batch_size=len(batch["input_ids"]), add_dataloader_idx=False, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["ppo"] = {"kl_controller": self.kl_controller.state_dict(), "rollouts_done": self.rollouts_done,
-                             "rng": rng_states()}
+        checkpoint["ppo"] = {
+            "kl_controller": self.kl_controller.state_dict(),
+            "rollouts_done": self.rollouts_done,
+            "rng": rng_states(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -287,8 +361,10 @@ class PPOModule(PPOUpdate, StageModule):
             if saved_coef == self.kl.coef:
                 self.kl_controller.load_state_dict(state["kl_controller"])
             else:  # the config changed beta on purpose (e.g. to pull a diverging run back): it applies
-                rank_zero_info(f"resumed with kl.coef {self.kl.coef:g} (the checkpoint's was {saved_coef:g}); "
-                               "the new value applies")
+                rank_zero_info(
+                    f"resumed with kl.coef {self.kl.coef:g} (the checkpoint's was {saved_coef:g}); "
+                    "the new value applies"
+                )
             self.rollouts_done = state["rollouts_done"]
             set_rng_states(state["rng"])
 

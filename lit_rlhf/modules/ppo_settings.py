@@ -20,9 +20,22 @@ from lit_rlhf.errors import ConfigError, check_option
 from lit_rlhf.models.sources import require_stage_output
 from lit_rlhf.settings import OptimizerSettings, settings
 
-__all__ = ["AdvantageSettings", "KLSettings", "OptimizerSettings", "PolicyLossSettings", "PtxSettings",
-           "RolloutBatchSettings", "RolloutCorrectionSettings", "SamplingSettings", "ValueSettings", "PPO_OPTIMIZER",
-           "PPO_GROUPS", "check_ppo_settings", "group", "ppo_groups", "scalar_model_sources"]
+__all__ = [
+    "AdvantageSettings",
+    "KLSettings",
+    "OptimizerSettings",
+    "PolicyLossSettings",
+    "PtxSettings",
+    "RolloutBatchSettings",
+    "RolloutCorrectionSettings",
+    "SamplingSettings",
+    "ValueSettings",
+    "PPO_OPTIMIZER",
+    "PPO_GROUPS",
+    "check_ppo_settings",
+    "ppo_groups",
+    "scalar_model_sources",
+]
 
 
 #: PPO's optimizer defaults (paper): a 10-rollout linear warm-up from 1/10 of the LR, then constant.
@@ -176,8 +189,14 @@ class PtxSettings:
 
 #: PPOModule's settings groups, by constructor argument.
 PPO_GROUPS: dict[str, type] = {
-    "batch": RolloutBatchSettings, "sampling": SamplingSettings, "kl": KLSettings, "advantage": AdvantageSettings,
-    "loss": PolicyLossSettings, "value": ValueSettings, "optimizer": OptimizerSettings, "ptx": PtxSettings,
+    "batch": RolloutBatchSettings,
+    "sampling": SamplingSettings,
+    "kl": KLSettings,
+    "advantage": AdvantageSettings,
+    "loss": PolicyLossSettings,
+    "value": ValueSettings,
+    "optimizer": OptimizerSettings,
+    "ptx": PtxSettings,
     "correction": RolloutCorrectionSettings,
 }
 
@@ -185,8 +204,10 @@ PPO_GROUPS: dict[str, type] = {
 def ppo_groups(**given: Any) -> dict[str, Any]:
     """Every group of :data:`PPO_GROUPS` as its type (a mapping's missing keys take the defaults, PPO's own for the
     optimizer), checked one by one and then together (:func:`check_ppo_settings`)."""
-    groups = {name: settings(cls, given.get(name), PPO_OPTIMIZER if cls is OptimizerSettings else None)
-              for name, cls in PPO_GROUPS.items()}
+    groups = {
+        name: settings(cls, given.get(name), PPO_OPTIMIZER if cls is OptimizerSettings else None)
+        for name, cls in PPO_GROUPS.items()
+    }
     check_ppo_settings(groups["batch"], groups["advantage"], groups["value"])
     return groups
 
@@ -195,29 +216,41 @@ def check_ppo_settings(batch: RolloutBatchSettings, advantage: AdvantageSettings
     """Raise :class:`ConfigError` for the first combination of groups that cannot work."""
     for divisor in ("minibatch_size", "samples_per_prompt"):
         if batch.rollout_batch_size % getattr(batch, divisor):
-            raise ConfigError(f"batch.rollout_batch_size must be a multiple of batch.{divisor} (rollout_batch_size="
-                              f"{batch.rollout_batch_size}, {divisor}={getattr(batch, divisor)})")
+            raise ConfigError(
+                f"batch.rollout_batch_size must be a multiple of batch.{divisor} (rollout_batch_size="
+                f"{batch.rollout_batch_size}, {divisor}={getattr(batch, divisor)})"
+            )
     if advantage.uses_critic:
         return
     if batch.samples_per_prompt < 2:
-        raise ConfigError(f"advantage.estimator={advantage.estimator} compares the samples of a prompt: set "
-                          f"batch.samples_per_prompt >= 2 (got {batch.samples_per_prompt})")
+        raise ConfigError(
+            f"advantage.estimator={advantage.estimator} compares the samples of a prompt: set "
+            f"batch.samples_per_prompt >= 2 (got {batch.samples_per_prompt})"
+        )
     changed = [f"value.{spec.name}" for spec in fields(value) if getattr(value, spec.name) != spec.default]
-    changed += [f"advantage.{name}" for name in ("gamma", "lam")
-                if getattr(advantage, name) != AdvantageSettings.__dataclass_fields__[name].default]
+    changed += [
+        f"advantage.{name}"
+        for name in ("gamma", "lam")
+        if getattr(advantage, name) != AdvantageSettings.__dataclass_fields__[name].default
+    ]
     if changed:
-        raise ConfigError(f"{', '.join(changed)} set, but advantage.estimator={advantage.estimator} trains no value "
-                          "model: remove them, or use advantage.estimator: gae")
+        raise ConfigError(
+            f"{', '.join(changed)} set, but advantage.estimator={advantage.estimator} trains no value "
+            "model: remove them, or use advantage.estimator: gae"
+        )
 
 
-def scalar_model_sources(reward_model: Optional[str], value: ValueSettings, rewards,
-                         uses_critic: bool) -> dict[str, str]:
+def scalar_model_sources(
+    reward_model: Optional[str], value: ValueSettings, rewards, uses_critic: bool
+) -> dict[str, str]:
     """The reward/value model directories the run will read (checked to exist), by argument name. ``reward_model``
     is needed only when a reward component reads it or the critic starts from it."""
     needs_reward_model = (uses_critic and value.model is None) or any(r.uses_reward_model() for r in rewards)
     if needs_reward_model and reward_model is None:
-        raise ConfigError("reward_model is not set, but the default reward (RewardModelScore) or the value model's "
-                          "initialisation needs it: set model.init_args.reward_model, or rewards / value.model")
+        raise ConfigError(
+            "reward_model is not set, but the default reward (RewardModelScore) or the value model's "
+            "initialisation needs it: set model.init_args.reward_model, or rewards / value.model"
+        )
     sources = {"reward_model": reward_model if needs_reward_model else None, "value.model": value.model}
     sources = {argument: source for argument, source in sources.items() if source}
     for argument, source in sources.items():

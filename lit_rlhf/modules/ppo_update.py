@@ -18,16 +18,22 @@ from torch import Tensor
 from lit_rlhf.algorithms import aggregate_loss, entropy_from_logits, logprobs_from_logits, step_normalizer
 from lit_rlhf.distributed.collectives import all_reduce_mean, sync_gradients
 from lit_rlhf.episodes import Episodes
-from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.ptx import ptx_backward
 from lit_rlhf.modules.rollout import accumulate, response_logits, response_values, select_rows
+from lit_rlhf.reliability.guards import check_finite
 
 
 class PPOUpdate:
     """The update phase of :class:`~lit_rlhf.modules.ppo.PPOModule` (its settings groups, models and hooks)."""
 
-    def ppo_update(self, episodes: Episodes, ptx: Optional[dict[str, Tensor]], where: str = "update", *,
-                   measure_grad_norms: bool = False) -> dict[str, Tensor]:
+    def ppo_update(
+        self,
+        episodes: Episodes,
+        ptx: Optional[dict[str, Tensor]],
+        where: str = "update",
+        *,
+        measure_grad_norms: bool = False,
+    ) -> dict[str, Tensor]:
         """``batch.ppo_epochs`` x minibatches, one optimizer step each, with its ptx batch; the means of the phase's
         metrics over its steps (``train/*``, ``ptx/*``) and ``tokens`` (how many it processed)."""
         b, optimizer = self.batch, self.optimizers()
@@ -43,8 +49,10 @@ class PPOUpdate:
             for step, minibatch in enumerate(order.split(b.minibatch_size)):
                 optimizer.zero_grad()
                 micro_rows = minibatch.split(b.micro_batch_size)
-                local = sum(step_normalizer(episodes.response_mask[rows], self.loss.aggregation,
-                                            self.sampling.max_new_tokens) for rows in micro_rows)
+                local = sum(
+                    step_normalizer(episodes.response_mask[rows], self.loss.aggregation, self.sampling.max_new_tokens)
+                    for rows in micro_rows
+                )
                 normalizer = all_reduce_mean(local, self)  # gradients are averaged over ranks: the mean count per rank
                 for rows in micro_rows:
                     micro = episodes.select(rows)
@@ -55,10 +63,16 @@ class PPOUpdate:
                     tokens += micro.attention_mask.sum()
                 if ptx_steps and len(ptx_steps[step]["input_ids"]):
                     ptx_stats = ptx_backward(
-                        self.policy, ptx_steps[step], params, gamma=self.ptx.gamma, where=where,
-                        micro_batch_size=self.ptx.micro_batch_size or b.micro_batch_size, backward=self.manual_backward,
+                        self.policy,
+                        ptx_steps[step],
+                        params,
+                        gamma=self.ptx.gamma,
+                        where=where,
+                        micro_batch_size=self.ptx.micro_batch_size or b.micro_batch_size,
+                        backward=self.manual_backward,
                         mean_over_ranks=lambda value: all_reduce_mean(value, self),
-                        measure_grad_norms=measure_grad_norms)
+                        measure_grad_norms=measure_grad_norms,
+                    )
                     tokens += ptx_stats.pop("tokens")
                     accumulate(totals, ptx_stats, step_weight)
                 sync_gradients(self, params)
@@ -87,6 +101,7 @@ class PPOUpdate:
             part_loss = aggregate_loss(part.per_token, mask, mode, normalizer)
             loss = loss + (self.value.loss_coef * part_loss if name == "value" else part_loss)
             stats[f"train/{name}_loss"] = part_loss.detach()
-            stats.update({f"train/{key}": aggregate_loss(value, mask, mode, normalizer)
-                          for key, value in part.metrics.items()})
+            stats.update(
+                {f"train/{key}": aggregate_loss(value, mask, mode, normalizer) for key, value in part.metrics.items()}
+            )
         return loss, stats

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from lit_rlhf.algorithms.lm import IGNORE_INDEX, next_token_loss
-from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.modules.rollout import grad_norm, select_rows
+from lit_rlhf.reliability.guards import check_finite
 
 
 def lm_loss(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -20,8 +20,15 @@ def lm_loss(model, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
 
 
 def ptx_backward(
-    policy: torch.nn.Module, ptx: dict[str, Tensor], params: list[Tensor], *, gamma: float, micro_batch_size: int,
-    backward: Callable[[Tensor], None], mean_over_ranks: Callable[[Tensor], Tensor], where: str,
+    policy: torch.nn.Module,
+    ptx: dict[str, Tensor],
+    params: list[Tensor],
+    *,
+    gamma: float,
+    micro_batch_size: int,
+    backward: Callable[[Tensor], None],
+    mean_over_ranks: Callable[[Tensor], Tensor],
+    where: str,
     measure_grad_norms: bool = False,
 ) -> dict[str, Tensor]:
     """Backpropagate ``gamma`` x the next-token loss of one step's pretraining batch into the gradients the PPO loss

@@ -157,7 +157,9 @@ class RewardModule(StageModule):
             "val/reward_mean": self.val_reward,
         }
         values = {name: metric.compute() for name, metric in metrics.items()}
-        values["val/reward_std"] = (self.val_reward_sq.compute() - values["val/reward_mean"].square()).clamp(min=0).sqrt()
+        values["val/reward_std"] = (
+            (self.val_reward_sq.compute() - values["val/reward_mean"].square()).clamp(min=0).sqrt()
+        )
         for metric in (*metrics.values(), self.val_reward_sq):
             metric.reset()
         for name, value in values.items():
@@ -177,7 +179,9 @@ class RewardModule(StageModule):
         if hasattr(datamodule, "center_dataloader"):
             loader = datamodule.center_dataloader(trainer.global_rank, trainer.world_size)
         if loader is None:
-            rank_zero_warn("RM: the data module sets no `center_on` demonstrations; the reward is not centered (reward_bias = 0).")
+            rank_zero_warn(
+                "RM: the data module sets no `center_on` demonstrations; the reward is not centered (reward_bias = 0)."
+            )
             return
         bias = self.center_reward(loader)
         set_reward_bias(self.model, bias)

@@ -36,7 +36,6 @@ from lit_rlhf.algorithms import entropy_from_logits, explained_variance, logprob
 from lit_rlhf.episodes import Episodes
 from lit_rlhf.models.heads import position_ids_from_mask, reward_bias, token_scores
 
-
 # ----------------------------------------------------------------------------------------------
 # Scoring a rollout with the models
 
@@ -86,7 +85,9 @@ def in_chunks(rollout: Episodes, size: int, fn: Callable[[Episodes], Any]) -> An
     ``fn`` returns a tensor or a tuple of tensors; used for the no-grad scoring passes so a large
     rollout batch never goes through a model at once.
     """
-    outputs = [fn(rollout.select(rows)) for rows in torch.arange(len(rollout), device=rollout.input_ids.device).split(size)]
+    outputs = [
+        fn(rollout.select(rows)) for rows in torch.arange(len(rollout), device=rollout.input_ids.device).split(size)
+    ]
     if isinstance(outputs[0], tuple):
         return tuple(torch.cat(parts) for parts in zip(*outputs))
     return torch.cat(outputs)

@@ -120,5 +120,7 @@ class SFTModule(StageModule):
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback else ""
         if not best:
-            raise RuntimeError("export_checkpoint=best needs a ModelCheckpoint with a `monitor` that saved a best checkpoint")
+            raise RuntimeError(
+                "export_checkpoint=best needs a ModelCheckpoint with a `monitor` that saved a best checkpoint"
+            )
         return torch.load(best, map_location="cpu", weights_only=False)["state_dict"]

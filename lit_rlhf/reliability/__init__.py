@@ -21,8 +21,8 @@ from lit_rlhf.errors import ConfigError
 
 
 def default_callbacks() -> list:
-    from lit_rlhf.reliability.progress import PlainProgress
     from lit_rlhf.reliability.guards import FiniteGradientGuard
+    from lit_rlhf.reliability.progress import PlainProgress
 
     return [FiniteGradientGuard(), PlainProgress(), EarlyDataChecks()]
 
@@ -54,13 +54,17 @@ def check_ppo_data(module: Any, datamodule: Any, world_size: int) -> None:
     if ptx is None or prompts is None or not hasattr(datamodule, "rollout_sizes"):
         return
     if ptx.gamma > 0 and not getattr(datamodule, "ptx_examples", None):
-        raise ConfigError(f"model.ptx.gamma={ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
-                          "ptx_ratio > 0), or model.ptx.gamma: 0 for plain PPO")
+        raise ConfigError(
+            f"model.ptx.gamma={ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
+            "ptx_ratio > 0), or model.ptx.gamma: 0 for plain PPO"
+        )
     per_rollout, _ = datamodule.rollout_sizes()
     if len(prompts) < per_rollout * world_size:
-        raise ConfigError(f"{len(prompts)} prompts in {datamodule.hparams.get('prompts')} cannot fill one rollout of "
-                          f"{per_rollout} prompts on each of {world_size} device(s); lower "
-                          "model.batch.rollout_batch_size or add prompts")
+        raise ConfigError(
+            f"{len(prompts)} prompts in {datamodule.hparams.get('prompts')} cannot fill one rollout of "
+            f"{per_rollout} prompts on each of {world_size} device(s); lower "
+            "model.batch.rollout_batch_size or add prompts"
+        )
 
 
 class EarlyDataChecks(Callback):
@@ -76,7 +80,9 @@ def before_fit(cli: Any) -> None:
     from lit_rlhf.resume import report_changed_options
 
     trainer, module = cli.trainer, cli.model
-    ckpt_path = cli.config.get(cli.config.get("subcommand"), {}).get("ckpt_path") if cli.config.get("subcommand") else None
+    ckpt_path = (
+        cli.config.get(cli.config.get("subcommand"), {}).get("ckpt_path") if cli.config.get("subcommand") else None
+    )
     resume = preflight(trainer, module, ckpt_path)
     if resume is not None:
         report_changed_options(resume, module)

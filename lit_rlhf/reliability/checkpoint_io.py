@@ -91,14 +91,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError:
             pass
 
-    def load_checkpoint(self, path, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
         if _is_local(path) and Path(path).is_file():
             check_checkpoint_file(path)
             try:
                 return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
             except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
                 if "PytorchStreamReader" in str(e) or isinstance(e, (EOFError, zipfile.BadZipFile)):
-                    raise CheckpointUnreadable(f"checkpoint {path} is truncated or corrupted ({str(e).splitlines()[0]}); "
-                                               "resume from an earlier checkpoint in its directory") from None
+                    raise CheckpointUnreadable(
+                        f"checkpoint {path} is truncated or corrupted ({str(e).splitlines()[0]}); "
+                        "resume from an earlier checkpoint in its directory"
+                    ) from None
                 raise
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)

@@ -37,7 +37,12 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 def gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
     """Whether every gradient of ``optimizer``'s parameters is finite (this rank's shards)."""
-    flags = [torch.isfinite(_local(p.grad)).all() for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    flags = [
+        torch.isfinite(_local(p.grad)).all()
+        for group in optimizer.param_groups
+        for p in group["params"]
+        if p.grad is not None
+    ]
     return bool(torch.stack(flags).all()) if flags else True
 
 
@@ -52,7 +57,9 @@ class FiniteGradientGuard(Callback):
         if not trainer.strategy.reduce_boolean_decision(bad, all=False):  # any rank's shard stops every rank
             return
         loss = trainer.callback_metrics.get("train/loss")
-        last_loss = f" (the last logged train/loss was {float(loss):.4g})" if loss is not None and loss.numel() == 1 else ""
+        last_loss = (
+            f" (the last logged train/loss was {float(loss):.4g})" if loss is not None and loss.numel() == 1 else ""
+        )
         raise TrainingStopped(
             f"the loss or its gradient is NaN or inf at global step {trainer.global_step} (epoch {trainer.current_epoch})"
             f"{last_loss}; stopped before the optimizer step and without exporting, so no checkpoint holds NaN weights. "

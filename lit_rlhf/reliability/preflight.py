@@ -23,8 +23,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_rlhf.atomic import recover_directory
-from lit_rlhf.reliability.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from lit_rlhf.errors import ConfigError
+from lit_rlhf.reliability.checkpoint_io import AtomicCheckpointIO, check_checkpoint_file
 from lit_rlhf.reliability.run_lock import acquire
 
 #: Bytes a checkpoint holds per trained float32 weight: the weight and AdamW's two moments.
@@ -116,8 +116,10 @@ def _write_test(directory: Path, option: str, shown: str) -> None:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise NotWritable(f"{option} '{shown}': cannot write to {where} ({e.strerror or e}); choose a writable directory "
-                          "(checked before the first step, so no training was lost)") from None
+        raise NotWritable(
+            f"{option} '{shown}': cannot write to {where} ({e.strerror or e}); choose a writable directory "
+            "(checked before the first step, so no training was lost)"
+        ) from None
     finally:
         try:
             probe.unlink(missing_ok=True)
@@ -139,8 +141,14 @@ def writable_targets(trainer: Trainer, module: Any) -> list[tuple[str, str, Path
         targets.append(("model.output_dir", str(output_dir), path.parent, weights))
     for callback in trainer.callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath and "://" not in str(callback.dirpath):
-            targets.append(("ModelCheckpoint dirpath", str(callback.dirpath), Path(callback.dirpath).expanduser().absolute(),
-                            weights * CHECKPOINT_BYTES_PER_WEIGHT_BYTE))
+            targets.append(
+                (
+                    "ModelCheckpoint dirpath",
+                    str(callback.dirpath),
+                    Path(callback.dirpath).expanduser().absolute(),
+                    weights * CHECKPOINT_BYTES_PER_WEIGHT_BYTE,
+                )
+            )
     return targets
 
 

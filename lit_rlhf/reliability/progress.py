@@ -114,7 +114,13 @@ class PlainProgress(Callback):
         if trainer.max_steps and trainer.max_steps > 0:
             fractions.append(trainer.global_step / trainer.max_steps)
         batches = trainer.num_training_batches
-        if trainer.max_epochs and trainer.max_epochs > 0 and isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
+        if (
+            trainer.max_epochs
+            and trainer.max_epochs > 0
+            and isinstance(batches, (int, float))
+            and math.isfinite(batches)
+            and batches > 0
+        ):
             in_epoch = (trainer.fit_loop.epoch_loop.batch_progress.current.ready) / batches
             fractions.append((trainer.current_epoch + min(in_epoch, 1.0)) / trainer.max_epochs)
         return max(fractions) if fractions else None

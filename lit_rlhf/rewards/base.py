@@ -75,14 +75,18 @@ class Reward(torch.nn.Module):
         (An exception inside ``forward`` is a bug in the component and keeps its traceback.)"""
         scores = torch.as_tensor(self(episodes), dtype=torch.float32, device=episodes.input_ids.device)
         if scores.shape != (len(episodes),):
-            raise RewardError(f"reward '{self.name}' returned shape {tuple(scores.shape)}; expected ({len(episodes)},): "
-                              "one score per response")
+            raise RewardError(
+                f"reward '{self.name}' returned shape {tuple(scores.shape)}; expected ({len(episodes)},): "
+                "one score per response"
+            )
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             row = bad[0]
             record = episodes.records[row] if row < len(episodes.records) else {}
-            raise RewardError(f"reward '{self.name}' returned {scores[row].item()} for episode {row} "
-                              f"(record {describe_record(record)})")
+            raise RewardError(
+                f"reward '{self.name}' returned {scores[row].item()} for episode {row} "
+                f"(record {describe_record(record)})"
+            )
         return scores
 
 

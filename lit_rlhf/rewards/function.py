@@ -9,8 +9,8 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from lit_rlhf.errors import ConfigError
 from lit_rlhf.episodes import Episodes
+from lit_rlhf.errors import ConfigError
 from lit_rlhf.rewards.base import Reward, RewardError, describe_record
 
 
@@ -24,7 +24,9 @@ def import_function(path: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"reward function {path!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from None
+        raise ConfigError(
+            f"reward function {path!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?"
+        ) from None
     function = getattr(module, attribute, None)
     if not callable(function):
         raise ConfigError(f"reward function {path!r}: module {module_name!r} has no callable {attribute!r}")
@@ -64,10 +66,14 @@ class FunctionReward(Reward):
             try:
                 value = self.function(prompt=prompt, response=response, record=record)
             except Exception as e:
-                raise RewardError(f"reward '{self.name}' ({self.function_path}) raised {type(e).__name__}: {e} "
-                                  f"on record {describe_record(record)}") from e
+                raise RewardError(
+                    f"reward '{self.name}' ({self.function_path}) raised {type(e).__name__}: {e} "
+                    f"on record {describe_record(record)}"
+                ) from e
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise RewardError(f"reward '{self.name}' ({self.function_path}) returned {value!r}, not a finite number, "
-                                  f"on record {describe_record(record)}")
+                raise RewardError(
+                    f"reward '{self.name}' ({self.function_path}) returned {value!r}, not a finite number, "
+                    f"on record {describe_record(record)}"
+                )
             scores.append(float(value))
         return torch.tensor(scores, device=episodes.input_ids.device)

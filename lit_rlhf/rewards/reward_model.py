@@ -28,8 +28,14 @@ class RewardModelScore(Reward):
         name: Name in the logs.
     """
 
-    def __init__(self, model: Optional[str] = None, dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
-                 chunk_size: Optional[int] = None, weight: float = 1.0, name: Optional[str] = "reward_model"):
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        dtype: Optional[Literal["float32", "bfloat16", "float16"]] = None,
+        chunk_size: Optional[int] = None,
+        weight: float = 1.0,
+        name: Optional[str] = "reward_model",
+    ):
         super().__init__(weight=weight, name=name)
         self.source, self.dtype, self.chunk_size = model, dtype, chunk_size
         self.reward_model = None
@@ -49,6 +55,8 @@ class RewardModelScore(Reward):
     def forward(self, episodes: Episodes) -> Tensor:
         scores = [
             sequence_rewards(self.reward_model, ids, mask, centered=False)
-            for ids, mask in zip(episodes.input_ids.split(self.chunk_size), episodes.attention_mask.split(self.chunk_size))
+            for ids, mask in zip(
+                episodes.input_ids.split(self.chunk_size), episodes.attention_mask.split(self.chunk_size)
+            )
         ]
         return torch.cat(scores).float() + reward_bias(self.reward_model)

@@ -8,8 +8,8 @@ RLHF helped. Regenerate the assets with ``python -m lit_rlhf.sandbox.assets_buil
 
 from lit_rlhf.sandbox.families import FAMILIES, FAMILY_BY_NAME, PROMPT_SEPARATOR, Family, parse_prompt
 from lit_rlhf.sandbox.labeler import GoldLabeler
-from lit_rlhf.sandbox.rewards import GoldReward, exact_answer
 from lit_rlhf.sandbox.paths import BASE_CONFIG, DATA_DIR, SANDBOX_ASSETS, TOKENIZER_DIR
+from lit_rlhf.sandbox.rewards import GoldReward, exact_answer
 from lit_rlhf.sandbox.tokenizer import EOS_TOKEN, PAD_TOKEN, build_tokenizer
 from lit_rlhf.sandbox.world import SANDBOX_FILES, generate_sandbox, write_sandbox_data
 

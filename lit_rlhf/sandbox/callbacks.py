@@ -21,7 +21,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lit_rlhf.data.records import FieldMap, read_records
 from lit_rlhf.data.tokenize import render_prompt
 from lit_rlhf.evaluation import (
-    evaluated_policy, generate_responses, lm_loss_on_texts, response_logprob_sums, sample_episodes, sampled_texts,
+    evaluated_policy,
+    generate_responses,
+    lm_loss_on_texts,
+    response_logprob_sums,
+    sample_episodes,
+    sampled_texts,
 )
 from lit_rlhf.models.heads import sequence_rewards
 from lit_rlhf.models.loading import load_causal_lm, load_scalar_model
@@ -89,17 +94,26 @@ class GoldScoreEvaluation(Callback):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed + rank)
             responses = generate_responses(
-                model, tokenizer, prompts, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                num_return_sequences=k, batch_size=max(1, self.batch_size // k),
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                num_return_sequences=k,
+                batch_size=max(1, self.batch_size // k),
             )
         # Keys come from all records, not this rank's share, so every rank reduces the same keys.
         groups = sorted({str(r.data[self.group_field]) for r in self.records if self.group_field in r.data})
         score_key = f"{self.prefix}/score"
-        sums: dict[str, float] = {key: 0.0 for g in [score_key] + [f"{score_key}_{g}" for g in groups] for key in (g, g + "/count")}
+        sums: dict[str, float] = {
+            key: 0.0 for g in [score_key] + [f"{score_key}_{g}" for g in groups] for key in (g, g + "/count")
+        }
         for i, response in enumerate(responses):
             record = records[i // k]
             score = self.labeler.score(record.data, response)
-            keys = [score_key] + ([f"{score_key}_{record.data[self.group_field]}"] if self.group_field in record.data else [])
+            keys = [score_key] + (
+                [f"{score_key}_{record.data[self.group_field]}"] if self.group_field in record.data else []
+            )
             for key in keys:
                 sums[key] += score
                 sums[key + "/count"] += 1
@@ -114,11 +128,17 @@ class GoldScoreEvaluation(Callback):
             return
         with evaluated_policy(pl_module) as model:
             if model is None:
-                rank_zero_warn(f"GoldScoreEvaluation: {type(pl_module).__name__} has no generative model; nothing to evaluate.")
+                rank_zero_warn(
+                    f"GoldScoreEvaluation: {type(pl_module).__name__} has no generative model; nothing to evaluate."
+                )
                 return
             sums = self.evaluate(model, pl_module.tokenizer, trainer.global_rank, trainer.world_size)
         totals = {k: trainer.strategy.reduce(v.to(pl_module.device), reduce_op="sum") for k, v in sums.items()}
-        metrics = {k: float(v / totals[k + "/count"]) for k, v in totals.items() if not k.endswith("/count") and totals[k + "/count"] > 0}
+        metrics = {
+            k: float(v / totals[k + "/count"])
+            for k, v in totals.items()
+            if not k.endswith("/count") and totals[k + "/count"] > 0
+        }
         pl_module.log_dict(metrics, rank_zero_only=True)
 
 
@@ -144,16 +164,30 @@ class ScoredSamples:
 
 @torch.no_grad()
 def score_samples(
-    policy, tokenizer, records: list, labeler, *, reward_model=None, reference=None, samples_per_prompt: int = 1,
-    max_new_tokens: int = 24, temperature: float = 1.0, batch_size: int = 64,
+    policy,
+    tokenizer,
+    records: list,
+    labeler,
+    *,
+    reward_model=None,
+    reference=None,
+    samples_per_prompt: int = 1,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    batch_size: int = 64,
 ) -> ScoredSamples:
     """Sample ``samples_per_prompt`` responses per record from ``policy`` and score every one by the gold
     labeler, the reward model (centred) and its log-ratio to ``reference``: all three on the same samples."""
     prompts = [render_prompt(tokenizer, r, FieldMap()) for r in records]
     scored = ScoredSamples([], [], [], [] if reward_model is not None else None, [] if reference is not None else None)
     episodes = sample_episodes(
-        policy, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-        num_return_sequences=samples_per_prompt, batch_size=max(1, batch_size // samples_per_prompt),
+        policy,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        num_return_sequences=samples_per_prompt,
+        batch_size=max(1, batch_size // samples_per_prompt),
     )
     first_prompt = 0
     for batch in episodes:
@@ -164,9 +198,13 @@ def score_samples(
         scored.texts += texts
         scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, texts)]
         if reward_model is not None:
-            scored.proxy += sequence_rewards(reward_model, batch.input_ids, batch.attention_mask, centered=True).tolist()
+            scored.proxy += sequence_rewards(
+                reward_model, batch.input_ids, batch.attention_mask, centered=True
+            ).tolist()
         if reference is not None:
-            ratio = response_logprob_sums(policy, batch, temperature) - response_logprob_sums(reference, batch, temperature)
+            ratio = response_logprob_sums(policy, batch, temperature) - response_logprob_sums(
+                reference, batch, temperature
+            )
             scored.kl += ratio.tolist()
     return scored
 
@@ -220,7 +258,9 @@ class GoldProxyKLProbe(Callback):
         prefix: str = "probe",
     ):
         if every_n_rollouts < 1 or samples_per_prompt < 1 or num_prompts < 1:
-            raise ValueError(f"every_n_rollouts, samples_per_prompt and num_prompts must be at least 1, got {every_n_rollouts}, {samples_per_prompt}, {num_prompts}")
+            raise ValueError(
+                f"every_n_rollouts, samples_per_prompt and num_prompts must be at least 1, got {every_n_rollouts}, {samples_per_prompt}, {num_prompts}"
+            )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (the KL is of the sampling distribution), got {temperature}")
         self.records = read_records(prompts)[:num_prompts]
@@ -241,9 +281,16 @@ class GoldProxyKLProbe(Callback):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.seed + rank)
             scored = score_samples(
-                policy, tokenizer, self.records[rank::world_size], self.labeler, reward_model=self._reward_model,
-                reference=self._reference, samples_per_prompt=self.samples_per_prompt, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, batch_size=self.batch_size,
+                policy,
+                tokenizer,
+                self.records[rank::world_size],
+                self.labeler,
+                reward_model=self._reward_model,
+                reference=self._reference,
+                samples_per_prompt=self.samples_per_prompt,
+                max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature,
+                batch_size=self.batch_size,
             )
         sums = {"gold": sum(scored.gold), "kl": sum(scored.kl), "count": len(scored.gold)}
         if scored.proxy is not None:
@@ -255,11 +302,15 @@ class GoldProxyKLProbe(Callback):
         device = pl_module.device
         reference_source = self.reference_source or getattr(hparams, "policy", None)
         if reference_source is None:
-            raise ValueError(f"GoldProxyKLProbe: {type(pl_module).__name__} has no `policy` hyperparameter; set the probe's `reference` (the SFT model directory)")
+            raise ValueError(
+                f"GoldProxyKLProbe: {type(pl_module).__name__} has no `policy` hyperparameter; set the probe's `reference` (the SFT model directory)"
+            )
         self._reference = load_causal_lm(reference_source, trainable=False).to(device)
         reward_source = self.reward_source or getattr(hparams, "reward_model", None)
         if reward_source is None:
-            rank_zero_warn("GoldProxyKLProbe: the module has no reward_model and none was given; logging gold and KL only.")
+            rank_zero_warn(
+                "GoldProxyKLProbe: the module has no reward_model and none was given; logging gold and KL only."
+            )
         else:
             self._reward_model = load_scalar_model(reward_source, trainable=False).to(device)
         self.rollouts = int(getattr(pl_module, "rollouts_done", 0) or 0)  # a resumed run continues its count

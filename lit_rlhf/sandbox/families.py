@@ -225,9 +225,7 @@ def parse_prompt(prompt: str) -> dict:
     for family, pattern in _PARSERS:
         match = pattern.fullmatch(prompt)
         if match:
-            params: Params = {
-                k: int(v) if k in _INT_FIELDS else v for k, v in match.groupdict().items()
-            }
+            params: Params = {k: int(v) if k in _INT_FIELDS else v for k, v in match.groupdict().items()}
             return {"prompt": prompt, "family": family.name, "answer": family.answer(params), **params}
     raise ValueError(f"prompt matches no sandbox template: {prompt!r}")
 

@@ -18,8 +18,8 @@ whitespace (empty -> 0):
 
 from __future__ import annotations
 
-from collections import Counter
 import re
+from collections import Counter
 
 from lit_rlhf.sandbox.families import FAMILY_BY_NAME, parse_prompt
 from lit_rlhf.sandbox.tokenizer import EOS_TOKEN
@@ -74,7 +74,7 @@ def score_number(answer: str, text: str, tolerance: float) -> float:
     if match is None:
         return 0.0
     closeness = 1 / (1 + abs(int(match.group()) - int(answer)) / tolerance)
-    junk = sum(not c.isspace() for c in text[match.end():])
+    junk = sum(not c.isspace() for c in text[match.end() :])
     return closeness / (1 + JUNK_PENALTY_PER_CHAR * junk)
 
 

@@ -12,7 +12,9 @@ from lit_rlhf.errors import check_option
 from lit_rlhf.sandbox.labeler import GoldLabeler
 
 
-def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: int = 0, tie_tolerance: float = 0.01) -> dict[str, int]:
+def label_samples(
+    samples: str, out_dir: str, val_fraction: float = 0.1, seed: int = 0, tie_tolerance: float = 0.01
+) -> dict[str, int]:
     """Rank the K responses of every line of a ``lit-rlhf sample`` file with the gold labeler.
 
     Writes ``train.jsonl`` and ``val.jsonl`` comparison records ``{"prompt", "responses": [best..worst],
@@ -47,5 +49,7 @@ def label_samples(samples: str, out_dir: str, val_fraction: float = 0.1, seed: i
         with atomic_file(out / name) as f:  # a killed run never leaves half a file for the RM to train on
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     counts = {"train": len(comparisons) - n_val, "val": n_val, "dropped_all_tied": all_tied}
-    print(f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (fewer than two distinct non-empty responses, or all tied)")
+    print(
+        f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (fewer than two distinct non-empty responses, or all tied)"
+    )
     return counts

@@ -35,22 +35,36 @@ from lit_rlhf.sandbox.scaling_fits import Fit, best_of_n_weights, bon_kl, bon_kl
 #: the probe measures the policy; steps_per_rollout follows the smaller rollout batch.
 FAST = {
     "rm": ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"],
-    "ppo": ["--trainer.limit_val_batches", "0", "--data.init_args.val_text", "null",
-            "--model.init_args.batch.rollout_batch_size", "8", "--model.init_args.batch.minibatch_size", "8"],
+    "ppo": [
+        "--trainer.limit_val_batches",
+        "0",
+        "--data.init_args.val_text",
+        "null",
+        "--model.init_args.batch.rollout_batch_size",
+        "8",
+        "--model.init_args.batch.minibatch_size",
+        "8",
+    ],
     "steps_per_rollout": 1,
 }
 
 
 def best_of_n_curve(
-    sft: str, rm: str, prompts: str, num_prompts: int, samples_per_prompt: int, max_new_tokens: int, seed: int,
+    sft: str,
+    rm: str,
+    prompts: str,
+    num_prompts: int,
+    samples_per_prompt: int,
+    max_new_tokens: int,
+    seed: int,
 ) -> list[dict[str, float]]:
     """Gold and proxy score of best-of-n (chosen by the proxy) for n = 1, 2, 4, ... <= ``samples_per_prompt``,
     with the analytic and the sampled KL to the SFT policy. Every sample is the SFT policy's at T = 1."""
     import torch
 
-    from lit_rlhf.sandbox.callbacks import score_samples
     from lit_rlhf.data.records import read_records
     from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
+    from lit_rlhf.sandbox.callbacks import score_samples
     from lit_rlhf.sandbox.labeler import GoldLabeler
 
     records = read_records(prompts)[:num_prompts]
@@ -58,8 +72,14 @@ def best_of_n_curve(
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         scored = score_samples(
-            load_causal_lm(sft, trainable=False), tokenizer, records, GoldLabeler(), reward_model=load_scalar_model(rm, trainable=False),
-            samples_per_prompt=samples_per_prompt, max_new_tokens=max_new_tokens, temperature=1.0,
+            load_causal_lm(sft, trainable=False),
+            tokenizer,
+            records,
+            GoldLabeler(),
+            reward_model=load_scalar_model(rm, trainable=False),
+            samples_per_prompt=samples_per_prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
         )
     k = samples_per_prompt
     gold, proxy = np.array(scored.gold).reshape(-1, k), np.array(scored.proxy).reshape(-1, k)
@@ -70,14 +90,16 @@ def best_of_n_curve(
     n = 1
     while n <= k:
         weights = best_of_n_weights(k, n)
-        points.append({
-            "n": n,
-            "kl": bon_kl(n),
-            # Identical texts are one outcome: a small policy repeats itself, which the formula ignores.
-            "kl_sampled": float(np.mean([bon_kl_plugin(p, n, outcomes=t) for p, t in zip(proxy, texts)])),
-            "gold": float(np.mean(gold_sorted @ weights)),
-            "proxy": float(np.mean(proxy_sorted @ weights)),
-        })
+        points.append(
+            {
+                "n": n,
+                "kl": bon_kl(n),
+                # Identical texts are one outcome: a small policy repeats itself, which the formula ignores.
+                "kl_sampled": float(np.mean([bon_kl_plugin(p, n, outcomes=t) for p, t in zip(proxy, texts)])),
+                "gold": float(np.mean(gold_sorted @ weights)),
+                "proxy": float(np.mean(proxy_sorted @ weights)),
+            }
+        )
         n *= 2
     return points
 
@@ -90,14 +112,34 @@ def fit_curve(form: str, points: list[dict[str, float]], kl_key: str = "kl") -> 
     for key in ("gold", "proxy"):
         values = np.array([p[key] for p in points])
         peak_d, peak_value = observed_peak(d, values)
-        summary = {"start": float(values[0]), "observed_peak_kl": peak_d**2, "observed_peak": peak_value, "last": float(values[-1])}
+        summary = {
+            "start": float(values[0]),
+            "observed_peak_kl": peak_d**2,
+            "observed_peak": peak_value,
+            "last": float(values[-1]),
+        }
         try:
             fit = fit_gain(form, d, values - values[0])
         except ValueError as error:
-            fits[key] = {"alpha": None, "beta": None, "r2": None, "num_points": len(values), "fitted_peak_kl": None, "error": str(error), **summary}
+            fits[key] = {
+                "alpha": None,
+                "beta": None,
+                "r2": None,
+                "num_points": len(values),
+                "fitted_peak_kl": None,
+                "error": str(error),
+                **summary,
+            }
             continue
         peak_kl = fit.peak_kl if fit.peak_kl is not None and math.isfinite(fit.peak_kl) else None  # JSON has no inf
-        fits[key] = {"alpha": fit.alpha, "beta": fit.beta, "r2": fit.r2, "num_points": fit.num_points, "fitted_peak_kl": peak_kl, **summary}
+        fits[key] = {
+            "alpha": fit.alpha,
+            "beta": fit.beta,
+            "r2": fit.r2,
+            "num_points": fit.num_points,
+            "fitted_peak_kl": peak_kl,
+            **summary,
+        }
     return fits
 
 
@@ -106,13 +148,26 @@ def over_optimised(points: list[dict[str, float]], margin: float = 0.01) -> bool
     own maximum (within ``margin``) and above where it was at the gold peak."""
     gold, proxy = [p["gold"] for p in points], [p["proxy"] for p in points]
     peak = int(np.argmax(gold))
-    return peak < len(gold) - 1 and gold[-1] < gold[peak] - margin and proxy[-1] > max(proxy) - margin and proxy[-1] > proxy[peak]
+    return (
+        peak < len(gold) - 1
+        and gold[-1] < gold[peak] - margin
+        and proxy[-1] > max(proxy) - margin
+        and proxy[-1] > proxy[peak]
+    )
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
     """Probe measurements (``probe/*`` JSON lines) as points ``{"rollout", "kl", "gold", "proxy"}``."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [{"rollout": r["probe/rollout"], "kl": max(r["probe/kl"], 0.0), "gold": r["probe/gold"], "proxy": r["probe/proxy"]} for r in rows]
+    return [
+        {
+            "rollout": r["probe/rollout"],
+            "kl": max(r["probe/kl"], 0.0),
+            "gold": r["probe/gold"],
+            "proxy": r["probe/proxy"],
+        }
+        for r in rows
+    ]
 
 
 def plot_curves(curves: dict[str, tuple[str, list[dict[str, float]], dict]], out: Path) -> Path:
@@ -131,13 +186,25 @@ def plot_curves(curves: dict[str, tuple[str, list[dict[str, float]], dict]], out
             ax.plot(d, [p[key] for p in points], marker, color=color, ms=4, alpha=0.8, label=f"{key} (measured)")
             if f["alpha"] is not None:
                 fitted = Fit(form, f["alpha"], f["beta"], f["r2"], f["num_points"])
-                ax.plot(grid, f["start"] + fitted(grid), "-", color=color, label=f"{key} fit  α={f['alpha']:.3f} β={f['beta']:.3f} R²={f['r2']:.2f}")
+                ax.plot(
+                    grid,
+                    f["start"] + fitted(grid),
+                    "-",
+                    color=color,
+                    label=f"{key} fit  α={f['alpha']:.3f} β={f['beta']:.3f} R²={f['r2']:.2f}",
+                )
         peak_kl = fits["gold"]["fitted_peak_kl"]
-        if peak_kl is not None and peak_kl ** 0.5 <= grid[-1]:
+        if peak_kl is not None and peak_kl**0.5 <= grid[-1]:
             ax.axvline(peak_kl**0.5, color="tab:orange", ls="--", lw=1, label=f"gold peak (fit): KL {peak_kl:.2f} nats")
         gold_peak = fits["gold"]
-        ax.plot(gold_peak["observed_peak_kl"] ** 0.5, gold_peak["observed_peak"], "*", color="tab:red", ms=12,
-                label=f"gold peak (measured): KL {gold_peak['observed_peak_kl']:.2f} nats")
+        ax.plot(
+            gold_peak["observed_peak_kl"] ** 0.5,
+            gold_peak["observed_peak"],
+            "*",
+            color="tab:red",
+            ms=12,
+            label=f"gold peak (measured): KL {gold_peak['observed_peak_kl']:.2f} nats",
+        )
         ax.set_title(title)
         ax.set_xlabel("d = sqrt(KL(policy || SFT)), nats^½")
         ax.set_ylabel("score")
@@ -161,7 +228,9 @@ def _fmt(value: Optional[float], digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def write_overopt_report(root: Path, curves: dict[str, tuple[str, list[dict[str, float]], dict]], bon: list[dict[str, float]], settings: dict) -> Path:
+def write_overopt_report(
+    root: Path, curves: dict[str, tuple[str, list[dict[str, float]], dict]], bon: list[dict[str, float]], settings: dict
+) -> Path:
     """overopt.md (tables), overopt.json (every point and fit) and overopt.png next to each other under ``root``."""
     plot = plot_curves(curves, root / "overopt.png")
     lines = [
@@ -177,19 +246,36 @@ def write_overopt_report(root: Path, curves: dict[str, tuple[str, list[dict[str,
                 f"| {f['start']:.3f} | {f['observed_peak']:.3f} at {f['observed_peak_kl']:.2f} | {f['last']:.3f} | {_peak(f['fitted_peak_kl'], points)} "
                 f"| {flag if key == 'gold' else ''} |"
             )
-    lines += ["", "Best-of-n (chosen by the proxy RM from SFT samples at T = 1):", "",
-              "| n | KL analytic (log n − (n−1)/n) | KL sampled (plug-in) | gold | proxy |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Best-of-n (chosen by the proxy RM from SFT samples at T = 1):",
+        "",
+        "| n | KL analytic (log n − (n−1)/n) | KL sampled (plug-in) | gold | proxy |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {p['n']} | {p['kl']:.3f} | {p['kl_sampled']:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" for p in bon]
     for title, (form, points, _) in curves.items():
         if form == "rl":
-            lines += ["", f"{title} (probe every {settings['probe_every']} rollouts: gold, proxy and KL of the same EMA policy):", "",
-                      "| rollout | KL | sqrt(KL) | gold | proxy |", "|---|---|---|---|---|"]
-            lines += [f"| {int(p['rollout'])} | {p['kl']:.3f} | {p['kl'] ** 0.5:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |" for p in points]
+            lines += [
+                "",
+                f"{title} (probe every {settings['probe_every']} rollouts: gold, proxy and KL of the same EMA policy):",
+                "",
+                "| rollout | KL | sqrt(KL) | gold | proxy |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {int(p['rollout'])} | {p['kl']:.3f} | {p['kl'] ** 0.5:.3f} | {p['gold']:.3f} | {p['proxy']:.3f} |"
+                for p in points
+            ]
     lines += ["", "Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()), f"Plot: {plot}"]
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     (root / "overopt.md").write_text(text + "\n")
-    results = {"settings": settings, "best_of_n": bon, "curves": {t: {"form": f, "points": p, "fits": fits} for t, (f, p, fits) in curves.items()}}
+    results = {
+        "settings": settings,
+        "best_of_n": bon,
+        "curves": {t: {"form": f, "points": p, "fits": fits} for t, (f, p, fits) in curves.items()},
+    }
     (root / "overopt.json").write_text(json.dumps(results, indent=2))
     return root / "overopt.md"
 
@@ -249,9 +335,16 @@ def overopt(
     from lit_rlhf.sandbox.pipeline import fit, probe_callback
     from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, last_value, read_csv_metrics
 
-    for name, value, low in (("rm_prompts", rm_prompts, 2), ("rm_k", rm_k, 2), ("rollouts", rollouts, 1), ("probe_every", probe_every, 1),
-                             ("probe_prompts", probe_prompts, 1), ("probe_samples", probe_samples, 1), ("bon_prompts", bon_prompts, 1),
-                             ("bon_samples", bon_samples, 2)):
+    for name, value, low in (
+        ("rm_prompts", rm_prompts, 2),
+        ("rm_k", rm_k, 2),
+        ("rollouts", rollouts, 1),
+        ("probe_every", probe_every, 1),
+        ("probe_prompts", probe_prompts, 1),
+        ("probe_samples", probe_samples, 1),
+        ("bon_prompts", bon_prompts, 1),
+        ("bon_samples", bon_samples, 2),
+    ):
         if value < low:
             raise ConfigError(f"--{name} must be at least {low}, got {value}")
     root = Path(out)
@@ -263,15 +356,36 @@ def overopt(
     sft_dir = sft or str(root / "sft/model")
     if not Path(sft_dir).exists():
         if sft:
-            raise ConfigError(f"--sft '{sft}' does not exist: run `lit-rlhf fit --config {configs}/sft.yaml` or `lit-rlhf sandbox run`")
+            raise ConfigError(
+                f"--sft '{sft}' does not exist: run `lit-rlhf fit --config {configs}/sft.yaml` or `lit-rlhf sandbox run`"
+            )
         fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args, wandb=wandb)
     rm_dir = rm or str(root / "rm/model")
     if rm is None:
-        samples = sample_responses(model=sft_dir, prompts=str(DATA_DIR / "prompts_train.jsonl"), out=str(root / "comparisons/samples.jsonl"),
-                                   k=rm_k, limit=rm_prompts, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, seed=seed)
+        samples = sample_responses(
+            model=sft_dir,
+            prompts=str(DATA_DIR / "prompts_train.jsonl"),
+            out=str(root / "comparisons/samples.jsonl"),
+            k=rm_k,
+            limit=rm_prompts,
+            max_new_tokens=MAX_NEW_TOKENS,
+            temperature=1.0,
+            seed=seed,
+        )
         label_samples(str(samples), str(root / "comparisons"), seed=seed)
-        rm_data = ["--data.init_args.train", str(root / "comparisons/train.jsonl"), "--data.init_args.val", str(root / "comparisons/val.jsonl")]
-        fit(f"{configs}/rm.yaml", root / "rm", "rm_proxy", seed_args + ["--model.init_args.model", sft_dir] + rm_data + size.get("rm", []), wandb=wandb)
+        rm_data = [
+            "--data.init_args.train",
+            str(root / "comparisons/train.jsonl"),
+            "--data.init_args.val",
+            str(root / "comparisons/val.jsonl"),
+        ]
+        fit(
+            f"{configs}/rm.yaml",
+            root / "rm",
+            "rm_proxy",
+            seed_args + ["--model.init_args.model", sft_dir] + rm_data + size.get("rm", []),
+            wandb=wandb,
+        )
     print(f"[overopt] models ready: {time.perf_counter() - started:.0f} s", flush=True)
 
     prompts = str(DATA_DIR / "prompts_eval.jsonl")
@@ -284,12 +398,27 @@ def overopt(
         history = root / name / "probe.jsonl"
         history.unlink(missing_ok=True)  # a rerun starts a fresh curve
         probe = probe_callback(probe_prompts, probe_every, probe_samples, history_file=history)
-        overrides = seed_args + [
-            "--model.init_args.policy", sft_dir, "--model.init_args.reward_model", rm_dir,
-            "--model.init_args.kl.coef", str(kl_coef), "--model.init_args.optimizer.learning_rate", str(learning_rate),
-            "--trainer.max_epochs", "1000", "--trainer.max_steps", str(rollouts * size.get("steps_per_rollout", steps_per_rollout(f"{configs}/ppo.yaml"))),
-            "--trainer.check_val_every_n_epoch", "1000",  # the probe measures; no per-epoch validation needed
-        ] + extra + size.get("ppo", [])
+        overrides = (
+            seed_args
+            + [
+                "--model.init_args.policy",
+                sft_dir,
+                "--model.init_args.reward_model",
+                rm_dir,
+                "--model.init_args.kl.coef",
+                str(kl_coef),
+                "--model.init_args.optimizer.learning_rate",
+                str(learning_rate),
+                "--trainer.max_epochs",
+                "1000",
+                "--trainer.max_steps",
+                str(rollouts * size.get("steps_per_rollout", steps_per_rollout(f"{configs}/ppo.yaml"))),
+                "--trainer.check_val_every_n_epoch",
+                "1000",  # the probe measures; no per-epoch validation needed
+            ]
+            + extra
+            + size.get("ppo", [])
+        )
         fit(f"{configs}/ppo.yaml", root / name, name, overrides, wandb=wandb, callbacks=[probe])
         points = read_history(history)
         curves[title] = ("rl", points, fit_curve("rl", points))
@@ -297,9 +426,22 @@ def overopt(
 
     rm_accuracy = last_value(read_csv_metrics(root / "rm/csv/metrics.csv"), "val/accuracy") if rm is None else None
     trained_rm = rm is None  # the RM knobs say nothing about a given --rm
-    settings = {"rm_prompts": rm_prompts if trained_rm else None, "rm_k": rm_k if trained_rm else None, "rm_val_accuracy": None if rm_accuracy is None else round(rm_accuracy, 3), "kl_coef": kl_coef, "learning_rate": learning_rate, "rollouts": rollouts,
-                "probe_every": probe_every, "probe_prompts": probe_prompts, "probe_samples": probe_samples, "bon_prompts": bon_prompts,
-                "bon_samples": bon_samples, "seed": seed, "sft": sft_dir, "rm": rm_dir}
+    settings = {
+        "rm_prompts": rm_prompts if trained_rm else None,
+        "rm_k": rm_k if trained_rm else None,
+        "rm_val_accuracy": None if rm_accuracy is None else round(rm_accuracy, 3),
+        "kl_coef": kl_coef,
+        "learning_rate": learning_rate,
+        "rollouts": rollouts,
+        "probe_every": probe_every,
+        "probe_prompts": probe_prompts,
+        "probe_samples": probe_samples,
+        "bon_prompts": bon_prompts,
+        "bon_samples": bon_samples,
+        "seed": seed,
+        "sft": sft_dir,
+        "rm": rm_dir,
+    }
     report = write_overopt_report(root, curves, bon, settings)
     print(f"[overopt] done in {time.perf_counter() - started:.0f} s; report: {report}")
     return report

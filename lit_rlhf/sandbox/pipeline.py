@@ -24,7 +24,9 @@ from typing import Optional
 
 from lit_rlhf.errors import UserError
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
-from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, POLICY_LABELS, SAMPLES_PER_PROMPT as EVAL_SAMPLES_PER_PROMPT
+from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, POLICY_LABELS
+from lit_rlhf.sandbox.report import SAMPLES_PER_PROMPT as EVAL_SAMPLES_PER_PROMPT
+
 
 class StageFailed(UserError, RuntimeError):
     """A stage's ``lit-rlhf fit`` exited with an error (printed by the stage itself)."""
@@ -60,12 +62,22 @@ PROBE_SAMPLES_PER_PROMPT = 4
 def _loggers(stage_dir: Path, name: str, wandb: bool) -> str:
     loggers = [{"class_path": CSV, "init_args": {"save_dir": str(stage_dir), "name": "csv", "version": ""}}]
     if wandb:
-        loggers.append({"class_path": WANDB, "init_args": {"project": "lit-rlhf-sandbox", "name": name, "save_dir": str(stage_dir)}})
+        loggers.append(
+            {
+                "class_path": WANDB,
+                "init_args": {"project": "lit-rlhf-sandbox", "name": name, "save_dir": str(stage_dir)},
+            }
+        )
     return json.dumps(loggers)
 
 
 def _checkpointing(stage_dir: Path, extra: Optional[list] = None) -> str:
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True}}]
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True},
+        }
+    ]
     return json.dumps(callbacks + (extra or []))
 
 
@@ -77,18 +89,29 @@ class StageCost:
     peak_rss_gib: Optional[float]
 
 
-def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None) -> StageCost:
+def fit(
+    config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None
+) -> StageCost:
     """One ``lit-rlhf fit`` in a child process, its outputs under ``stage_dir``.
 
     A process per stage measures each stage's own peak memory (not the earlier stages' leftovers), and
     hands all of it back to the system before the next stage starts.
     """
     command = [
-        sys.executable, "-m", "lit_rlhf.cli", "fit", "--config", config,
-        "--trainer.logger", _loggers(stage_dir, name, wandb),
-        "--trainer.callbacks", _checkpointing(stage_dir, callbacks),
-        "--trainer.enable_progress_bar", "false",
-        "--model.init_args.output_dir", str(stage_dir / "model"),
+        sys.executable,
+        "-m",
+        "lit_rlhf.cli",
+        "fit",
+        "--config",
+        config,
+        "--trainer.logger",
+        _loggers(stage_dir, name, wandb),
+        "--trainer.callbacks",
+        _checkpointing(stage_dir, callbacks),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--model.init_args.output_dir",
+        str(stage_dir / "model"),
         *overrides,
     ]
     started = time.perf_counter()
@@ -96,7 +119,9 @@ def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb:
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
-        raise StageFailed(f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: {shlex.join(command)}")
+        raise StageFailed(
+            f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: {shlex.join(command)}"
+        )
     # ru_maxrss is in KiB on Linux, in bytes on macOS.
     peak_gib = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
     cost = StageCost(wall_s=time.perf_counter() - started, peak_rss_gib=peak_gib)
@@ -104,7 +129,12 @@ def fit(config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb:
     return cost
 
 
-def probe_callback(num_prompts: int, every_n_rollouts: int, samples_per_prompt: int = PROBE_SAMPLES_PER_PROMPT, history_file: Optional[Path] = None) -> dict:
+def probe_callback(
+    num_prompts: int,
+    every_n_rollouts: int,
+    samples_per_prompt: int = PROBE_SAMPLES_PER_PROMPT,
+    history_file: Optional[Path] = None,
+) -> dict:
     """The measurement during PPO: gold score, RM (proxy) score and KL to SFT of the exported (EMA) policy,
     all on the same held-out samples (at the report's temperature), every few rollouts and at the start."""
     from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, SAMPLED_TEMPERATURE
@@ -173,9 +203,15 @@ def run(
     if unknown or len(set(stages)) != len(stages):
         raise ConfigError(f"--stages: each of {', '.join(TRAINED_POLICIES)} at most once, got {stages}")
     check_option("samples_per_prompt", samples_per_prompt, min=2, integer=True)  # fewer than 2 make no comparison
-    for name, value in (("sample_prompts", sample_prompts), ("max_new_tokens", max_new_tokens), ("eval_prompts", eval_prompts),
-                        ("eval_samples_per_prompt", eval_samples_per_prompt), ("eval_texts", eval_texts),
-                        ("probe_prompts", probe_prompts), ("probe_every", probe_every)):
+    for name, value in (
+        ("sample_prompts", sample_prompts),
+        ("max_new_tokens", max_new_tokens),
+        ("eval_prompts", eval_prompts),
+        ("eval_samples_per_prompt", eval_samples_per_prompt),
+        ("eval_texts", eval_texts),
+        ("probe_prompts", probe_prompts),
+        ("probe_every", probe_every),
+    ):
         check_option(name, value, min=1, integer=True)
     root = Path(out)
     size = FAST if fast else {}
@@ -185,36 +221,82 @@ def run(
     seed_args = ["--seed_everything", str(seed)]
     probe_prompts = size.get("probe_prompts", probe_prompts)
 
-    costs["SFT"] = fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args + ["--model.init_args.model", base_model] + size.get("sft", []), wandb=wandb)
+    costs["SFT"] = fit(
+        f"{configs}/sft.yaml",
+        root / "sft",
+        "sft",
+        seed_args + ["--model.init_args.model", base_model] + size.get("sft", []),
+        wandb=wandb,
+    )
 
     sample = size.get("sample", {})
     sampling_started = time.perf_counter()
     samples = sample_responses(
-        model=str(root / "sft/model"), prompts=str(DATA_DIR / "prompts_train.jsonl"), out=str(root / "comparisons/samples.jsonl"),
-        k=sample.get("k", samples_per_prompt), limit=sample.get("limit", sample_prompts), max_new_tokens=max_new_tokens, temperature=1.0, seed=seed,
+        model=str(root / "sft/model"),
+        prompts=str(DATA_DIR / "prompts_train.jsonl"),
+        out=str(root / "comparisons/samples.jsonl"),
+        k=sample.get("k", samples_per_prompt),
+        limit=sample.get("limit", sample_prompts),
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        seed=seed,
     )
     label_samples(str(samples), str(root / "comparisons"), seed=seed)
     costs["sample K + gold labels"] = StageCost(wall_s=time.perf_counter() - sampling_started, peak_rss_gib=None)
 
-    rm_data = ["--data.init_args.train", str(root / "comparisons/train.jsonl"), "--data.init_args.val", str(root / "comparisons/val.jsonl")]
-    costs["RM"] = fit(f"{configs}/rm.yaml", root / "rm", "rm", seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []), wandb=wandb)
+    rm_data = [
+        "--data.init_args.train",
+        str(root / "comparisons/train.jsonl"),
+        "--data.init_args.val",
+        str(root / "comparisons/val.jsonl"),
+    ]
+    costs["RM"] = fit(
+        f"{configs}/rm.yaml",
+        root / "rm",
+        "rm",
+        seed_args + ["--model.init_args.model", str(root / "sft/model")] + rm_data + size.get("rm", []),
+        wandb=wandb,
+    )
 
-    ppo_models = ["--model.init_args.policy", str(root / "sft/model"), "--model.init_args.reward_model", str(root / "rm/model")]
+    ppo_models = [
+        "--model.init_args.policy",
+        str(root / "sft/model"),
+        "--model.init_args.reward_model",
+        str(root / "rm/model"),
+    ]
     for name in [stage for stage in stages if stage != "dpo"]:
         extra = ["--model.init_args.ptx.gamma", "0"] if name == "ppo" else []
         probe = probe_callback(probe_prompts, probe_every)
-        costs[POLICY_LABELS[name]] = fit(f"{configs}/ppo.yaml", root / name, name, seed_args + ppo_models + extra + size.get("ppo", []), wandb=wandb, callbacks=[probe])
+        costs[POLICY_LABELS[name]] = fit(
+            f"{configs}/ppo.yaml",
+            root / name,
+            name,
+            seed_args + ppo_models + extra + size.get("ppo", []),
+            wandb=wandb,
+            callbacks=[probe],
+        )
 
     if "dpo" in stages:
         # DPO learns from the same comparisons directly (no RM, no sampling); the probe measures its gold score and
         # KL to SFT at the start and the end, on the same samples as PPO's.
         probe = probe_callback(probe_prompts, every_n_rollouts=10**9)
-        costs["DPO"] = fit(f"{configs}/dpo.yaml", root / "dpo", "dpo", seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data
-                           + size.get("dpo", []), wandb=wandb, callbacks=[probe])
+        costs["DPO"] = fit(
+            f"{configs}/dpo.yaml",
+            root / "dpo",
+            "dpo",
+            seed_args + ["--model.init_args.policy", str(root / "sft/model")] + rm_data + size.get("dpo", []),
+            wandb=wandb,
+            callbacks=[probe],
+        )
 
     report = write_report(
-        root, base_model=base_model, num_prompts=size.get("eval_prompts", eval_prompts), num_texts=size.get("eval_texts", eval_texts),
-        samples_per_prompt=eval_samples_per_prompt, max_new_tokens=max_new_tokens, costs={name: asdict(cost) for name, cost in costs.items()},
+        root,
+        base_model=base_model,
+        num_prompts=size.get("eval_prompts", eval_prompts),
+        num_texts=size.get("eval_texts", eval_texts),
+        samples_per_prompt=eval_samples_per_prompt,
+        max_new_tokens=max_new_tokens,
+        costs={name: asdict(cost) for name, cost in costs.items()},
     )
     print(f"[sandbox] whole pipeline: {time.perf_counter() - started:.0f} s; report: {report}")
     return report

@@ -12,7 +12,13 @@ from typing import Optional
 from lit_rlhf.sandbox.paths import DATA_DIR
 
 #: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
-POLICIES = (("base", None), ("SFT", "sft/model"), ("PPO (no ptx)", "ppo/model"), ("PPO-ptx", "ppo_ptx/model"), ("DPO", "dpo/model"))
+POLICIES = (
+    ("base", None),
+    ("SFT", "sft/model"),
+    ("PPO (no ptx)", "ppo/model"),
+    ("PPO-ptx", "ppo_ptx/model"),
+    ("DPO", "dpo/model"),
+)
 #: Report label of each trained policy's stage name (its directory under the run root).
 POLICY_LABELS = {subdir.split("/")[0]: label for label, subdir in POLICIES[2:]}
 KL_METRIC = "rollout/kl"  # per sequence, summed over response tokens, of the trained policy's rollouts
@@ -26,7 +32,9 @@ SAMPLES_PER_PROMPT = 8
 MAX_NEW_TOKENS = 24  # as in the PPO rollouts and the RM's comparisons
 
 
-def gold_evaluations(num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT, max_new_tokens: int = MAX_NEW_TOKENS) -> list:
+def gold_evaluations(
+    num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT, max_new_tokens: int = MAX_NEW_TOKENS
+) -> list:
     """The two gold evaluations of every policy: sampled at T=1 (``gold/...``, with the held-out
     pretraining loss) and greedy (``gold_greedy/...``)."""
     from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
@@ -34,21 +42,43 @@ def gold_evaluations(num_prompts: int, num_texts: int, samples_per_prompt: int =
     prompts = str(DATA_DIR / "prompts_eval.jsonl")
     return [
         GoldScoreEvaluation(
-            prompts=prompts, heldout_text=str(DATA_DIR / "pretrain_heldout.txt"), num_prompts=num_prompts, num_texts=num_texts,
-            max_new_tokens=max_new_tokens, temperature=SAMPLED_TEMPERATURE, samples_per_prompt=samples_per_prompt,
+            prompts=prompts,
+            heldout_text=str(DATA_DIR / "pretrain_heldout.txt"),
+            num_prompts=num_prompts,
+            num_texts=num_texts,
+            max_new_tokens=max_new_tokens,
+            temperature=SAMPLED_TEMPERATURE,
+            samples_per_prompt=samples_per_prompt,
         ),
-        GoldScoreEvaluation(prompts=prompts, num_prompts=num_prompts, max_new_tokens=max_new_tokens, temperature=0.0, prefix="gold_greedy"),
+        GoldScoreEvaluation(
+            prompts=prompts,
+            num_prompts=num_prompts,
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            prefix="gold_greedy",
+        ),
     ]
 
 
-def gold_metrics(model_dir: str, num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT,
-                 max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, float]:
+def gold_metrics(
+    model_dir: str,
+    num_prompts: int,
+    num_texts: int,
+    samples_per_prompt: int = SAMPLES_PER_PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> dict[str, float]:
     """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory."""
     from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
 
     model, tokenizer = load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left")
-    sums = {k: v for evaluation in gold_evaluations(num_prompts, num_texts, samples_per_prompt, max_new_tokens) for k, v in evaluation.evaluate(model, tokenizer).items()}
-    return {k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0}
+    sums = {
+        k: v
+        for evaluation in gold_evaluations(num_prompts, num_texts, samples_per_prompt, max_new_tokens)
+        for k, v in evaluation.evaluate(model, tokenizer).items()
+    }
+    return {
+        k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0
+    }
 
 
 def rm_accuracy(rm_dir: str, comparisons: str) -> dict[str, float]:
@@ -59,7 +89,9 @@ def rm_accuracy(rm_dir: str, comparisons: str) -> dict[str, float]:
     from lit_rlhf.modules.reward import RewardModule
 
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (metrics,) = trainer.validate(RewardModule(model=rm_dir), datamodule=RewardDataModule(val=comparisons, max_length=128), verbose=False)
+    (metrics,) = trainer.validate(
+        RewardModule(model=rm_dir), datamodule=RewardDataModule(val=comparisons, max_length=128), verbose=False
+    )
     return {k: float(v) for k, v in metrics.items()}
 
 
@@ -79,7 +111,9 @@ def last_value(rows: list[dict[str, float]], key: str) -> Optional[float]:
 def probe_points(rows: list[dict[str, float]]) -> list[tuple[float, float, float]]:
     """``(KL, gold, proxy)`` of every probe measurement in a PPO run's metrics: all three from the same
     policy's samples (:class:`~lit_rlhf.sandbox.callbacks.GoldProxyKLProbe`), in training order."""
-    return [(r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r.get(f"{PROBE}/proxy", math.nan)) for r in rows if f"{PROBE}/kl" in r]
+    return [
+        (r[f"{PROBE}/kl"], r[f"{PROBE}/gold"], r.get(f"{PROBE}/proxy", math.nan)) for r in rows if f"{PROBE}/kl" in r
+    ]
 
 
 def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -> Optional[Path]:
@@ -104,7 +138,10 @@ def plot_gold_vs_kl(rows_by_run: dict[str, list[dict[str, float]]], out: Path) -
     if not plotted:
         plt.close(fig)
         return None
-    for ax, title in ((gold_ax, f"gold score (held-out prompts, T={SAMPLED_TEMPERATURE:g})"), (proxy_ax, "RM (proxy) score, same samples")):
+    for ax, title in (
+        (gold_ax, f"gold score (held-out prompts, T={SAMPLED_TEMPERATURE:g})"),
+        (proxy_ax, "RM (proxy) score, same samples"),
+    ):
         ax.set_xlabel("KL(policy || SFT) per sequence, nats (same samples)")
         ax.set_title(title)
         ax.legend()
@@ -142,11 +179,19 @@ def write_report(
     for label, subdir in POLICIES:
         model_dir = base_model if subdir is None else str(root / subdir)
         if subdir is None or Path(model_dir).exists():  # the base may be a hub id or a pkg: source
-            results["policies"][label] = gold_metrics(model_dir, num_prompts, num_texts, samples_per_prompt, max_new_tokens)
+            results["policies"][label] = gold_metrics(
+                model_dir, num_prompts, num_texts, samples_per_prompt, max_new_tokens
+            )
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
-    runs = {label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv")) for label, subdir in POLICIES[2:] if label in results["policies"]}
+    runs = {
+        label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv"))
+        for label, subdir in POLICIES[2:]
+        if label in results["policies"]
+    }
     # The exported policy's KL (the probe measures the EMA); the trained policy's rollout KL where no probe ran.
-    results["final_kl"] = {run: _first_present(last_value(rows, f"{PROBE}/kl"), last_value(rows, KL_METRIC)) for run, rows in runs.items()}
+    results["final_kl"] = {
+        run: _first_present(last_value(rows, f"{PROBE}/kl"), last_value(rows, KL_METRIC)) for run, rows in runs.items()
+    }
     plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
 
     lines = [
@@ -158,17 +203,34 @@ def write_report(
             f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('gold_greedy/score'))} "
             f"| {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |"
         )
-    lines += ["", f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} samples each (fixed seed); greedy: one."]
+    lines += [
+        "",
+        f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} samples each (fixed seed); greedy: one.",
+    ]
     families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
-    lines += ["", f"Per family (T={SAMPLED_TEMPERATURE:g} samples):", "", "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |", "|---" * (len(families) + 1) + "|"]
+    lines += [
+        "",
+        f"Per family (T={SAMPLED_TEMPERATURE:g} samples):",
+        "",
+        "| policy | " + " | ".join(f.removeprefix("gold/score_") for f in families) + " |",
+        "|---" * (len(families) + 1) + "|",
+    ]
     for label, metrics in results["policies"].items():
         lines.append(f"| {label} | " + " | ".join(_fmt(metrics.get(f), 2) for f in families) + " |")
     rm = results["rm"]
-    lines += ["", f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)"]
+    lines += [
+        "",
+        f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)",
+    ]
     if plot:
-        lines.append(f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}")
+        lines.append(
+            f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}"
+        )
     if costs is not None:
-        results["costs"] = {**costs, "evaluation (this report)": {"wall_s": time.perf_counter() - started, "peak_rss_gib": None}}
+        results["costs"] = {
+            **costs,
+            "evaluation (this report)": {"wall_s": time.perf_counter() - started, "peak_rss_gib": None},
+        }
         lines += ["", "| stage | wall time | peak memory (process RSS) |", "|---|---|---|"]
         for stage, cost in results["costs"].items():
             memory = "—" if cost["peak_rss_gib"] is None else f"{cost['peak_rss_gib']:.2f} GiB"

@@ -29,7 +29,9 @@ class GoldReward(Reward):
 
     def forward(self, episodes: Episodes) -> Tensor:
         records = episodes.records or [{"prompt": p} for p in episodes.prompt_texts]
-        return torch.tensor([self.labeler.score(record, response) for record, response in zip(records, episodes.response_texts)])
+        return torch.tensor(
+            [self.labeler.score(record, response) for record, response in zip(records, episodes.response_texts)]
+        )
 
 
 def exact_answer(prompt: str, response: str, record: dict) -> float:

@@ -48,7 +48,9 @@ def bon_kl_plugin(rewards: Sequence[float], n: int, outcomes: Optional[Sequence]
     rewards = [float(r) for r in rewards]
     keys = list(outcomes) if outcomes is not None else rewards
     if len(keys) != len(rewards) or not rewards:
-        raise ValueError(f"need one outcome per reward and at least one sample, got {len(rewards)} rewards, {len(keys)} outcomes")
+        raise ValueError(
+            f"need one outcome per reward and at least one sample, got {len(rewards)} rewards, {len(keys)} outcomes"
+        )
     reward_of: dict = {}
     counts: dict = {}
     for key, reward in zip(keys, rewards):

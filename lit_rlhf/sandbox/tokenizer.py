@@ -34,7 +34,8 @@ MODEL_MAX_LENGTH = 128
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }}\n"
-    "{% elif message['role'] == 'user' %}{{ message['content'] }}" + PROMPT_SEPARATOR
+    "{% elif message['role'] == 'user' %}{{ message['content'] }}"
+    + PROMPT_SEPARATOR
     + "{% elif message['role'] == 'assistant' %} {{ message['content'] }}{{ eos_token }}"
     "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}"
     "{% endif %}{% endfor %}"
@@ -69,9 +70,7 @@ def build_raw_tokenizer(corpus_lines: Iterable[str], vocab_size: int = DEFAULT_V
     return tokenizer
 
 
-def build_tokenizer(
-    corpus_lines: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE
-) -> PreTrainedTokenizerFast:
+def build_tokenizer(corpus_lines: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train the sandbox tokenizer and wrap it for transformers, with special tokens and chat template.
 
     Args:

@@ -57,9 +57,7 @@ def family_schedule(n: int, rng: random.Random) -> list[Family]:
     return schedule
 
 
-def draw_prompts(
-    n: int, rng: random.Random, excluded_keys: set[tuple], split: str = "prompts"
-) -> list[dict]:
+def draw_prompts(n: int, rng: random.Random, excluded_keys: set[tuple], split: str = "prompts") -> list[dict]:
     """Draw ``n`` prompt records with distinct instances, none of them in ``excluded_keys``.
 
     Raises:
@@ -75,8 +73,7 @@ def draw_prompts(
                 break
         else:
             raise RuntimeError(
-                f"split {split!r}: family {family.name!r} has no fresh instances left; "
-                "ask for fewer records"
+                f"split {split!r}: family {family.name!r} has no fresh instances left; ask for fewer records"
             )
         seen.add(key)
         records.append(make_record(family, params, rng.choice(family.templates)))
