@@ -105,7 +105,10 @@ def report(stage: str, pairs: list[tuple[dict, dict]]) -> list[str]:
 
 def ceiling_rows(pairs: list[tuple[dict, dict]]) -> list[str]:
     lits = [a for a, _ in pairs]
-    med = lambda key: statistics.median(a[key] for a in lits)
+
+    def med(key: str) -> float:
+        return statistics.median(a[key] for a in lits)
+
     generate = [a["alternated_generate_tokens_per_s"] / a["bare_generate_tokens_per_s"] for a in lits]
     in_training = [a["generate_tokens_per_s"] / a["bare_generate_tokens_per_s"] for a in lits]
     update = [a["update_tokens_per_s"] / a["bare_fwd_bwd_tokens_per_s"] for a in lits]
@@ -169,7 +172,8 @@ def main() -> None:
             print(f"[{stage} pair {pair + 1}/{args.pairs}] {rates}", flush=True)
 
     print(
-        f"\nTRL versions: {versions}; torch threads {args.threads}; {args.pairs} alternating pairs per stage; warm-up excluded."
+        f"\nTRL versions: {versions}; torch threads {args.threads}; {args.pairs} alternating pairs per stage; "
+        "warm-up excluded."
     )
     print(
         "Rates are medians over the pairs; the ratio is lit-rlhf / TRL per pair (min / median / max); memory is each "
@@ -188,12 +192,13 @@ def main() -> None:
         print("| stage | lit-rlhf sequences | TRL sequences | lit-rlhf tokens / positions | TRL tokens / positions |")
         print("|---|---|---|---|---|")
         for stage in padded:
-            med = lambda side, key: statistics.median(
-                pair[side][key] / pair[side]["measured_steps"] for pair in results[stage]
-            )
-            fill = lambda side: statistics.median(
-                pair[side]["tokens"] / pair[side]["positions"] for pair in results[stage]
-            )
+
+            def med(side: int, key: str, pairs: list = results[stage]) -> float:
+                return statistics.median(pair[side][key] / pair[side]["measured_steps"] for pair in pairs)
+
+            def fill(side: int, pairs: list = results[stage]) -> float:
+                return statistics.median(pair[side]["tokens"] / pair[side]["positions"] for pair in pairs)
+
             print(
                 f"| {stage} | {med(0, 'sequences'):.0f} | {med(1, 'sequences'):.0f} | {fill(0):.2f} | {fill(1):.2f} |"
             )

@@ -71,11 +71,14 @@ def run_sft(ws: Path, settings: dict) -> dict:
         batch_size=s["batch_size"],
         seed=0,
     )
-    count = lambda module, batch: {
-        "tokens": int(batch["attention_mask"].sum()),
-        "sequences": len(batch["input_ids"]),
-        "positions": batch["input_ids"].numel(),
-    }
+
+    def count(module, batch) -> dict:
+        return {
+            "tokens": int(batch["attention_mask"].sum()),
+            "sequences": len(batch["input_ids"]),
+            "positions": batch["input_ids"].numel(),
+        }
+
     fit(module, data, s["warmup_steps"] + s["measured_steps"], step_clock_callback(clock, count), gradient_clip_val=1.0)
     return clock.measured()
 
@@ -95,12 +98,15 @@ def run_rm(ws: Path, settings: dict, k: int) -> dict:
         batch_size=s["prompts_per_step"][str(k)],
         seed=0,
     )
-    count = lambda module, batch: {
-        "comparisons": batch["pairs"].num_pairs,
-        "sequences": len(batch["input_ids"]),
-        "tokens": int(batch["attention_mask"].sum()),
-        "positions": batch["input_ids"].numel(),
-    }
+
+    def count(module, batch) -> dict:
+        return {
+            "comparisons": batch["pairs"].num_pairs,
+            "sequences": len(batch["input_ids"]),
+            "tokens": int(batch["attention_mask"].sum()),
+            "positions": batch["input_ids"].numel(),
+        }
+
     fit(
         module,
         data,

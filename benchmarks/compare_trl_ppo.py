@@ -3,8 +3,8 @@
     python benchmarks/compare_trl_ppo.py --workspace DIR [--threads 2]
 
 TRL dropped its PPOTrainer after release 1.12.0, so run this with an interpreter that has that release,
-e.g. ``.venv-trl-ppo/bin/python`` (see ``compare_common.INSTALL``). Settings are SETTINGS["ppo"] of the workspace, mapped
-to PPOConfig as lit-rlhf's PPOModule uses them. One clock step is one PPO update (a rollout of
+e.g. ``.venv-trl-ppo/bin/python`` (see ``compare_common.INSTALL``). Settings are SETTINGS["ppo"] of the workspace,
+mapped to PPOConfig as lit-rlhf's PPOModule uses them. One clock step is one PPO update (a rollout of
 ``rollout_batch_size`` prompts, scoring and the optimisation epochs), ended by TRL's ``on_step_end``.
 
 The last stdout line is ``RESULT {json}`` with per-rollout counters summed over the measured rollouts:

@@ -203,7 +203,8 @@ def main() -> None:
             for dtype in ("float32", "bfloat16"):
                 ratios = [v / h for v, h in zip(generation[f"vllm {dtype} tokens/s"], hf)]
                 print(
-                    f"| vllm {dtype} / hf fp32 generation | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | {max(ratios):.2f}x |"
+                    f"| vllm {dtype} / hf fp32 generation | {statistics.median(ratios):.2f}x | {min(ratios):.2f}x | "
+                    f"{max(ratios):.2f}x |"
                 )
         ppo: dict[str, list[dict[str, float]]] = {"hf": [], "vllm": []}
         for pair in range(args.ppo_pairs):
@@ -213,7 +214,8 @@ def main() -> None:
         if args.ppo_pairs:
             ratios = [v["episodes/s"] / h["episodes/s"] for v, h in zip(ppo["vllm"], ppo["hf"])]
             print(
-                f"\n| PPO ({args.ppo_episodes} episodes x {args.new_tokens} tokens, vLLM {args.ppo_engine_dtype}) | median | min | max |"
+                f"\n| PPO ({args.ppo_episodes} episodes x {args.new_tokens} tokens, vLLM {args.ppo_engine_dtype}) | "
+                "median | min | max |"
             )
             print("|---|---|---|---|")
             for name in ("hf", "vllm"):
@@ -227,7 +229,8 @@ def main() -> None:
             for key in sorted(k for k in ppo["vllm"][0] if k.startswith("engine/")):
                 values = [r[key] for r in ppo["vllm"]]
                 print(
-                    f"| vllm {key} (last rollout) | {statistics.median(values):.3g} | {min(values):.3g} | {max(values):.3g} |"
+                    f"| vllm {key} (last rollout) | {statistics.median(values):.3g} | {min(values):.3g} | "
+                    f"{max(values):.3g} |"
                 )
 
 

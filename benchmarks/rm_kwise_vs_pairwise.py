@@ -149,7 +149,8 @@ def main() -> None:
         rows.append((k, prompts_per_step * k, math.comb(k, 2), kwise, pairwise))
 
     print(
-        f"\nseq_len={args.seq_len}, threads={args.threads}, {args.seconds:.0f} s per path; median-step comparisons/s (sequences/s)"
+        f"\nseq_len={args.seq_len}, threads={args.threads}, {args.seconds:.0f} s per path; median-step comparisons/s "
+        "(sequences/s)"
     )
     print(
         f"{'K':>3} {'seqs/step':>9} {'pairs/prompt':>12} {'k-wise':>18} {'pairwise':>18} {'ratio':>6} {'ideal K-1':>9}"

@@ -115,7 +115,7 @@ def recover_directory(path: str | Path) -> Optional[str]:
         return None
     dead = [(p, kind, pid) for p, kind, pid in temporaries(target) if not pid_alive(pid) and p.is_dir()]
     for wanted in ("tmp", "old"):
-        for candidate, kind, pid in sorted(dead, key=lambda t: t[0].stat().st_mtime, reverse=True):
+        for candidate, kind, _pid in sorted(dead, key=lambda t: t[0].stat().st_mtime, reverse=True):
             if kind == wanted and (kind == "old" or _complete(candidate)):
                 os.replace(candidate, target)
                 what = "the complete new export" if kind == "tmp" else "the previous export"

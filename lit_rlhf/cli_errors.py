@@ -22,7 +22,6 @@ from lit_rlhf.settings import MOVED_KEYS
 _CLASS_PATH = re.compile(r"Problem with given class_path '([\w.]+)':")
 _PARSER_KEY = re.compile(r'Parser key "([\w.]+)"')
 _NOT_ACCEPTED = re.compile(r"Option '([\w.]+)' is not accepted")
-_GROUP_NOT_ACCEPTED = re.compile(r"Group '([\w.]+)' does not accept option '([\w.]+)'")
 _EXPECTED = re.compile(r"Expected a <class '([\w.]+)'>\. Got value: (.*)")
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 _LITERAL = re.compile(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)")
@@ -61,7 +60,12 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         if key.startswith("model.") and key.rsplit(".", 1)[-1] in MOVED_KEYS:
             return _moved(key, argv)
         return f"{name}: unknown option{_did_you_mean(name, options)}"
+    keys = _PARSER_KEY.findall(message)
+    class_path = _CLASS_PATH.search(message)
     group_option = _GROUP_OPTION.search(message)
+    if group_option and keys and class_path:  # a field of a class's settings group (optimizer, kl, ...), e.g. in YAML
+        group, name = group_option.groups()
+        return _unknown_option_of(f"{keys[0]}.init_args.{group}.{name}", class_path.group(1), argv)
     if group_option:  # a key under a group (trainer, data, ...) that it does not have
         group, name = group_option.groups()
         key = name if group == "fit" or "." in name else f"{group}.{name}"
@@ -69,8 +73,6 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
         if key.startswith("trainer."):
             valid += [f"trainer.{name}" for name in _init_arguments("lightning.pytorch.trainer.trainer.Trainer")]
         return f"{_origin(key, argv)}{key}: unknown option{_did_you_mean(key, valid)}"
-    keys = _PARSER_KEY.findall(message)
-    class_path = _CLASS_PATH.search(message)
     not_accepted = _NOT_ACCEPTED.search(message)
     if keys and not_accepted:
         group, name = keys[0], not_accepted.group(1)
@@ -80,10 +82,6 @@ def describe_parse_error(message: str, argv: Sequence[str], options: Sequence[st
             return _moved(key, argv)
         owner = f" of {class_path.group(1).rsplit('.', 1)[-1]}" if class_path else ""
         return f"{_origin(key, argv)}{key}: unknown option{owner}{_did_you_mean(name, valid)}"
-    group_not_accepted = _GROUP_NOT_ACCEPTED.search(message)
-    if keys and class_path and group_not_accepted:  # e.g. a settings group's field, given in a YAML file
-        group, name = group_not_accepted.groups()
-        return _unknown_option_of(f"{keys[0]}.init_args.{group}.{name}", class_path.group(1), argv)
     expected = _EXPECTED.search(message)
     if keys and expected:
         group, name = keys[0], keys[-1]
@@ -113,7 +111,8 @@ def _unknown_option_of(key: str, class_path: str, argv: Sequence[str]) -> str:
 
 
 def _moved_within(name: str, valid: Sequence[str]) -> bool:
-    """Whether ``name`` is an old key (``settings.MOVED_KEYS``) whose new key (or at least its group) the class takes."""
+    """Whether ``name`` is an old key (``settings.MOVED_KEYS``) whose new key (or at least its group) the class
+    takes."""
     new = MOVED_KEYS.get(name)
     return new is not None and (new in valid or new.split(".")[0] in valid)
 

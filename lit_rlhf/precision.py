@@ -123,7 +123,8 @@ def effective_weight(optimizer: torch.optim.Optimizer, param: Tensor) -> Tensor:
 # 16x192 tokens, bf16 autocast over 800 s for two steps; vLLM's bf16 generation 0.19x its fp32). ``auto`` picks
 # bf16 only where it is native, and any bf16 setting that will be emulated is said once at start-up.
 
-#: ``trainer.precision: auto`` (the lit-rlhf command and :class:`Trainer`): ``bf16-mixed`` where native, else ``32-true``.
+#: ``trainer.precision: auto`` (the lit-rlhf command and :class:`Trainer`): ``bf16-mixed`` where native, else
+#: ``32-true``.
 AUTO = "auto"
 
 _warned: set[str] = set()

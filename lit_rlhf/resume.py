@@ -105,7 +105,8 @@ def checkpoint_hyperparameters(path: str | Path) -> dict[str, Any]:
 
 
 def report_changed_options(path: str | Path, module: LightningModule) -> dict[str, tuple[Any, Any]]:
-    """Print one line listing every model option whose value differs from the checkpoint's; the current value applies."""
+    """Print one line listing every model option whose value differs from the checkpoint's; the current value
+    applies."""
     changed = changed_options(checkpoint_hyperparameters(path), dict(module.hparams))
     if changed:
         listed = "; ".join(f"{key} = {new!r} (checkpoint: {old!r})" for key, (old, new) in changed.items())

@@ -103,7 +103,8 @@ class FirstStepGradients(Callback):
 
 
 class CPUFSDPStrategy(HFFSDPStrategy):
-    """Test-only: Lightning 2.6.6 builds FSDP1 with ``device_id=None`` on CPU, which torch refuses; pass the CPU device."""
+    """Test-only: Lightning 2.6.6 builds FSDP1 with ``device_id=None`` on CPU, which torch refuses; pass the CPU
+    device."""
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         from lightning.fabric.strategies.fsdp import _setup_activation_checkpointing

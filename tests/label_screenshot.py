@@ -33,7 +33,8 @@ EXAMPLES = [
             "Because the ocean reflects onto it.",
             "Air scatters blue light more than other colours, so the sky looks blue. <b>Fun fact</b>: sunsets are red "
             "for the same reason.",
-            "Light from the Sun bounces off tiny bits of air;\u200b blue bounces around the most, so that is the colour we see.",
+            "Light from the Sun bounces off tiny bits of air;\u200b blue bounces around the most, so that is the "
+            "colour we see.",
         ],
     },
 ]

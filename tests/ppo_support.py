@@ -45,7 +45,7 @@ def build_world(root: Path, tiny_dir: Path) -> dict[str, str]:
     rng = random.Random(0)
     letters = "abcdefgh"
     with open(root / "prompts.jsonl", "w") as f:
-        for i in range(12):
+        for _ in range(12):
             f.write(json.dumps({"prompt": f"sort {' '.join(rng.sample(letters, 3))}:"}) + "\n")
     (root / "ptx.txt").write_text(
         "".join(f"the letters {' '.join(rng.sample(letters, 4))} are here\n" for _ in range(40))

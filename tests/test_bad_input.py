@@ -188,13 +188,15 @@ CASES = [
         "group-typo-flag",
         [*SFT, "--model.init_args.optimizer.learning_ratte", "1"],
         {},
-        "model.init_args.optimizer.learning_ratte: unknown option of SFTModule; did you mean 'optimizer.learning_rate'?",
+        "model.init_args.optimizer.learning_ratte: unknown option of SFTModule; did you mean "
+        "'optimizer.learning_rate'?",
     ),
     (
         "group-typo-yaml",
         [*SFT, "--config", "o.yaml"],
         {"o.yaml": "model:\n  init_args:\n    optimizer:\n      warmup_step: 3\n"},
-        "o.yaml: model.init_args.optimizer.warmup_step: unknown option of SFTModule; did you mean 'optimizer.warmup_steps'?",
+        "o.yaml: model.init_args.optimizer.warmup_step: unknown option of SFTModule; did you mean "
+        "'optimizer.warmup_steps'?",
     ),
     (
         "group-not-a-number",
@@ -508,7 +510,8 @@ CASES = [
         "model-dir-marker-mismatch",
         [*SFT, "--model.init_args.model", "m", "--model.init_args.tokenizer", f"{SANDBOX}/tokenizer"],
         "marker",
-        "model directory 'm' is incomplete: model.safetensors missing or cut short. It was written by `lit-rlhf fit --config configs/sft.yaml`",
+        "model directory 'm' is incomplete: model.safetensors missing or cut short. It was written by "
+        "`lit-rlhf fit --config configs/sft.yaml`",
     ),
     (
         "rm-model-dir-config-only",

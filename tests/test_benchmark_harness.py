@@ -31,10 +31,12 @@ def test_step_clock_measures_from_the_end_of_the_warm_up():
 def test_report_gives_per_pair_ratios_min_median_max():
     import compare
 
-    pair = lambda lit, trl: (
-        {"tokens": lit, "seconds": 1.0, "peak_rss_gib": 1.0},
-        {"tokens": trl, "seconds": 2.0, "peak_rss_gib": 2.0},
-    )
+    def pair(lit: int, trl: int) -> tuple[dict, dict]:
+        return (
+            {"tokens": lit, "seconds": 1.0, "peak_rss_gib": 1.0},
+            {"tokens": trl, "seconds": 2.0, "peak_rss_gib": 2.0},
+        )
+
     row = compare.report("sft", [pair(300, 200), pair(200, 200), pair(400, 200)])[0]
     assert "| 2.00 / 3.00 / 4.00 |" in row  # (300/1)/(200/2) = 3, 2, 4
 

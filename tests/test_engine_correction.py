@@ -1,5 +1,6 @@
 """What of the vLLM engine is testable without vLLM (default suite): the engine-vs-trainer mismatch and truncated
-importance sampling math, the PPO glue, the weight stream, and clear errors. The engine itself: tests/test_engine_vllm.py."""
+importance sampling math, the PPO glue, the weight stream, and clear errors. The engine itself:
+tests/test_engine_vllm.py."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def test_texts_decode_on_demand_with_the_records_tokenizer(tiny_tokenizer):
     assert with_tokenizer.response_texts == [tiny_tokenizer.decode([50]), tiny_tokenizer.decode([51, 52, 53])]
     assert with_tokenizer.prompt_texts[0] == tiny_tokenizer.decode([40, 41])  # padding left out
     with pytest.raises(ValueError, match="no tokenizer"):
-        episodes().response_texts
+        _ = episodes().response_texts
 
 
 def test_callbacks_find_the_summary_in_the_step_outputs():

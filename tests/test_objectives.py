@@ -139,7 +139,8 @@ def test_grpo_with_a_verifiable_reward_and_no_reward_model_runs_from_its_config(
     extra = in_scratch_dir / "gold.yaml"
     extra.write_text(
         "model:\n  init_args:\n    rewards:\n"
-        "      - {class_path: lit_rlhf.rewards.FunctionReward, init_args: {function: 'lit_rlhf.sandbox.rewards:exact_answer'}}\n"
+        "      - {class_path: lit_rlhf.rewards.FunctionReward,"
+        " init_args: {function: 'lit_rlhf.sandbox.rewards:exact_answer'}}\n"
         "      - {class_path: lit_rlhf.sandbox.GoldReward}\n"
     )
     main(

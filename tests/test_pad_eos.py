@@ -226,7 +226,7 @@ def test_ppo_response_mask_ends_at_the_first_sampled_eos(world, tmp_path):
     from lit_rlhf.models.heads import sequence_rewards
     from lit_rlhf.modules import PPOModule
 
-    tokenizer, eos = world["tokenizer"], world["tokenizer"].eos_token_id
+    eos = world["tokenizer"].eos_token_id
     prompts = [{"messages": [{"role": "user", "content": text}]} for text in ("sort b a", "hi", "count to three", "x")]
     data = PromptDataModule(
         prompts=str(write_jsonl(tmp_path / "p.jsonl", prompts)),

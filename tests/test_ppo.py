@@ -112,7 +112,7 @@ def test_gamma_ptx_changes_the_update_and_zero_is_plain_ppo(ppo_world, tmp_path)
             "Record",
             (Callback,),
             {
-                "on_train_batch_end": lambda self, t, m, outputs, *a: summaries.append(
+                "on_train_batch_end": lambda self, t, m, outputs, *a, summaries=summaries: summaries.append(
                     RolloutSummary.from_outputs(outputs)
                 )
             },

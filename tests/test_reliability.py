@@ -104,7 +104,7 @@ def lines_starting(text: str, prefix: str) -> list[str]:
 def dpo_args(*extra: str) -> list[str]:
     import shutil
 
-    args = rm_args()
+    rm_args()  # writes the comparison data and demos the DPO run reads
     shutil.copytree(REPO_ROOT / SANDBOX / "base_model", "policy")
     return [
         "fit",
@@ -299,7 +299,10 @@ def test_the_cli_restores_a_model_directory_before_the_stage_that_reads_it(in_sc
 # ------------------------------------------------------------------------------------------------
 # 4. One run per output and checkpoint directory.
 
-HOLD = "import sys, time; from lit_rlhf.reliability.run_lock import acquire; acquire(sys.argv[1], 'model.output_dir'); print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import sys, time; from lit_rlhf.reliability.run_lock import acquire; acquire(sys.argv[1], 'model.output_dir'); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_a_second_run_meets_one_line_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
@@ -576,7 +579,8 @@ def test_progress_lines_and_logger_flushes_when_output_is_not_a_terminal(in_scra
     progress = in_scratch_dir / "progress.yaml"
     progress.write_text(
         "trainer:\n  logger: {class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: logs}}\n"
-        "  callbacks:\n    - class_path: lit_rlhf.reliability.progress.PlainProgress\n      init_args: {every_n_steps: 2}\n"
+        "  callbacks:\n    - class_path: lit_rlhf.reliability.progress.PlainProgress\n"
+        "      init_args: {every_n_steps: 2}\n"
     )
     args = sft_args("--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1")
     at = args.index("--trainer.logger")

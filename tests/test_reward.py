@@ -117,11 +117,11 @@ def test_groups_stay_whole_across_shuffled_batches_and_ranks(tmp_path, tiny_dir,
                 assert [r.split(":", 1)[1] for r in rows] == record["responses"]  # all K, in order, nothing else
                 seen.append(prompt)
             pairs = batch["pairs"]
-            for w, l in zip(pairs.winner.tolist(), pairs.loser.tolist()):
-                assert groups[w] == groups[l]  # pairs never cross prompts
+            for w, loser in zip(pairs.winner.tolist(), pairs.loser.tolist()):
+                assert groups[w] == groups[loser]  # pairs never cross prompts
                 record = records[int(texts[w].split(":")[0][1:])]
                 ranks = dict(zip(record["responses"], record["ranks"]))
-                assert ranks[texts[w].split(":", 1)[1]] < ranks[texts[l].split(":", 1)[1]]
+                assert ranks[texts[w].split(":", 1)[1]] < ranks[texts[loser].split(":", 1)[1]]
     assert sorted(seen) == sorted(f"P{g:02d}" for g in range(24))  # every prompt exactly once over both ranks
     order_epoch_0 = list(loader.sampler)
     loader.sampler.set_epoch(1)

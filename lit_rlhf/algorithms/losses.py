@@ -19,7 +19,8 @@ _Index = tuple[int | slice, ...]
 
 
 def _blocks(shape: tuple[int, ...], max_elements: int) -> Iterator[_Index]:
-    """Basic-indexing tuples over the leading dims of ``shape`` (last dim = vocab) whose blocks hold at most ``max_elements``.
+    """Basic-indexing tuples over the leading dims of ``shape`` (last dim = vocab) whose blocks hold at most
+    ``max_elements``.
 
     Indexing with them gives views, never copies. A block is never smaller than one vocab row.
     """

@@ -1,4 +1,5 @@
-"""Direct preference optimisation (Rafailov et al. 2023) on ranked groups: every pair of a group, each response forwarded once."""
+"""Direct preference optimisation (Rafailov et al. 2023) on ranked groups: every pair of a group, each response
+forwarded once."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def dpo_loss(
     Args:
         policy_logps: ``[N]`` summed log-probs of each response under the policy (with grad).
         reference_logps: ``[N]`` the same under the reference.
-        pairs: Winner/loser indices into the ``N`` responses (from :func:`~lit_rlhf.algorithms.ranking.comparison_pairs`).
+        pairs: Winner/loser indices into the ``N`` responses
+            (from :func:`~lit_rlhf.algorithms.ranking.comparison_pairs`).
         beta: Strength of the implicit KL constraint (DPO paper: 0.1).
         label_smoothing: Probability that a label is flipped, in [0, 0.5).
 

@@ -85,9 +85,9 @@ def comparison_pairs(ranks: list[list[int]]) -> ComparisonPairs:
                 rank_j = group_ranks[j]
                 if rank_i == rank_j:
                     continue
-                (w, rank_w), (l, rank_l) = sorted([(i, rank_i), (j, rank_j)], key=lambda item: item[1])
+                (w, rank_w), (lo, rank_l) = sorted([(i, rank_i), (j, rank_j)], key=lambda item: item[1])
                 winner.append(offset + w)
-                loser.append(offset + l)
+                loser.append(offset + lo)
                 group.append(group_index)
                 best_vs_worst.append(rank_w == best and rank_l == worst)
                 adjacent.append(position[rank_l] == position[rank_w] + 1)

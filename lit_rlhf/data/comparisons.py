@@ -193,7 +193,8 @@ def encode_comparisons(
     on_invalid: str,
     counter: DropCounter,
 ) -> list[ComparisonGroup]:
-    """Validate and tokenise comparison records; invalid ones raise, or with ``on_invalid='drop'`` are counted and skipped."""
+    """Validate and tokenise comparison records; invalid ones raise, or with ``on_invalid='drop'`` are counted and
+    skipped."""
     groups = []
     for record in records:
         try:
@@ -244,8 +245,8 @@ def encode_demonstrations(
         else:
             raise record.error(
                 None,
-                f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or '{fields('messages')}' "
-                f"(record has: {', '.join(sorted(record.data)) or 'none'})",
+                f"centering needs demonstrations: '{fields('prompt')}'+'{fields('response')}' or "
+                f"'{fields('messages')}' (record has: {', '.join(sorted(record.data)) or 'none'})",
             )
         example = encode_prompt_response(tokenizer, prompt, response)
         if response_fills_length([example], max_length, truncation):
@@ -327,13 +328,14 @@ class RewardDataModule(StageDataModule):
             is dropped, counted and named), ``drop`` drops the whole prompt group, ``error`` stops.
         on_invalid: Invalid records (K < 2, a repeated or empty response, bad ranks, only ties, missing fields):
             ``error`` stops with the file, record and field; ``drop`` skips them, counted by reason and logged.
-        batch_size: Prompts per device per step (the paper counts RM batches in prompts); each brings all its K responses.
+        batch_size: Prompts per device per step (the paper counts RM batches in prompts); each brings all its K
+            responses.
         group_by_length: Batch prompts of similar padded size together so little compute goes to padding.
         num_workers: DataLoader worker processes.
         seed: Seed for the validation split and the batch order. Default: the run's ``seed_everything``.
         format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
-            public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``; ``center_on`` is always detected
-            (:mod:`lit_rlhf.data.formats`).
+            public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``; ``center_on`` is always
+            detected (:mod:`lit_rlhf.data.formats`).
     """
 
     def __init__(

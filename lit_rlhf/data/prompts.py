@@ -105,7 +105,8 @@ def collate_prompts(prompts: list[tuple[list[int], dict]], pad_id: int) -> dict:
 def encode_prompts(
     records: list[Record], tokenizer, fields: FieldMap, max_length: int, truncation: str, counter: DropCounter
 ) -> list[tuple[list[int], dict]]:
-    """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`, and its record's fields."""
+    """Token ids of each prompt, with the ``truncation`` policy of :class:`PromptDataModule`, and its record's
+    fields."""
     prompts = []
     for record in records:
         ids = tokenizer(render_prompt(tokenizer, record, fields), add_special_tokens=True)["input_ids"]
@@ -233,8 +234,8 @@ class PromptDataModule(StageDataModule):
         )
         if prompt_sampler.batches_per_epoch == 0:
             raise ConfigError(
-                f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each of "
-                f"{replicas} device(s); lower model.batch.rollout_batch_size or add prompts"
+                f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each "
+                f"of {replicas} device(s); lower model.batch.rollout_batch_size or add prompts"
             )
         loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
         if self.ptx_examples:

@@ -129,7 +129,8 @@ def _read_jsonl(path: Path) -> list[Record]:
 
 
 def _whole_json_hint(path: Path, records_so_far: list) -> str:
-    """A hint when a ``.jsonl`` file that failed on its first record is one JSON document (e.g. a pretty-printed array)."""
+    """A hint when a ``.jsonl`` file that failed on its first record is one JSON document (e.g. a pretty-printed
+    array)."""
     if records_so_far:
         return ""
     try:

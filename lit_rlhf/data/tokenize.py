@@ -150,6 +150,7 @@ def encode_sft_record(tokenizer: PreTrainedTokenizerBase, record: Record, fields
         return encode_text(tokenizer, get_str(record, fields, "text"))
     raise record.error(
         None,
-        f"no known fields: expected '{fields('prompt')}'+'{fields('response')}', '{fields('messages')}' or '{fields('text')}' "
-        f"(record has: {', '.join(sorted(data)) or 'none'}; field names can be remapped with `fields`)",
+        f"no known fields: expected '{fields('prompt')}'+'{fields('response')}', '{fields('messages')}' or "
+        f"'{fields('text')}' (record has: {', '.join(sorted(data)) or 'none'}; field names can be remapped with "
+        "`fields`)",
     )

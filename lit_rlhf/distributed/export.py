@@ -18,7 +18,8 @@ from lit_rlhf.models.saving import current_command, save_hf_directory
 
 
 def full_tensors_by_layer(model: torch.nn.Module) -> Iterator[dict[str, torch.Tensor]]:
-    """``model``'s state dict as full (unsharded) tensors, one decoder layer at a time (then what is outside the layers).
+    """``model``'s state dict as full (unsharded) tensors, one decoder layer at a time (then what is outside the
+    layers).
 
     A sharded (FSDP2 DTensor) entry is all-gathered only when its layer is reached, so at most one layer's full
     tensors are held at once, never the whole model. A collective under FSDP2: every rank must iterate it to the

@@ -13,7 +13,8 @@ from transformers import PreTrainedModel
 
 
 def layer_class_names(root: torch.nn.Module) -> set[str]:
-    """Names of the layer classes Hugging Face says must not be split: ``_no_split_modules`` of every HF model in ``root``."""
+    """Names of the layer classes Hugging Face says must not be split: ``_no_split_modules`` of every HF model in
+    ``root``."""
     names: set[str] = set()
     for module in root.modules():
         if isinstance(module, PreTrainedModel):
@@ -29,7 +30,8 @@ def layer_classes(root: torch.nn.Module, names: Optional[Sequence[str]] = None) 
     wanted = set(names) if names else layer_class_names(root)
     if not wanted:
         raise ValueError(
-            "the model declares no `_no_split_modules`; name its decoder-layer class explicitly (e.g. layer_classes: [LlamaDecoderLayer])"
+            "the model declares no `_no_split_modules`; name its decoder-layer class explicitly (e.g. layer_classes: "
+            "[LlamaDecoderLayer])"
         )
     found = {type(m) for m in root.modules() if type(m).__name__ in wanted}
     if not found:

@@ -46,7 +46,8 @@ _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def kv_cache_bytes_per_token(config, dtype: str) -> int:
-    """Bytes of KV cache one token takes in a model with this Hugging Face ``config``: keys and values of every layer."""
+    """Bytes of KV cache one token takes in a model with this Hugging Face ``config``: keys and values of every
+    layer."""
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
@@ -188,7 +189,8 @@ class VLLMEngine(RolloutEngine):
             max_model_len=max_model_len,
             enforce_eager=self.enforce_eager,
             skip_tokenizer_init=True,  # token ids in, token ids out
-            generation_config="vllm",  # sampling exactly as SamplingSettings say, not as the directory's generation config
+            # sampling exactly as SamplingSettings say, not as the directory's generation config
+            generation_config="vllm",
             logprobs_mode="processed_logprobs",  # log-probs at the sampling temperature, as the trainer computes them
             worker_extension_cls=f"{WeightSyncExtension.__module__}.{WeightSyncExtension.__qualname__}",
             enable_prefix_caching=False,

@@ -42,7 +42,8 @@ def comparison_record(item: Item, ranks: list[int], per_response: dict[str, list
 
 
 def demonstration_record(item: Item, response: str, labeler: str) -> dict[str, Any]:
-    """An SFT record from a labeler's rewrite: ``{"prompt", "response"}``, or a chat with the rewrite as the last turn."""
+    """An SFT record from a labeler's rewrite: ``{"prompt", "response"}``, or a chat with the rewrite as the last
+    turn."""
     record = dict(item.record, labeler=labeler)
     if "prompt" not in record and isinstance(record.get("messages"), list):
         record["messages"] = record["messages"] + [{"role": "assistant", "content": response}]

@@ -107,7 +107,8 @@ def format_stats(store: LabelStore) -> str:
         return format_pairs_stats(store)
     judgments = store.judgments(status=None)
     lines = [
-        f"{len(store.items())} items, {len({j['item_id'] for j in judgments if j['status'] == 'ranked'})} ranked at least once"
+        f"{len(store.items())} items, {len({j['item_id'] for j in judgments if j['status'] == 'ranked'})} ranked at "
+        "least once"
     ]
     lines.append(
         f"{'labeler':<20} {'ranked':>7} {'skipped':>8} {'median s':>9} {'items/h':>8} {'agreement':>10} {'pairs':>7}"
@@ -126,7 +127,8 @@ def format_stats(store: LabelStore) -> str:
         spread = "" if stderr is None else f" ± {stderr:.1%}"
         lines.append(
             f"agreement: {mean:.1%}{spread} (mean over labelers ± standard error; paper 72.6 ± 1.5%); pooled "
-            f"{found.pooled.share:.1%} of {found.pooled.compared} pairs; {found.pooled.tied_pairs} pairs tied by a labeler not counted"
+            f"{found.pooled.share:.1%} of {found.pooled.compared} pairs; {found.pooled.tied_pairs} pairs tied by a "
+            "labeler not counted"
         )
     return "\n".join(lines)
 

@@ -239,7 +239,8 @@ class LabelStore:
             self._claim_mode(conn, mode)
             before = conn.execute("SELECT count(*) FROM items").fetchone()[0]
             conn.executemany(
-                "INSERT OR IGNORE INTO items (content_key, record, prompt_text, responses, source, line, imported_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO items (content_key, record, prompt_text, responses, source, line, imported_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [row + (now,) for row in rows],
             )
             added = conn.execute("SELECT count(*) FROM items").fetchone()[0] - before
@@ -355,7 +356,8 @@ class LabelStore:
         with self.transaction() as conn:
             # A lease that ran out while others filled the item is void: the labeler moves on.
             conn.execute(
-                f"DELETE FROM assignments WHERE labeler = ? AND lease_expires <= ? AND ({RANKED_COUNT.format(item='assignments.item_id')}) >= ?",
+                "DELETE FROM assignments WHERE labeler = ? AND lease_expires <= ? AND "
+                f"({RANKED_COUNT.format(item='assignments.item_id')}) >= ?",
                 (labeler, now, self.overlap),
             )
             row = conn.execute(
@@ -453,7 +455,8 @@ class LabelStore:
             if existing is not None:
                 if base_revision != existing["revision"]:
                     raise SubmissionError(
-                        f"item {item_id}: stale submission (revision {base_revision}, stored {existing['revision']}); reload the item",
+                        f"item {item_id}: stale submission (revision {base_revision}, stored {existing['revision']}); "
+                        "reload the item",
                         status=409,
                     )
                 if existing["status"] == "skipped" and status == "ranked":
@@ -466,8 +469,8 @@ class LabelStore:
                             status=409,
                         )
                 conn.execute(
-                    "UPDATE judgments SET status = ?, ranking = ?, scores = ?, flags = ?, rewrite = ?, submitted_at = ?, "
-                    "revision = revision + 1 WHERE item_id = ? AND labeler = ?",
+                    "UPDATE judgments SET status = ?, ranking = ?, scores = ?, flags = ?, rewrite = ?, "
+                    "submitted_at = ?, revision = revision + 1 WHERE item_id = ? AND labeler = ?",
                     (status, *values, now, item_id, labeler),
                 )
                 return existing["revision"] + 1
@@ -491,8 +494,8 @@ class LabelStore:
                     f"item {item_id}: stale submission (revision {base_revision}, nothing stored yet)", status=409
                 )
             conn.execute(
-                "INSERT INTO judgments (item_id, labeler, status, ranking, scores, flags, rewrite, shown_at, submitted_at, revision) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                "INSERT INTO judgments (item_id, labeler, status, ranking, scores, flags, rewrite, shown_at, "
+                "submitted_at, revision) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                 (item_id, labeler, status, *values, lease["shown_at"], now),
             )
             conn.execute("DELETE FROM assignments WHERE item_id = ? AND labeler = ?", (item_id, labeler))
@@ -509,7 +512,8 @@ class LabelStore:
         """The labeler's judgments, newest first, with the start of each prompt."""
         rows = self._conn().execute(
             "SELECT j.item_id, j.status, j.submitted_at, j.revision, substr(i.prompt_text, 1, 120) AS prompt "
-            "FROM judgments j JOIN items i ON i.id = j.item_id WHERE j.labeler = ? ORDER BY j.submitted_at DESC, j.id DESC LIMIT ?",
+            "FROM judgments j JOIN items i ON i.id = j.item_id WHERE j.labeler = ? "
+            "ORDER BY j.submitted_at DESC, j.id DESC LIMIT ?",
             (labeler, limit),
         )
         return [dict(row) for row in rows]
@@ -530,7 +534,8 @@ class LabelStore:
         ).fetchone()[0]
         total = conn.execute("SELECT count(*) FROM items").fetchone()[0]
         complete = conn.execute(
-            "SELECT count(*) FROM (SELECT item_id FROM judgments WHERE status = 'ranked' GROUP BY item_id HAVING count(*) >= ?)",
+            "SELECT count(*) FROM (SELECT item_id FROM judgments WHERE status = 'ranked' "
+            "GROUP BY item_id HAVING count(*) >= ?)",
             (self.overlap,),
         ).fetchone()[0]
         return {

@@ -8,8 +8,8 @@ import torch
 
 
 def is_lora(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a peft model with LoRA adapters (:mod:`lit_rlhf.lora`). peft is optional (the ``lora`` extra): a model
-    can only be a peft model if peft was imported, so without it nothing is imported here."""
+    """Whether ``model`` is a peft model with LoRA adapters (:mod:`lit_rlhf.lora`). peft is optional (the ``lora``
+    extra): a model can only be a peft model if peft was imported, so without it nothing is imported here."""
     peft = sys.modules.get("peft")
     return peft is not None and isinstance(model, peft.PeftModel)
 

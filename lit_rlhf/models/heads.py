@@ -34,7 +34,8 @@ def scalar_head_name(model: PreTrainedModel) -> str:
         if isinstance(getattr(model, name, None), torch.nn.Module):
             return name
     raise TypeError(
-        f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a reward/value model."
+        f"{type(model).__name__} has no scalar head named 'score' or 'classifier'; lit-rlhf cannot use it as a "
+        "reward/value model."
     )
 
 

@@ -55,8 +55,8 @@ def set_residual_dropout(config: PretrainedConfig, p: float) -> list[str]:
     fields = [name for name in _RESIDUAL_DROPOUT_FIELDS if hasattr(config, name)]
     if not fields:
         raise ValueError(
-            f"model type '{config.model_type}' has no residual dropout field (looked for {', '.join(_RESIDUAL_DROPOUT_FIELDS)}); "
-            "leave `dropout` unset for this model."
+            f"model type '{config.model_type}' has no residual dropout field (looked for "
+            f"{', '.join(_RESIDUAL_DROPOUT_FIELDS)}); leave `dropout` unset for this model."
         )
     for name in fields:
         setattr(config, name, p)

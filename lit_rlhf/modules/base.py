@@ -136,7 +136,8 @@ class StageModule(LightningModule):
     # Models
 
     def load_trained(self, source: str, kind: Literal["causal", "scalar"] = "causal", **kwargs) -> torch.nn.Module:
-        """A trained model (train mode), with LoRA adapters when ``lora`` is set (a scalar model's new head trains in full)."""
+        """A trained model (train mode), with LoRA adapters when ``lora`` is set (a scalar model's new head trains in
+        full)."""
         if kind == "causal":
             model = load_causal_lm(source, **kwargs).train()
             return apply_lora(model, self.lora_options)
@@ -199,7 +200,8 @@ class StageModule(LightningModule):
         missing = [k for k in result.missing_keys if not self._is_frozen_key(k)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
-                f"checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+                f"checkpoint does not match {type(self).__name__}: missing {missing[:5]}, unexpected "
+                f"{result.unexpected_keys[:5]}"
             )
         return result
 

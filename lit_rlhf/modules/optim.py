@@ -45,8 +45,8 @@ def adamw(
         dtype = str(low[0].dtype).removeprefix("torch.")
         if low_precision == "refuse":
             raise ConfigError(
-                f"{len(low)} trained weight tensors are {dtype}, where AdamW updates below half a rounding step are lost; "
-                "use trainer.precision bf16-mixed (float32 master weights) or the compensated optimizer"
+                f"{len(low)} trained weight tensors are {dtype}, where AdamW updates below half a rounding step are "
+                "lost; use trainer.precision bf16-mixed (float32 master weights) or the compensated optimizer"
             )
         if low_precision != "compensate":
             raise ValueError(f"low_precision must be 'compensate' or 'refuse', got {low_precision!r}")

@@ -7,8 +7,8 @@ calls these hooks):
   and exports a killed run left missing restored (:func:`lit_rlhf.atomic.recover_directory`);
 - once the data is read, before any model loads: PPO's prompts checked against its rollout size and ``gamma_ptx``
   against its ptx data (:class:`EarlyDataChecks`);
-- before ``fit``: the atomic checkpoint writer installed, the resume checkpoint checked whole and its changed options printed, every
-  written directory locked, write-tested and checked for room (:mod:`lit_rlhf.reliability.preflight`).
+- before ``fit``: the atomic checkpoint writer installed, the resume checkpoint checked whole and its changed options
+  printed, every written directory locked, write-tested and checked for room (:mod:`lit_rlhf.reliability.preflight`).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def check_ppo_data(module: Any, datamodule: Any, world_size: int) -> None:
 
 
 class EarlyDataChecks(Callback):
-    """Runs :func:`check_ppo_data` in ``setup``: after the data module's setup, before ``configure_model`` loads models."""
+    """Runs :func:`check_ppo_data` in ``setup``: after the data module's setup, before ``configure_model`` loads
+    models."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":

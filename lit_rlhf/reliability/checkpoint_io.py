@@ -79,8 +79,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if cause is None:
                 raise
             raise CheckpointWriteFailed(
-                f"cannot write checkpoint {target}: {cause.strerror or cause}; nothing was half-written and the previous "
-                "checkpoints are kept. Free space (or fix permissions) and resume with --ckpt_path last"
+                f"cannot write checkpoint {target}: {cause.strerror or cause}; nothing was half-written and the "
+                "previous checkpoints are kept. Free space (or fix permissions) and resume with --ckpt_path last"
             ) from e
         try:  # the rename itself is durable once the directory is synced
             fd = os.open(target.parent, os.O_RDONLY)

@@ -61,8 +61,8 @@ class FiniteGradientGuard(Callback):
             f" (the last logged train/loss was {float(loss):.4g})" if loss is not None and loss.numel() == 1 else ""
         )
         raise TrainingStopped(
-            f"the loss or its gradient is NaN or inf at global step {trainer.global_step} (epoch {trainer.current_epoch})"
-            f"{last_loss}; stopped before the optimizer step and without exporting, so no checkpoint holds NaN weights. "
-            "Resume from the last checkpoint (--ckpt_path last) with a lower learning_rate (the new value applies on "
-            "resume) or with trainer.gradient_clip_val set."
+            f"the loss or its gradient is NaN or inf at global step {trainer.global_step} "
+            f"(epoch {trainer.current_epoch}){last_loss}; stopped before the optimizer step and without exporting, "
+            "so no checkpoint holds NaN weights. Resume from the last checkpoint (--ckpt_path last) with a lower "
+            "learning_rate (the new value applies on resume) or with trainer.gradient_clip_val set."
         )

@@ -2,10 +2,10 @@
 after all the training, fails at once in one line:
 
 - every directory the run writes (``model.output_dir`` and each ``ModelCheckpoint`` dirpath) is locked for this
-  run (:mod:`lit_rlhf.reliability.run_lock`), is writable (a test file is written and removed), and its filesystem has room
-  for a checkpoint and the export, estimated from the model's size;
-- the checkpoint writer is :class:`~lit_rlhf.reliability.checkpoint_io.AtomicCheckpointIO`, and a checkpoint to resume from
-  is whole;
+  run (:mod:`lit_rlhf.reliability.run_lock`), is writable (a test file is written and removed), and its filesystem has
+  room for a checkpoint and the export, estimated from the model's size;
+- the checkpoint writer is :class:`~lit_rlhf.reliability.checkpoint_io.AtomicCheckpointIO`, and a checkpoint to resume
+  from is whole;
 - an export left missing by a kill between two renames is restored (:func:`lit_rlhf.atomic.recover_directory`)
   before the models that read it load.
 """
@@ -162,7 +162,7 @@ def check_disk(trainer: Trainer, module: Any) -> None:
     for option, shown, directory, _ in targets:
         acquire(Path(shown) if option == "model.output_dir" else directory, option)
     needed: dict[int, tuple[int, list[str], Path]] = {}
-    for option, shown, directory, size in targets:
+    for _option, shown, directory, size in targets:
         where = existing_ancestor(directory)
         device = os.stat(where).st_dev
         total, names, _ = needed.get(device, (0, [], where))
@@ -171,9 +171,10 @@ def check_disk(trainer: Trainer, module: Any) -> None:
         free = _free_bytes(where)
         if size and free < size:
             raise NotWritable(
-                f"{', '.join(names)}: {_gib(free)} free on that filesystem, but a checkpoint and the export of this model "
-                f"need about {_gib(size)} (weights x{CHECKPOINT_BYTES_PER_WEIGHT_BYTE} for a checkpoint with AdamW's "
-                "moments, plus the weights); free space or choose another directory (checked before the first step)"
+                f"{', '.join(names)}: {_gib(free)} free on that filesystem, but a checkpoint and the export of this "
+                f"model need about {_gib(size)} (weights x{CHECKPOINT_BYTES_PER_WEIGHT_BYTE} for a checkpoint with "
+                "AdamW's moments, plus the weights); free space or choose another directory (checked before the "
+                "first step)"
             )
 
 

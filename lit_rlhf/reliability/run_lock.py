@@ -2,9 +2,9 @@
 
 Two ``lit-rlhf fit`` runs writing one directory mix their checkpoints (``last.ckpt`` / ``last-v1.ckpt``) and
 overwrite each other's export. Each run takes an exclusive ``flock`` on ``.NAME.lock`` beside every directory it
-writes (``model.output_dir``, each ``ModelCheckpoint`` dirpath), ``.lit-rlhf-lock.NAME`` beside it, before its first step; a second run meets one
-line naming the holder's PID and command. The kernel drops the lock when its process dies, so the lock of a
-killed run is taken over without any cleanup (the file, holding the last holder's PID, stays).
+writes (``model.output_dir``, each ``ModelCheckpoint`` dirpath), ``.lit-rlhf-lock.NAME`` beside it, before its first
+step; a second run meets one line naming the holder's PID and command. The kernel drops the lock when its process
+dies, so the lock of a killed run is taken over without any cleanup (the file, holding the last holder's PID, stays).
 """
 
 from __future__ import annotations

@@ -63,7 +63,8 @@ class Reward(torch.nn.Module):
         return []
 
     def uses_reward_model(self) -> bool:
-        """Whether this component reads the policy module's ``reward_model`` directory (:attr:`RewardContext.reward_model`)."""
+        """Whether this component reads the policy module's ``reward_model`` directory
+        (:attr:`RewardContext.reward_model`)."""
         return False
 
     def forward(self, episodes: Episodes) -> Tensor:  # pragma: no cover - abstract

@@ -259,7 +259,8 @@ class GoldProxyKLProbe(Callback):
     ):
         if every_n_rollouts < 1 or samples_per_prompt < 1 or num_prompts < 1:
             raise ValueError(
-                f"every_n_rollouts, samples_per_prompt and num_prompts must be at least 1, got {every_n_rollouts}, {samples_per_prompt}, {num_prompts}"
+                f"every_n_rollouts, samples_per_prompt and num_prompts must be at least 1, got {every_n_rollouts}, "
+                f"{samples_per_prompt}, {num_prompts}"
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (the KL is of the sampling distribution), got {temperature}")
@@ -303,7 +304,8 @@ class GoldProxyKLProbe(Callback):
         reference_source = self.reference_source or getattr(hparams, "policy", None)
         if reference_source is None:
             raise ValueError(
-                f"GoldProxyKLProbe: {type(pl_module).__name__} has no `policy` hyperparameter; set the probe's `reference` (the SFT model directory)"
+                f"GoldProxyKLProbe: {type(pl_module).__name__} has no `policy` hyperparameter; set the probe's "
+                "`reference` (the SFT model directory)"
             )
         self._reference = load_causal_lm(reference_source, trainable=False).to(device)
         reward_source = self.reward_source or getattr(hparams, "reward_model", None)

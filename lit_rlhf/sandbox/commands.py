@@ -1,4 +1,5 @@
-"""``lit-rlhf sandbox``: the offline sandbox's commands (run the pipeline, over-optimisation curves, label samples, rebuild assets)."""
+"""``lit-rlhf sandbox``: the offline sandbox's commands (run the pipeline, over-optimisation curves, label samples,
+rebuild assets)."""
 
 from __future__ import annotations
 
@@ -18,5 +19,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args=argv,
         as_positional=False,
         prog="lit-rlhf sandbox",
-        description="The offline sandbox: a small world with a gold labeler where the whole InstructGPT pipeline runs on a CPU.",
+        description=(
+            "The offline sandbox: a small world with a gold labeler where the whole InstructGPT pipeline runs on a CPU."
+        ),
     )

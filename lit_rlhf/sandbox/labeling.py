@@ -50,6 +50,7 @@ def label_samples(
             f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     counts = {"train": len(comparisons) - n_val, "val": n_val, "dropped_all_tied": all_tied}
     print(
-        f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped (fewer than two distinct non-empty responses, or all tied)"
+        f"labeled {samples}: {counts['train']} train and {counts['val']} val comparisons; {all_tied} prompts dropped "
+        "(fewer than two distinct non-empty responses, or all tied)"
     )
     return counts

@@ -234,7 +234,8 @@ def write_overopt_report(
     """overopt.md (tables), overopt.json (every point and fit) and overopt.png next to each other under ``root``."""
     plot = plot_curves(curves, root / "overopt.png")
     lines = [
-        "| curve | score | form | α | β | R² | start | peak (measured) at KL | last | fitted peak KL | over-optimised |",
+        "| curve | score | form | α | β | R² | start | peak (measured) at KL | last | fitted peak KL "
+        "| over-optimised |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for title, (form, points, fits) in curves.items():
@@ -242,8 +243,10 @@ def write_overopt_report(
         for key in ("gold", "proxy"):
             f = fits[key]
             lines.append(
-                f"| {title} | {key} | {'d(α−βd)' if form == 'bon' else 'd(α−β·log d)'} | {_fmt(f['alpha'])} | {_fmt(f['beta'])} | {_fmt(f['r2'], 2)} "
-                f"| {f['start']:.3f} | {f['observed_peak']:.3f} at {f['observed_peak_kl']:.2f} | {f['last']:.3f} | {_peak(f['fitted_peak_kl'], points)} "
+                f"| {title} | {key} | {'d(α−βd)' if form == 'bon' else 'd(α−β·log d)'} | {_fmt(f['alpha'])} "
+                f"| {_fmt(f['beta'])} | {_fmt(f['r2'], 2)} "
+                f"| {f['start']:.3f} | {f['observed_peak']:.3f} at {f['observed_peak_kl']:.2f} | {f['last']:.3f} "
+                f"| {_peak(f['fitted_peak_kl'], points)} "
                 f"| {flag if key == 'gold' else ''} |"
             )
     lines += [
@@ -357,7 +360,8 @@ def overopt(
     if not Path(sft_dir).exists():
         if sft:
             raise ConfigError(
-                f"--sft '{sft}' does not exist: run `lit-rlhf fit --config {configs}/sft.yaml` or `lit-rlhf sandbox run`"
+                f"--sft '{sft}' does not exist: run `lit-rlhf fit --config {configs}/sft.yaml` or "
+                "`lit-rlhf sandbox run`"
             )
         fit(f"{configs}/sft.yaml", root / "sft", "sft", seed_args, wandb=wandb)
     rm_dir = rm or str(root / "rm/model")

@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -120,7 +121,8 @@ def fit(
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode != 0:
         raise StageFailed(
-            f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: {shlex.join(command)}"
+            f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: "
+            f"{shlex.join(command)}"
         )
     # ru_maxrss is in KiB on Linux, in bytes on macOS.
     peak_gib = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
@@ -164,7 +166,7 @@ def run(
     wandb: bool = True,
     configs: str = "configs",
     base_model: str = str(BASE_MODEL_DIR),
-    stages: list[str] = list(TRAINED_POLICIES),
+    stages: Sequence[str] = TRAINED_POLICIES,
     samples_per_prompt: int = SAMPLES_PER_PROMPT,
     sample_prompts: Optional[int] = None,
     max_new_tokens: int = MAX_NEW_TOKENS,

@@ -195,7 +195,8 @@ def write_report(
     plot = plot_gold_vs_kl(runs, root / "gold_vs_kl.png")
 
     lines = [
-        f"| policy | gold score (T={SAMPLED_TEMPERATURE:g} samples, as trained) | gold score (greedy) | held-out pretraining loss | final KL to SFT |",
+        f"| policy | gold score (T={SAMPLED_TEMPERATURE:g} samples, as trained) | gold score (greedy) | held-out "
+        "pretraining loss | final KL to SFT |",
         "|---|---|---|---|---|",
     ]
     for label, metrics in results["policies"].items():
@@ -205,7 +206,8 @@ def write_report(
         )
     lines += [
         "",
-        f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} samples each (fixed seed); greedy: one.",
+        f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} "
+        "samples each (fixed seed); greedy: one.",
     ]
     families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
     lines += [
@@ -220,11 +222,14 @@ def write_report(
     rm = results["rm"]
     lines += [
         "",
-        f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst {_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; chance 0.5)",
+        f"RM held-out accuracy: {_fmt(rm.get('val/accuracy'))} (best vs worst "
+        f"{_fmt(rm.get('val/accuracy_best_vs_worst'))}, adjacent ranks {_fmt(rm.get('val/accuracy_adjacent'))}; "
+        "chance 0.5)",
     ]
     if plot:
         lines.append(
-            f"Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines join them in training order): {plot}"
+            "Gold and RM score against KL (each point: the exported EMA policy, all three on the same samples; lines "
+            f"join them in training order): {plot}"
         )
     if costs is not None:
         results["costs"] = {

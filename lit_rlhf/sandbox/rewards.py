@@ -1,4 +1,5 @@
-"""Rewards that know the sandbox's answers: the gold labeler as a reward component, and a verifiable exact-answer check."""
+"""Rewards that know the sandbox's answers: the gold labeler as a reward component, and a verifiable exact-answer
+check."""
 
 from __future__ import annotations
 
@@ -35,5 +36,6 @@ class GoldReward(Reward):
 
 
 def exact_answer(prompt: str, response: str, record: dict) -> float:
-    """A verifiable reward that reads the prompt record: 1.0 when the response is exactly its ``answer`` (no chatter), else 0."""
+    """A verifiable reward that reads the prompt record: 1.0 when the response is exactly its ``answer`` (no chatter),
+    else 0."""
     return float(clean_response(response) == str(record["answer"]))
