@@ -82,9 +82,15 @@ class PPOModule(PPOUpdate, StageModule):
             ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
         engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy).
         tokenizer: Tokenizer directory. Default: the policy's own.
-        batch, sampling, kl, advantage, loss, value, optimizer, ptx, correction: The settings groups
-            (:mod:`lit_rlhf.modules.ppo_settings`; each field documented there and in ``--help``), e.g.
-            ``kl: {coef: 0.02}``. ``optimizer`` defaults to the paper's: a 10-rollout warm-up from 1/10, then constant.
+        batch: Rollout, minibatch and micro-batch sizes, samples per prompt, PPO epochs.
+        sampling: Response length, temperature, top-p, generation batch, missing-EOS penalty.
+        kl: The KL penalty to the reference: beta, estimator, placement (reward or loss), adaptive target.
+        advantage: ``gae`` (paper; trains a value model), ``rloo`` or ``grpo``; gamma, lambda, whitening.
+        loss: The policy loss: clip range, entropy bonus, token aggregation, gradient-norm clip.
+        value: The value model: initialisation (default ``reward_model``), learning rate, loss weight, clip range.
+        optimizer: AdamW and its schedule; the paper's PPO default: 10 rollouts of warm-up from 1/10, then constant.
+        ptx: The pretraining mix: gamma_ptx (paper 27.8), micro-batch size, ptx/PPO gradient-norm measurements.
+        correction: Off-policy correction (truncated IS) for an engine whose log-probs are not the trainer's.
         ema_decay: Decay of the EMA of the policy's trained weights, used for validation and export (paper 0.992).
             Unset: no EMA.
         frozen_dtype: Load the reference and reward models in this dtype (e.g. ``bfloat16``) to save memory.
@@ -210,14 +216,8 @@ class PPOModule(PPOUpdate, StageModule):
         metrics = {**rollout_metrics(episodes), **metrics, "rollout/beta": torch.tensor(self.kl_controller.beta)}
         metrics.update({k: v for k, v in stats.items() if not k.startswith("ptx/")})  # ptx/*: PretrainMixLogger
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(episodes))
-        self.log_dict(
-            {"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]},
-            prog_bar=True,
-            logger=False,
-            on_step=True,
-            on_epoch=False,
-            batch_size=len(episodes),
-        )
+        progress = {"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]}
+        self.log_dict(progress, prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=len(episodes))
         return {"rollout": RolloutSummary(self.rollouts_done, episodes, stats, metrics, self.ptx.gamma, measure)}
 
     @torch.no_grad()
@@ -265,15 +265,9 @@ class PPOModule(PPOUpdate, StageModule):
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Episodes:
         """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
         recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
-        tokenizer = self.tokenizer
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         return self.engine.generate(
-            model,
-            prompts,
-            num_samples,
-            self.sampling,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            training=self.training,
+            model, prompts, num_samples, self.sampling, eos_token_id=eos, pad_token_id=pad, training=self.training
         )
 
     def reference_logprobs(self, episodes: Episodes) -> Tensor:
