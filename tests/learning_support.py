@@ -75,9 +75,8 @@ def fit(root: Path, config: str, out: str, seed: int, *args: str, extra_config: 
 def gold_score(model_dir: Path, num_prompts: int, samples_per_prompt: int, seed: int = 1234) -> float:
     """Mean gold score of ``samples_per_prompt`` samples (T=1, the policy as RL trains it; 24 new tokens as in the
     rollouts) on each of the first ``num_prompts`` held-out prompts; the sampler's seed is fixed."""
-    from lit_rlhf.callbacks.gold_score import GoldScoreEvaluation
-
     from lit_rlhf.models import load_causal_lm, load_tokenizer
+    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
 
     model = load_causal_lm(str(model_dir), trainable=False)
     tokenizer = load_tokenizer(str(model_dir), padding_side="left")

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from ppo_support import (
+from ppo_support import (  # noqa: F401  (pytest fixtures, used by name)
     FIXED_RESPONSES,
     GradientRecorder,
     fixed_rollout_module,
+    one_cpu_thread,
+    ppo_world,
     tiny_data,
     tiny_trainer,
-)  # noqa: F401
+)
 
 from lit_rlhf.algorithms import aggregate_loss, step_normalizer
 
