@@ -70,11 +70,16 @@ def check_trl(python: str, module: str, install: str) -> str:
     return probe.stdout.strip().splitlines()[-1]
 
 
-def run_worker(python: str, script: str, stage: str, workspace: Path, threads: int, log: Path) -> dict:
-    command = [python, str(HERE / script), "--workspace", str(workspace), "--threads", str(threads)]
+def run_worker(
+    python: str, script: str, stage: str, workspace: Path, threads: int, log: Path, tree: Path = ROOT
+) -> dict:
+    """One worker process: ``tree``'s ``benchmarks/<script>`` with ``tree`` first on the import path (an earlier
+    commit's worktree, for ``compare_commits.py``); its result line as a dict."""
+    command = [python, str(tree / "benchmarks" / script), "--workspace", str(workspace), "--threads", str(threads)]
     if script != "compare_trl_ppo.py":
         command += ["--stage", stage]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
     with log.open("a") as f:
         f.write(f"$ {' '.join(command)}\n{done.stdout}\n{done.stderr}\n")
     results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]

@@ -23,8 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import RATES, STAGES, spread  # noqa: E402
-from compare_common import RESULT_PREFIX  # noqa: E402
+from compare import RATES, STAGES, run_worker, spread  # noqa: E402
 from compare_workspace import build_workspace  # noqa: E402
 
 ROOT = HERE.parent
@@ -39,31 +38,6 @@ def baseline_tree(revision: str, parent: Path) -> Path:
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), commit], cwd=ROOT, check=True)
     return tree
-
-
-def run_worker(tree: Path, stage: str, workspace: Path, threads: int, log: Path) -> dict:
-    """One ``compare_lit.py`` worker of ``tree``, importing ``lit_rlhf`` from that tree."""
-    import json
-
-    command = [
-        sys.executable,
-        str(tree / "benchmarks" / "compare_lit.py"),
-        "--stage",
-        stage,
-        "--workspace",
-        str(workspace),
-        "--threads",
-        str(threads),
-    ]
-    env = dict(os.environ, PYTHONPATH=str(tree))
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tree, env=env)
-    with log.open("a") as f:
-        f.write(f"$ PYTHONPATH={tree} {' '.join(command)}\n{done.stdout}\n{done.stderr}\n")
-    results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if done.returncode or not results:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        sys.exit(f"worker failed (exit {done.returncode}): {' '.join(command)}\n{tail}\nfull output: {log}")
-    return json.loads(results[-1][len(RESULT_PREFIX) :])
 
 
 def main() -> None:
@@ -95,8 +69,8 @@ def main() -> None:
         pairs = []
         for pair in range(args.pairs):
             loads.append(os.getloadavg()[0])
-            current = run_worker(ROOT, stage, args.workspace, args.threads, log)
-            before = run_worker(baseline, stage, args.workspace, args.threads, log)
+            current = run_worker(sys.executable, "compare_lit.py", stage, args.workspace, args.threads, log)
+            before = run_worker(sys.executable, "compare_lit.py", stage, args.workspace, args.threads, log, baseline)
             pairs.append((current, before))
             rates = "  ".join(
                 f"{name} {current[c] / current['seconds']:.1f} vs {before[c] / before['seconds']:.1f}"
