@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import RATES, STAGES, run_worker, spread  # noqa: E402
+from compare import RATES, STAGES, report, run_worker  # noqa: E402
 from compare_workspace import build_workspace  # noqa: E402
 
 ROOT = HERE.parent
@@ -77,15 +76,7 @@ def main() -> None:
                 for name, c in RATES[stage]
             )
             print(f"[{stage} pair {pair + 1}/{args.pairs}, load {loads[-1]:.1f}] {rates}", flush=True)
-        for name, counter in RATES[stage]:
-            now = [a[counter] / a["seconds"] for a, _ in pairs]
-            then = [b[counter] / b["seconds"] for _, b in pairs]
-            ratios = [x / y for x, y in zip(now, then)]
-            rows.append(
-                f"| {stage} | {name} | {statistics.median(now):.1f} | {statistics.median(then):.1f} | "
-                f"{spread(ratios)} | {statistics.median(a['peak_rss_gib'] for a, _ in pairs):.2f} | "
-                f"{statistics.median(b['peak_rss_gib'] for _, b in pairs):.2f} |"
-            )
+        rows += report(stage, pairs)  # the same row layout: current in the first column, baseline in the second
     print(
         f"\ncurrent {head.strip()} against baseline {args.baseline}; torch threads {args.threads}; {args.pairs} "
         f"alternating pairs per stage; load average before the pairs {min(loads):.1f}..{max(loads):.1f}.\n"

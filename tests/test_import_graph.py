@@ -38,43 +38,33 @@ ALLOWED = {
     "algorithms": set(),
     "episodes": {"algorithms", "models", "errors", "settings"},
 }
+#: What is built on the data layer: neither the data modules nor the command's reliability hooks may import it.
+ABOVE_THE_DATA = {
+    "episodes",
+    "engines",
+    "rewards",
+    "modules",
+    "callbacks",
+    "evaluation",
+    "sampling",
+    "sandbox",
+    "label",
+    "trainer_cli",
+    "cli",
+}
 #: top-level part of lit_rlhf -> parts it must never import.
 FORBIDDEN = {
     **{name: CORE_ABOVE_FOUNDATION | {"sandbox"} for name in FOUNDATION},
     "engines": {"modules", "callbacks", "sandbox", "rewards", "evaluation", "sampling", "label", "trainer_cli", "cli"},
     "rewards": {"modules", "callbacks", "sandbox", "engines", "evaluation", "sampling", "label", "trainer_cli", "cli"},
-    "data": {
-        "episodes",
-        "engines",
-        "rewards",
-        "modules",
-        "callbacks",
-        "evaluation",
-        "sampling",
-        "sandbox",
-        "label",
-        "trainer_cli",
-        "cli",
-    },
+    "data": ABOVE_THE_DATA,
     "evaluation": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
     "sampling": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
     "modules": {"callbacks", "sandbox", "trainer_cli", "cli"},
     "callbacks": {"sandbox", "trainer_cli", "cli"},
     "label": {"modules", "engines", "rewards", "callbacks", "sandbox", "trainer_cli"},
     "trainer_cli": {"sandbox"},
-    "reliability": {
-        "episodes",
-        "engines",
-        "rewards",
-        "modules",
-        "callbacks",
-        "evaluation",
-        "sampling",
-        "sandbox",
-        "label",
-        "trainer_cli",
-        "cli",
-    },
+    "reliability": ABOVE_THE_DATA,
 }
 
 

@@ -36,7 +36,7 @@ from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_mome
 from lit_rlhf.engines import HFEngine, RolloutEngine
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.episodes import Episodes, RolloutSummary
-from lit_rlhf.errors import ConfigError, check_option
+from lit_rlhf.errors import check_option
 from lit_rlhf.lora import LoraOptions
 from lit_rlhf.models.loading import check_same_tokenizer
 from lit_rlhf.models.sources import require_stage_output
@@ -193,11 +193,7 @@ class PPOModule(PPOUpdate, StageModule):
         return [lr] + ([self.value.learning_rate or lr] if self.uses_critic else [])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, RolloutSummary]:
-        if self.ptx.gamma > 0 and "ptx" not in batch:
-            raise ConfigError(
-                f"ptx.gamma={self.ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
-                "ptx_ratio > 0), or ptx.gamma: 0 for plain PPO"
-            )
+        self.ptx.require_data("ptx" in batch)
         where = f"rollout {self.rollouts_done} (global step {self.global_step})"
         every = self.ptx.measure_grad_norm_every
         measure = every > 0 and self.rollouts_done % every == 0

@@ -186,6 +186,15 @@ class PtxSettings:
         check_option("ptx.micro_batch_size", self.micro_batch_size, min=1, integer=True)
         check_option("ptx.measure_grad_norm_every", self.measure_grad_norm_every, min=0, integer=True)
 
+    def require_data(self, has_data: bool) -> None:
+        """Refuse ``gamma > 0`` without pretraining data, in one line (the CLI asks before models load, the module
+        again for Python users)."""
+        if self.gamma > 0 and not has_data:
+            raise ConfigError(
+                f"model.ptx.gamma={self.gamma} needs pretraining data: set data.init_args.ptx_text (and "
+                "ptx_ratio > 0), or model.ptx.gamma: 0 for plain PPO"
+            )
+
 
 #: PPOModule's settings groups, by constructor argument.
 PPO_GROUPS: dict[str, type] = {

@@ -53,11 +53,7 @@ def check_ppo_data(module: Any, datamodule: Any, world_size: int) -> None:
     prompts = getattr(datamodule, "train_prompts", None)
     if ptx is None or prompts is None or not hasattr(datamodule, "rollout_sizes"):
         return
-    if ptx.gamma > 0 and not getattr(datamodule, "ptx_examples", None):
-        raise ConfigError(
-            f"model.ptx.gamma={ptx.gamma} needs pretraining data: set data.init_args.ptx_text (and "
-            "ptx_ratio > 0), or model.ptx.gamma: 0 for plain PPO"
-        )
+    ptx.require_data(bool(getattr(datamodule, "ptx_examples", None)))
     per_rollout, _ = datamodule.rollout_sizes()
     if len(prompts) < per_rollout * world_size:
         raise ConfigError(
