@@ -12,7 +12,6 @@ against the overlap, so two labelers never receive the same item beyond it. A le
 
 from __future__ import annotations
 
-import hashlib
 import json
 import secrets
 import sqlite3
@@ -23,64 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from lit_rlhf.data.records import DataSource, FieldMap, Record, RecordError, get_messages, get_str, read_records
+from lit_rlhf.data.records import DataSource
+from lit_rlhf.label.access import LabelerAccess
+from lit_rlhf.label.imports import pair_rows, sample_rows
 from lit_rlhf.label.judgments import Judgment, SubmissionError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS items (
-    id INTEGER PRIMARY KEY,
-    content_key TEXT NOT NULL UNIQUE,   -- sha256 of the sample line: importing a file again adds only new lines
-    record TEXT NOT NULL,               -- the sample line's fields except the responses (JSON)
-    prompt_text TEXT NOT NULL,          -- what the labeler reads
-    responses TEXT NOT NULL,            -- JSON list of K distinct non-empty strings
-    source TEXT NOT NULL,
-    line INTEGER NOT NULL,
-    imported_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS labelers (
-    name TEXT PRIMARY KEY,
-    token_sha256 TEXT UNIQUE,           -- only a hash: the token itself is shown once, when created
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS assignments (
-    item_id INTEGER NOT NULL REFERENCES items(id),
-    labeler TEXT NOT NULL REFERENCES labelers(name),
-    shown_at REAL NOT NULL,
-    lease_expires REAL NOT NULL,
-    PRIMARY KEY (item_id, labeler)
-);
-CREATE INDEX IF NOT EXISTS assignments_by_labeler ON assignments(labeler);
-CREATE TABLE IF NOT EXISTS judgments (
-    id INTEGER PRIMARY KEY,
-    item_id INTEGER NOT NULL REFERENCES items(id),
-    labeler TEXT NOT NULL REFERENCES labelers(name),
-    status TEXT NOT NULL CHECK (status IN ('ranked', 'skipped')),
-    ranking TEXT,                       -- JSON tie groups of response indices, best first
-    scores TEXT,                        -- JSON list: 1-7 or null per response
-    flags TEXT,                         -- JSON list of flag-name lists per response
-    rewrite TEXT,                       -- the labeler's own better response (a demonstration), optional
-    shown_at REAL NOT NULL,
-    submitted_at REAL NOT NULL,
-    revision INTEGER NOT NULL,
-    UNIQUE (item_id, labeler)
-);
-CREATE INDEX IF NOT EXISTS judgments_by_item ON judgments(item_id, status);
-CREATE TABLE IF NOT EXISTS sessions (
-    id_sha256 TEXT PRIMARY KEY,         -- only a hash of the session id the cookie carries
-    labeler TEXT NOT NULL REFERENCES labelers(name),
-    csrf TEXT NOT NULL,                 -- the session's CSRF token (never in the cookie)
-    created_at REAL NOT NULL,
-    last_active REAL NOT NULL           -- the last state-changing request (POST): the idle timeout counts from it
-);
-CREATE INDEX IF NOT EXISTS sessions_by_labeler ON sessions(labeler);
-CREATE TABLE IF NOT EXISTS shown_order (
-    item_id INTEGER NOT NULL REFERENCES items(id),
-    labeler TEXT NOT NULL REFERENCES labelers(name),
-    display TEXT NOT NULL,              -- JSON list of response indices as shown (side by side: [left, right])
-    PRIMARY KEY (item_id, labeler)
-);
-"""
+from lit_rlhf.label.schema import SCHEMA
 
 #: The largest id SQLite stores (a signed 64-bit integer): anything above is no item of ours.
 MAX_SQL_INT = 2**63 - 1
@@ -105,15 +51,7 @@ class Item:
     record: dict[str, Any]
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-#: The fields of a side-by-side pairs file line (``label serve --pairs``); any other field is kept as it is.
-PAIR_FIELDS = ("prompt", "policy_a", "response_a", "policy_b", "response_b")
-
-
-class LabelStore:
+class LabelStore(LabelerAccess):
     """The labeling database at ``path`` (created on first use). Safe to share between threads: each
     thread gets its own connection.
 
@@ -194,44 +132,9 @@ class LabelStore:
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('mode', ?)", (mode,))
 
     def import_pairs(self, pairs: DataSource) -> ImportCounts:
-        """Add the lines of a side-by-side pairs file (JSONL, one comparison a line) not in the database yet:
-        ``{"id", "prompt" (or "messages"), "policy_a", "response_a", "policy_b", "response_b", ...}``.
-
-        Every line is checked before anything is written. The two responses are stored as responses 0 (a)
-        and 1 (b); the page shows them in a random left/right order recorded per labeler.
-        """
-        field_map = FieldMap({})
-        rows = []
-        for record in read_records(pairs):
-            prompt_text = _prompt_text(record, field_map)
-            for name in PAIR_FIELDS[1:]:
-                value = record.data.get(name)
-                if not isinstance(value, str):
-                    problem = "missing" if value is None else f"expected a string, got {type(value).__name__}"
-                    raise RecordError(record.source, record.index, name, problem)
-                if name.startswith("policy") and not value.strip():
-                    raise RecordError(record.source, record.index, name, "expected a policy name, got an empty string")
-            if record.data["policy_a"] == record.data["policy_b"]:
-                raise RecordError(
-                    record.source,
-                    record.index,
-                    "policy_b",
-                    f"names the same policy as policy_a ({record.data['policy_a']!r})",
-                )
-            responses = [record.data["response_a"], record.data["response_b"]]
-            data = {k: v for k, v in record.data.items() if k not in ("response_a", "response_b")}
-            key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-            rows.append(
-                (
-                    key,
-                    json.dumps(data, ensure_ascii=False),
-                    prompt_text,
-                    json.dumps(responses, ensure_ascii=False),
-                    record.source,
-                    record.index,
-                )
-            )
-        return self._insert_items(rows, "pairs", too_few=0)
+        """Add the lines of a side-by-side pairs file not in the database yet (format: :func:`pair_rows`);
+        every line is checked before anything is written."""
+        return self._insert_items(pair_rows(pairs), "pairs", too_few=0)
 
     def _insert_items(self, rows: list[tuple], mode: str, too_few: int) -> ImportCounts:
         now = time.time()
@@ -247,33 +150,9 @@ class LabelStore:
         return ImportCounts(added=added, already_present=len(rows) - added, too_few_responses=too_few)
 
     def import_samples(self, samples: DataSource, fields: Optional[dict[str, str]] = None) -> ImportCounts:
-        """Add the lines of a ``lit-rlhf sample`` file that are not in the database yet.
-
-        Every line is checked before anything is written, so a bad file imports nothing. Repeated
-        and empty responses are dropped (a comparison needs distinct non-empty responses); a line
-        left with fewer than two is counted, not imported.
-        """
-        field_map = FieldMap(fields or {})
-        rows = []
-        too_few = 0
-        for record in read_records(samples):
-            prompt_text = _prompt_text(record, field_map)
-            responses = _distinct_responses(record, field_map("responses"))
-            if len(responses) < 2:
-                too_few += 1
-                continue
-            data = {k: v for k, v in record.data.items() if k != field_map("responses")}
-            key = hashlib.sha256(json.dumps([data, responses], sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-            rows.append(
-                (
-                    key,
-                    json.dumps(data, ensure_ascii=False),
-                    prompt_text,
-                    json.dumps(responses, ensure_ascii=False),
-                    record.source,
-                    record.index,
-                )
-            )
+        """Add the lines of a ``lit-rlhf sample`` file not in the database yet (:func:`sample_rows`); a bad file
+        imports nothing, and lines left with fewer than two distinct responses are counted, not imported."""
+        rows, too_few = sample_rows(samples, fields)
         return self._insert_items(rows, "rank", too_few=too_few)
 
     def item(self, item_id: int) -> Optional[Item]:
@@ -284,67 +163,6 @@ class LabelStore:
 
     def items(self) -> list[Item]:
         return [_item(row) for row in self._conn().execute("SELECT * FROM items ORDER BY id")]
-
-    def add_labeler(self, name: str, with_token: bool = False) -> Optional[str]:
-        """Register ``name``; with ``with_token`` a new access token is made (and returned, once)."""
-        token = secrets.token_urlsafe(24) if with_token else None
-        with self.transaction() as conn:
-            conn.execute("INSERT OR IGNORE INTO labelers (name, created_at) VALUES (?, ?)", (name, time.time()))
-            if token is not None:
-                conn.execute("UPDATE labelers SET token_sha256 = ? WHERE name = ?", (hash_token(token), name))
-                conn.execute("DELETE FROM sessions WHERE labeler = ?", (name,))  # the old token's sessions end
-        return token
-
-    def revoke_labeler(self, name: str) -> int:
-        """Remove ``name``'s access token and end their sessions (their judgments stay); returns the sessions ended."""
-        with self.transaction() as conn:
-            if conn.execute("SELECT 1 FROM labelers WHERE name = ?", (name,)).fetchone() is None:
-                raise ValueError(
-                    f"{self.path}: no labeler named {name!r} (known: {', '.join(self.labelers()) or 'none'})"
-                )
-            conn.execute("UPDATE labelers SET token_sha256 = NULL WHERE name = ?", (name,))
-            return conn.execute("DELETE FROM sessions WHERE labeler = ?", (name,)).rowcount
-
-    # ------------------------------------------------------------------------------------------
-    # Sessions: the cookie carries a random id; the record says who, its CSRF token, and when it was last used
-
-    def create_session(self, labeler: str) -> tuple[str, str]:
-        """A new session for ``labeler``: (session id for the cookie, CSRF token)."""
-        sid, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.time()
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT INTO sessions (id_sha256, labeler, csrf, created_at, last_active) VALUES (?, ?, ?, ?, ?)",
-                (hash_token(sid), labeler, csrf, now, now),
-            )
-        return sid, csrf
-
-    def session(self, sid: str, idle_seconds: float) -> Optional[dict[str, Any]]:
-        """The live session ``sid`` (``labeler``, ``csrf``), or None: unknown, ended, revoked or idle too long.
-        Reading changes nothing; :meth:`touch_session` records activity."""
-        row = self._conn().execute("SELECT * FROM sessions WHERE id_sha256 = ?", (hash_token(sid),)).fetchone()
-        if row is None or row["last_active"] + idle_seconds <= time.time():
-            return None
-        return dict(row)
-
-    def touch_session(self, sid: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("UPDATE sessions SET last_active = ? WHERE id_sha256 = ?", (time.time(), hash_token(sid)))
-
-    def end_session(self, sid: str) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM sessions WHERE id_sha256 = ?", (hash_token(sid),))
-
-    def labeler_for_token(self, token: str) -> Optional[str]:
-        if not token:
-            return None
-        row = self._conn().execute("SELECT name FROM labelers WHERE token_sha256 = ?", (hash_token(token),)).fetchone()
-        return None if row is None else row["name"]
-
-    def has_tokens(self) -> bool:
-        return self._conn().execute("SELECT 1 FROM labelers WHERE token_sha256 IS NOT NULL").fetchone() is not None
-
-    def labelers(self) -> list[str]:
-        return [row["name"] for row in self._conn().execute("SELECT name FROM labelers ORDER BY name")]
 
     # ------------------------------------------------------------------------------------------
     # Handing out items
@@ -546,26 +364,6 @@ class LabelStore:
             "items_complete": complete,
             "overlap": self.overlap,
         }
-
-
-def _prompt_text(record: Record, fields: FieldMap) -> str:
-    """The prompt as the labeler reads it: the ``prompt`` string, or the chat turns one per paragraph."""
-    if record.data.get(fields("prompt")) is not None or record.data.get(fields("messages")) is None:
-        return get_str(record, fields, "prompt")
-    return "\n\n".join(f"{m['role']}: {m['content']}" for m in get_messages(record, fields))
-
-
-def _distinct_responses(record: Record, name: str) -> list[str]:
-    value = record.data.get(name)
-    if not isinstance(value, list):
-        problem = "missing" if value is None else f"expected a list of strings, got {type(value).__name__}"
-        raise RecordError(record.source, record.index, name, problem)
-    for i, response in enumerate(value):
-        if not isinstance(response, str):
-            raise RecordError(
-                record.source, record.index, f"{name}[{i}]", f"expected a string, got {type(response).__name__}"
-            )
-    return list(dict.fromkeys(r for r in value if r.strip()))
 
 
 def _item(row: sqlite3.Row) -> Item:
