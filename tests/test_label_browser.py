@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from label_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -24,8 +25,8 @@ from label_support import (
     write_samples,
 )
 
+from lit_rlhf.algorithms.win_rate import win_rate
 from lit_rlhf.cli import main
-from lit_rlhf.label.pairs import wilson_interval
 from lit_rlhf.label.stats import format_stats
 from lit_rlhf.label.storage import LabelStore
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
@@ -501,8 +502,9 @@ def test_side_by_side_session_from_two_labelers_matches_a_hand_computation(tmp_p
             page.context.close()
     text = format_stats(store)
     rate = (1 + 0.75 + 0.5 + 0.5) / 4  # ppo by hand: items 1-4, ties half, mean over the two labelers
-    low, high = wilson_interval(rate, 4)
-    assert f"win rate ppo vs sft: 68.8% (95% CI {low:.1%} to {high:.1%}, Wilson over 4 items" in text
+    found = win_rate(torch.tensor([1, 0.75, 0.5, 0.5]), torch.arange(4))  # evaluate's bootstrap over items
+    assert found.value == rate
+    assert f"win rate ppo vs sft: 68.8% (95% CI {found.low:.1%} to {found.high:.1%}, bootstrap over 4 items" in text
     assert "4 wins, 3 ties, 1 losses" in text and "agreement: 50.0% (2 of 4" in text
     assert f"the left response won {left_won} of 5 non-tie judgments" in text
     assert all(j["scores"][0] == 5 or j["scores"][1] == 5 for j in store.judgments() if j["labeler"] == "ann")

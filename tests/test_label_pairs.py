@@ -6,8 +6,10 @@ import json
 import math
 
 import pytest
+import torch
 from label_support import Client, pair_rows, pick, threaded_server, write_samples
 
+from lit_rlhf.algorithms.win_rate import win_rate
 from lit_rlhf.cli import main
 from lit_rlhf.data.records import RecordError
 from lit_rlhf.label.pairs import wilson_interval
@@ -104,11 +106,15 @@ def test_two_labelers_side_by_side_export_and_stats_match_a_hand_computation(tmp
     text = capsys.readouterr().out
     # By hand: ppo's per-item outcome (ties half, mean over the two labelers) is 1, 0.75, 0.5, 0.5.
     rate = (1 + 0.75 + 0.5 + 0.5) / 4
-    low, high = wilson_interval(rate, 4)
-    assert f"win rate ppo vs sft: {rate:.1%} (95% CI {low:.1%} to {high:.1%}, Wilson over 4 items" in text
+    # The interval is the evaluate command's bootstrap over items, on the per-item outcomes.
+    found = win_rate(torch.tensor([1, 0.75, 0.5, 0.5]), torch.arange(4))
+    assert found.value == rate and found.low < rate < found.high
+    assert (
+        f"win rate ppo vs sft: {rate:.1%} (95% CI {found.low:.1%} to {found.high:.1%}, bootstrap over 4 items" in text
+    )
     assert "4 wins, 3 ties, 1 losses" in text
-    low, high = wilson_interval(1 - rate, 4)
-    assert f"win rate sft vs ppo: {1 - rate:.1%} (95% CI {low:.1%} to {high:.1%}" in text
+    found = win_rate(1 - torch.tensor([1, 0.75, 0.5, 0.5]), torch.arange(4))
+    assert f"win rate sft vs ppo: {1 - rate:.1%} (95% CI {found.low:.1%} to {found.high:.1%}" in text
     assert "agreement: 50.0% (2 of 4 labeler pairs" in text  # items 1 and 4 agree, 2 and 3 do not
     assert f"the left response won {left_won} of {decided} non-tie judgments" in text and decided == 5
     for flag in ("--val_out", "--demonstrations_out"):

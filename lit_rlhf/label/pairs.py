@@ -12,10 +12,10 @@ database response 0 is ``response_a`` and 1 is ``response_b``; a judgment's rank
 
 Statistics (``label stats``):
 
-- **Win rate** of each policy against the other: an item's outcome for a policy is 1 (won), 1/2 (tie)
-  or 0 (lost), averaged over the labelers who judged it; the win rate is the mean over items, with a
-  95% **Wilson score interval over items** (n = judged items, so several labelers of one item do not
-  count as independent evidence).
+- **Win rate** of each policy against the other, the same statistic ``lit-rlhf evaluate`` reports for its judges
+  (:func:`lit_rlhf.algorithms.win_rate.win_rate`): an item's outcome for a policy is 1 (won), 1/2 (tie) or 0
+  (lost), averaged over the labelers who judged it; the win rate is the mean over items, with a 95% percentile
+  **bootstrap interval over items** (several labelers of one item are not independent evidence).
 - **Agreement**: over items judged by two or more labelers, the share of labeler pairs that gave the
   same verdict (a better / b better / tie).
 - **Position bias**: the share of non-tie judgments in which the left response won (50% is none), with
@@ -129,7 +129,11 @@ class WinRate:
 
 
 def win_rates(found: list[Outcome]) -> list[WinRate]:
-    """Each policy's win rate against each policy it met (ties count half), Wilson interval over items."""
+    """Each policy's win rate against each policy it met (ties count half), bootstrap interval over items."""
+    import torch
+
+    from lit_rlhf.algorithms.win_rate import win_rate
+
     per_item: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     tallies: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
     for o in found:
@@ -139,11 +143,13 @@ def win_rates(found: list[Outcome]) -> list[WinRate]:
             tallies[(me, other)][0 if score == 1 else 1 if score == 0.5 else 2] += 1
     rates = []
     for (me, other), items in sorted(per_item.items()):
-        means = [sum(scores) / len(scores) for scores in items.values()]
-        rate = sum(means) / len(means)
-        low, high = wilson_interval(rate, len(means))
+        scores = torch.tensor([score for item_scores in items.values() for score in item_scores])
+        item_ids = torch.tensor([item for item, item_scores in items.items() for _ in item_scores])
+        found_rate = win_rate(scores, item_ids)
         wins, ties, losses = tallies[(me, other)]
-        rates.append(WinRate(me, other, rate, low, high, len(means), wins, ties, losses))
+        rates.append(
+            WinRate(me, other, found_rate.value, found_rate.low, found_rate.high, len(items), wins, ties, losses)
+        )
     return rates
 
 
@@ -179,7 +185,7 @@ def format_pairs_stats(store: LabelStore) -> str:
         lines.append(f"{name:<20} {entry['ranked']:>7} {entry['skipped']:>8} {_num(entry['median_seconds'], '.1f'):>9}")
     for r in win_rates(found):
         lines.append(
-            f"win rate {r.policy} vs {r.opponent}: {r.rate:.1%} (95% CI {r.low:.1%} to {r.high:.1%}, Wilson over "
+            f"win rate {r.policy} vs {r.opponent}: {r.rate:.1%} (95% CI {r.low:.1%} to {r.high:.1%}, bootstrap over "
             f"{r.items} items; ties count half) — {r.wins} wins, {r.ties} ties, {r.losses} losses"
         )
     agreed, compared = agreement(found)
