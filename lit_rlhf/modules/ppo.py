@@ -90,7 +90,8 @@ class PPOModule(PPOUpdate, StageModule):
         value: The value model: initialisation (default ``reward_model``), learning rate, loss weight, clip range.
         optimizer: AdamW and its schedule; the paper's PPO default: 10 rollouts of warm-up from 1/10, then constant.
         ptx: The pretraining mix: gamma_ptx (paper 27.8), micro-batch size, ptx/PPO gradient-norm measurements.
-        correction: Off-policy correction (truncated IS) for an engine whose log-probs are not the trainer's.
+        correction: Off-policy correction for an engine whose log-probs are not the trainer's: truncated IS (token
+            or sequence level), token / sequence / geometric masks, IcePop.
         ema_decay: Decay of the EMA of the policy's trained weights, used for validation and export (paper 0.992).
             Unset: no EMA.
         frozen_dtype: Load the reference and reward models in this dtype (e.g. ``bfloat16``) to save memory.
@@ -230,10 +231,11 @@ class PPOModule(PPOUpdate, StageModule):
         episodes = episodes.with_values(rewards=self.compute_rewards(episodes))
         correction = engine_logprob_correction(episodes, self.correction)
         advantages, returns = self.estimate_advantages(episodes)
-        if correction.weights is not None:  # truncated IS: each token's advantage x its weight
+        if correction.weights is not None:  # importance weights: each token's advantage x its weight
             advantages = advantages * correction.weights.to(advantages.dtype)
         metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
-        return episodes.with_values(advantages=advantages, returns=returns), metrics
+        # a correction's mask leaves the update through Episodes.loss_mask
+        return episodes.with_values(advantages=advantages, returns=returns, correction_mask=correction.mask), metrics
 
     def score_episodes(
         self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int, values: bool = False
