@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
+from ppo_support import one_cpu_thread, ppo_world, scored_episodes  # noqa: F401  (fixtures)
 
 from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
 from lit_rlhf.distributed.export import full_tensors_by_layer
@@ -47,16 +47,7 @@ def test_truncated_importance_weights_are_the_capped_ratio():
 
 
 def episodes_with(trainer_logprobs: torch.Tensor, engine_logprobs) -> Episodes:
-    ids = torch.zeros(2, 4, dtype=torch.long)
-    return Episodes(
-        ids,
-        torch.ones_like(ids),
-        MASK,
-        MASK.any(1),
-        prompt_length=1,
-        logprobs=trainer_logprobs,
-        engine_logprobs=engine_logprobs,
-    )
+    return scored_episodes(MASK, trainer_logprobs, engine_logprobs)
 
 
 def test_correction_measures_the_mismatch_and_returns_the_tis_weights():

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
+from ppo_support import one_cpu_thread, ppo_world, scored_episodes  # noqa: F401  (fixtures)
 
 from lit_rlhf.algorithms.engine_mismatch import (
     engine_log_ratio,
@@ -71,16 +71,7 @@ def test_icepop_weights_kept_tokens_by_their_ratio_and_zeroes_the_rest():
 
 
 def batch_episodes() -> Episodes:
-    ids = torch.zeros(3, 4, dtype=torch.long)
-    return Episodes(
-        ids,
-        torch.ones_like(ids),
-        BATCH_MASK,
-        BATCH_MASK.any(1),
-        prompt_length=1,
-        logprobs=TRAINER,
-        engine_logprobs=ENGINE,
-    )
+    return scored_episodes(BATCH_MASK, TRAINER, ENGINE)
 
 
 @pytest.mark.parametrize(
