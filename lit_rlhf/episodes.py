@@ -44,6 +44,8 @@ class Episodes:
         rewards: ``[B, R]`` per-token rewards.
         advantages: ``[B, R]`` advantages (whitened if configured, corrected for the engine if configured).
         returns: ``[B, R]`` value targets, or None without a critic.
+        correction_mask: ``[B, R]`` bool, the response tokens a rollout correction's mask keeps in the update
+            (``lit_rlhf.engines.correction``); None: all of them. Read through :attr:`loss_mask`.
     """
 
     input_ids: Tensor
@@ -64,6 +66,7 @@ class Episodes:
     rewards: Optional[Tensor] = None
     advantages: Optional[Tensor] = None
     returns: Optional[Tensor] = None
+    correction_mask: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "records", tuple(self.records))
@@ -89,6 +92,14 @@ class Episodes:
     def response_lengths(self) -> Tensor:
         """``[B]`` response tokens per episode, EOS included."""
         return self.response_mask.sum(-1)
+
+    @property
+    def loss_mask(self) -> Tensor:
+        """``[B, R]`` bool, the response tokens that enter the update's losses and their normaliser: the response
+        tokens, less those a rollout correction removed (:attr:`correction_mask`)."""
+        if self.correction_mask is None:
+            return self.response_mask
+        return self.response_mask & self.correction_mask.to(self.response_mask.device)
 
     @cached_property
     def prompt_texts(self) -> list[str]:

@@ -13,6 +13,7 @@ import lightning as L
 import pytest
 import torch
 
+from lit_rlhf.episodes import Episodes
 from lit_rlhf.models.heads import set_reward_bias
 from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
 from lit_rlhf.models.saving import save_hf_directory
@@ -191,3 +192,12 @@ class GradientRecorder(L.Callback):
                 grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
                 grads[name] = grad.detach().clone().cpu()
         self.steps.append(grads)
+
+
+def scored_episodes(mask: torch.Tensor, trainer_logprobs: torch.Tensor, engine_logprobs) -> Episodes:
+    """Episodes with a one-token prompt and the ``[B, R]`` response ``mask``, carrying the trainer's and the engine's
+    log-probs (the correction tests' constructed batches)."""
+    ids = torch.zeros(mask.shape[0], mask.shape[1] + 1, dtype=torch.long)
+    return Episodes(
+        ids, torch.ones_like(ids), mask, mask.any(1), 1, logprobs=trainer_logprobs, engine_logprobs=engine_logprobs
+    )

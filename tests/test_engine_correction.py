@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from ppo_support import one_cpu_thread, ppo_world  # noqa: F401  (fixtures)
+from ppo_support import one_cpu_thread, ppo_world, scored_episodes  # noqa: F401  (fixtures)
 
 from lit_rlhf.algorithms.engine_mismatch import logprob_mismatch, truncated_importance_weights
 from lit_rlhf.distributed.export import full_tensors_by_layer
@@ -47,16 +47,7 @@ def test_truncated_importance_weights_are_the_capped_ratio():
 
 
 def episodes_with(trainer_logprobs: torch.Tensor, engine_logprobs) -> Episodes:
-    ids = torch.zeros(2, 4, dtype=torch.long)
-    return Episodes(
-        ids,
-        torch.ones_like(ids),
-        MASK,
-        MASK.any(1),
-        prompt_length=1,
-        logprobs=trainer_logprobs,
-        engine_logprobs=engine_logprobs,
-    )
+    return scored_episodes(MASK, trainer_logprobs, engine_logprobs)
 
 
 def test_correction_measures_the_mismatch_and_returns_the_tis_weights():
@@ -99,6 +90,18 @@ def test_ppo_applies_the_tis_weights_in_the_advantage_step(ppo_world):
     (plain, plain_metrics), (corrected, metrics) = results[None], results[1.5]
     assert metrics["engine/tis_weight"].item() == pytest.approx(1.5) and "engine/tis_weight" not in plain_metrics
     torch.testing.assert_close(corrected.advantages, plain.advantages * 1.5)  # capped weight min(2, 1.5)
+    assert plain.correction_mask is None and plain.loss_mask is plain.response_mask
+
+    # Every ratio is 2: a token mask in [0.5, 3] keeps every token, one in [0.5, 1.5] none of them.
+    for high, share in ((3.0, 0.0), (1.5, 1.0)):
+        correction = {"mask": "token", "mask_high": high}
+        module = tiny_module(ppo_world, cls=EngineLogprobs, correction=correction, max_new_tokens=4)
+        module.configure_model()
+        torch.manual_seed(0)
+        masked, metrics = module.make_rollout(prompts)
+        assert metrics["engine/masked_tokens"].item() == pytest.approx(share)
+        assert masked.loss_mask.any().item() == (share == 0.0)
+        torch.testing.assert_close(masked.advantages, plain.advantages)  # a mask weights nothing
 
 
 def test_correction_refuses_log_probs_of_another_rollout():

@@ -11,9 +11,10 @@ Modes (the ``loss_aggregation`` setting):
 
 - ``token_mean`` (default): every valid token of the step weighs the same; normaliser = token count.
 - ``sequence_mean``: each sequence's tokens are averaged first, then the sequences; normaliser =
-  sequence count.
+  count of sequences with a valid token (a sequence whose every token is masked out leaves the mean).
 - ``constant``: Dr. GRPO (Liu et al. 2025): the token sum divided by ``sequences x max_length``, a
-  constant per step that gives long responses no smaller per-token weight.
+  constant per step that gives long responses no smaller per-token weight (masked tokens leave the sum, not
+  the constant: it depends on no token by design).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def step_normalizer(mask: Tensor, mode: LossAggregation, max_length: int | None 
     if mode == "token_mean":
         count = (mask != 0).sum()
     elif mode == "sequence_mean":
-        count = torch.tensor(mask.shape[0], device=mask.device)
+        count = (mask != 0).any(dim=1).sum()
     elif mode == "constant":
         if not max_length or max_length < 1:
             raise ValueError(f"constant loss aggregation needs max_length >= 1, got {max_length}")

@@ -33,6 +33,7 @@ from lit_rlhf.algorithms import (
 )
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_moments, local_backward
+from lit_rlhf.distributed.peak_flops import synchronize
 from lit_rlhf.engines import HFEngine, RolloutEngine
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.episodes import Episodes, RolloutSummary
@@ -66,6 +67,7 @@ from lit_rlhf.modules.rollout import (
     response_values,
     rollout_metrics,
 )
+from lit_rlhf.modules.throughput import PhaseThroughput
 from lit_rlhf.random_state import rng_states, seeded, set_rng_states
 from lit_rlhf.reliability.guards import check_finite
 from lit_rlhf.rewards import Reward, RewardContext, RewardModelScore
@@ -90,7 +92,8 @@ class PPOModule(PPOUpdate, StageModule):
         value: The value model: initialisation (default ``reward_model``), learning rate, loss weight, clip range.
         optimizer: AdamW and its schedule; the paper's PPO default: 10 rollouts of warm-up from 1/10, then constant.
         ptx: The pretraining mix: gamma_ptx (paper 27.8), micro-batch size, ptx/PPO gradient-norm measurements.
-        correction: Off-policy correction (truncated IS) for an engine whose log-probs are not the trainer's.
+        correction: Off-policy correction for an engine whose log-probs are not the trainer's: truncated IS (token
+            or sequence level), token / sequence / geometric masks, IcePop.
         ema_decay: Decay of the EMA of the policy's trained weights, used for validation and export (paper 0.992).
             Unset: no EMA.
         frozen_dtype: Load the reference and reward models in this dtype (e.g. ``bfloat16``) to save memory.
@@ -159,7 +162,7 @@ class PPOModule(PPOUpdate, StageModule):
             if self.kl.target
             else FixedKLController(self.kl.coef)
         )
-        self.policy = self.reference_model = self.value_model = None
+        self.policy = self.reference_model = self.value_model = self.throughput = None
         self.rollouts_done = 0
 
     def configure_model(self) -> None:
@@ -175,6 +178,8 @@ class PPOModule(PPOUpdate, StageModule):
                 self.value.model or hp.reward_model, "scalar", gradient_checkpointing=hp.gradient_checkpointing
             )
         self.shard([self.policy, self.reference_model, *reward_models, self.value_model])
+        scorers = [self.reference_model or self.policy, *reward_models]  # LoRA: the reference is the policy
+        self.throughput = PhaseThroughput(self.policy, self.value_model, scorers)
         self.enable_ema(self.policy, hp.ema_decay)  # after sharding: the averages are sharded like the weights
         self.engine.setup(self.policy, hp.policy)
 
@@ -203,7 +208,9 @@ class PPOModule(PPOUpdate, StageModule):
             stats = self.ppo_update(
                 episodes, batch.get("ptx") if self.ptx.gamma > 0 else None, where, measure_grad_norms=measure
             )
-        stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
+        synchronize(self.device)  # the phase's time covers its queued kernels
+        seconds, epochs = time.perf_counter() - started, self.batch.ppo_epochs
+        stats.update(self.throughput.update(episodes, float(stats.pop("tokens")), epochs, seconds, self.device))
         self.lr_schedulers().step()
         self.engine.sync_weights(self.policy)  # the next rollout samples from the updated policy
         sequence_kl = masked_sum(episodes.kl, episodes.response_mask, dim=1)
@@ -219,21 +226,27 @@ class PPOModule(PPOUpdate, StageModule):
     @torch.no_grad()
     def make_rollout(self, prompts: dict[str, Any], where: str = "rollout") -> tuple[Episodes, dict[str, Tensor]]:
         """The experience phase: generate, score, and compute rewards and advantages. Returns the episodes and the
-        phase's metrics (``perf/generation_tokens_per_sec``, ``engine/*``)."""
+        phase's metrics (``perf/generation_*``, ``perf/scoring_*``, ``engine/*``)."""
         started = time.perf_counter()
         with eval_mode(self.policy), seeded(self._rollout_seed(), self.device):
             episodes = self.generate_rollout(prompts, model=self.policy, num_samples=self.batch.samples_per_prompt)
-        generated = episodes.response_lengths.sum() / max(time.perf_counter() - started, 1e-9)
+        synchronize(self.device)
+        generated, policy_scored = time.perf_counter(), episodes.logprobs is None
         with eval_mode(self.policy, self.value_model):
             episodes = self.score_episodes(episodes, prompts, self.policy, self.batch.samples_per_prompt, values=True)
+        synchronize(self.device)
+        metrics = {
+            **self.throughput.generation(episodes, generated - started, self.device),
+            **self.throughput.scoring(episodes, time.perf_counter() - generated, self.device, policy_scored),
+        }
         check_finite("the reward", episodes.scores, where)
         episodes = episodes.with_values(rewards=self.compute_rewards(episodes))
         correction = engine_logprob_correction(episodes, self.correction)
         advantages, returns = self.estimate_advantages(episodes)
-        if correction.weights is not None:  # truncated IS: each token's advantage x its weight
+        if correction.weights is not None:  # importance weights: each token's advantage x its weight
             advantages = advantages * correction.weights.to(advantages.dtype)
-        metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
-        return episodes.with_values(advantages=advantages, returns=returns), metrics
+        metrics.update(correction.metrics)  # a correction's mask leaves the update through Episodes.loss_mask
+        return episodes.with_values(advantages=advantages, returns=returns, correction_mask=correction.mask), metrics
 
     def score_episodes(
         self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int, values: bool = False

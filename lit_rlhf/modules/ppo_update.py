@@ -50,7 +50,7 @@ class PPOUpdate:
                 optimizer.zero_grad()
                 micro_rows = minibatch.split(b.micro_batch_size)
                 local = sum(
-                    step_normalizer(episodes.response_mask[rows], self.loss.aggregation, self.sampling.max_new_tokens)
+                    step_normalizer(episodes.loss_mask[rows], self.loss.aggregation, self.sampling.max_new_tokens)
                     for rows in micro_rows
                 )
                 normalizer = all_reduce_mean(local, self)  # gradients are averaged over ranks: the mean count per rank
@@ -95,7 +95,7 @@ class PPOUpdate:
         parts = {"policy": self.policy_loss(micro, logprobs, entropy)}
         if self.value_model is not None:
             parts["value"] = self.value_loss(micro, response_values(self.value_model, micro))
-        mask, mode = micro.response_mask, self.loss.aggregation
+        mask, mode = micro.loss_mask, self.loss.aggregation  # less what a rollout correction masked
         loss, stats = 0.0, {}
         for name, part in parts.items():
             part_loss = aggregate_loss(part.per_token, mask, mode, normalizer)
