@@ -71,13 +71,13 @@ def results_from_samples(
     tie_tolerance: float = 0.0,
 ) -> dict[str, Any]:
     """Per policy (in the order the rows first name them): ``samples``, ``prompts``, ``length`` (mean tokens),
-        ``kl`` (mean log-ratio to the reference on the policy's own samples), and per judge ``score`` (mean over prompts),
-        ``win_rate`` and ``length_controlled_win_rate`` against the reference (each ``value``, ``low``, ``high``,
-        ``prompts``, ``comparisons``); when the rows carry a ``group`` (the value of the ``by`` field of their prompt
-    record), the same under ``by_group[<group>]``.
+    ``kl`` (mean log-ratio to the reference on the policy's own samples), and per judge ``score`` (mean over
+    prompts), ``win_rate`` and ``length_controlled_win_rate`` against the reference (each ``value``, ``low``,
+    ``high``, ``prompts``, ``comparisons``); when the rows carry a ``group`` (the value of the ``by`` field of their
+    prompt record), the same under ``by_group[<group>]``.
 
-        Sample ``j`` of prompt ``i`` of a policy is compared with sample ``j`` of prompt ``i`` of the reference (every
-        policy is sampled with the same seed, so a policy compared with itself ties everywhere: 0.5).
+    Sample ``j`` of prompt ``i`` of a policy is compared with sample ``j`` of prompt ``i`` of the reference (every
+    policy is sampled with the same seed, so a policy compared with itself ties everywhere: 0.5).
     """
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     by_policy = {name: [r for r in rows if r["policy"] == name] for name in policies}

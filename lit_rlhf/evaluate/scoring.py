@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_rlhf.data.batching import pad_sequences
 from lit_rlhf.data.formats import DataFormat, convert_records
@@ -79,14 +80,14 @@ def _model_device(model) -> torch.device:
 
 @torch.no_grad()
 def sample_and_score(
-    policy,
-    tokenizer,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: EvalPrompts,
     judges: Sequence[Reward] = (),
     *,
     settings: SamplingSettings,
     samples_per_prompt: int = 1,
-    reference=None,
+    reference: Optional[PreTrainedModel] = None,
     engine: Optional[RolloutEngine] = None,
     batch_size: int = 64,
     seed: Optional[int] = None,
