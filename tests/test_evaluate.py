@@ -65,7 +65,8 @@ def _run(tmp_path, config: dict, *extra: str) -> None:
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, models):
     tmp = tmp_path_factory.mktemp("evaluate")
-    _run(tmp, _config(tmp / "out", models, wandb=True))
+    # The engine named as in PPO (the default one): each policy's weights are synced into it before it samples.
+    _run(tmp, _config(tmp / "out", models, wandb=True, engine={"class_path": "lit_rlhf.engines.HFEngine"}))
     return tmp / "out"
 
 

@@ -108,7 +108,8 @@ def evaluate(
         bootstrap_samples: Bootstrap resamples of the prompts for every interval.
         tie_tolerance: Score differences up to this count as ties (half a win).
         engine: How responses are sampled, as in PPO (``class_path: lit_rlhf.engines.vllm.VLLMEngine`` where vLLM is
-            installed). Default: the Hugging Face engine.
+            installed: one engine, each policy's weights loaded into it in turn, so the policies must share an
+            architecture). Default: the Hugging Face engine.
         batch_size: Sequences per generate call and texts per loss batch.
         format: Layout of the prompt records: ``auto`` (detected) or one the PPO data module names.
         fields: Field renames of the prompt records, canonical name -> name in your data.

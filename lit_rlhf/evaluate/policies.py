@@ -72,8 +72,9 @@ def evaluate_policies(
     for name, source in policies.items():
         tokenizer = load_tokenizer(source, padding_side="left")
         model = reference_model if name == reference else load_causal_lm(source, trainable=False).to(device)
-        if engine is not None:
+        if engine is not None:  # the engine samples this policy's weights (vLLM: one engine, weights loaded into it)
             engine.setup(model, source)
+            engine.sync_weights(model)
         measured = sample_and_score(
             model,
             tokenizer,
@@ -83,6 +84,7 @@ def evaluate_policies(
             samples_per_prompt=samples_per_prompt,
             reference=None if name == reference else reference_model,
             engine=engine,
+            engine_weights=engine is not None,
             batch_size=batch_size,
             seed=seed,
         )

@@ -89,6 +89,7 @@ def sample_and_score(
     samples_per_prompt: int = 1,
     reference: Optional[PreTrainedModel] = None,
     engine: Optional[RolloutEngine] = None,
+    engine_weights: bool = False,
     batch_size: int = 64,
     seed: Optional[int] = None,
 ) -> PolicySamples:
@@ -105,6 +106,9 @@ def sample_and_score(
         samples_per_prompt: Responses per prompt.
         reference: The KL reference model, or None.
         engine: How responses are sampled. Default: :class:`~lit_rlhf.engines.HFEngine`.
+        engine_weights: Sample the weights the engine holds (loaded by its ``sync_weights``: a vLLM engine then
+            samples with its own kernels) instead of ``policy`` exactly as given (e.g. a training run's EMA weights,
+            which Hugging Face ``generate`` samples).
         batch_size: Sequences per ``generate`` call.
         seed: Seed of the sampler (the caller's random state is restored afterwards); None: the current state.
     """
@@ -127,7 +131,7 @@ def sample_and_score(
                 settings,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
-                training=False,
+                training=engine_weights,
             )
             indices = [start + i // samples_per_prompt for i in range(len(episodes))]
             episodes = episodes.with_values(tokenizer=tokenizer, records=[prompts.records[i] for i in indices])
