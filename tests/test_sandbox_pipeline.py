@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lit_rlhf.cli import main
 
 
@@ -54,11 +56,18 @@ def test_sandbox_pipeline_fast_run_writes_every_stage_and_the_report(in_scratch_
     for stage in ("SFT", "RM", "PPO-ptx", "PPO (no ptx)", "DPO"):
         assert costs[stage]["wall_s"] > 0 and 0.01 < costs[stage]["peak_rss_gib"] < 20, (stage, costs[stage])
     assert "| SFT |" in (runs / "report.md").read_text().split("peak memory")[1]
+    # The gold table comes from evaluate's path: its samples are in report_samples.jsonl, SFT against itself wins
+    # half, and each policy's gold score and KL are the means of its rows there.
+    rows = [json.loads(line) for line in (runs / "report_samples.jsonl").read_text().splitlines()]
+    assert report["policies"]["SFT"]["gold/win_rate"] == 0.5 and report["policies"]["SFT"]["kl"] == 0.0
+    for label, metrics in report["policies"].items():
+        own = [r for r in rows if r["policy"] == label]
+        assert metrics["gold/score"] == pytest.approx(sum(r["scores"]["gold"] for r in own) / len(own)), label
+        assert metrics["kl"] == pytest.approx(sum(r["kl"] for r in own) / len(own)), label
+        assert metrics["gold/win_rate_low"] <= metrics["gold/win_rate"] <= metrics["gold/win_rate_high"], label
 
 
 def test_sandbox_pipeline_stage_options_are_checked_before_any_work(in_scratch_dir, capsys):
-    import pytest
-
     for bad, expected in (
         (["--stages", "[ppo, rlhf]"], "--stages"),
         (["--samples_per_prompt", "1"], "samples_per_prompt"),
