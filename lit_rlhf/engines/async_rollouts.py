@@ -23,6 +23,7 @@ policy that PPO clips against), and the truncated importance weight ``min(pi_pro
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -84,7 +85,27 @@ class AsyncRollouts:
         self.executor: Optional[ThreadPoolExecutor] = None
         self.in_flight: Optional[Future] = None
         self.ready: Optional[Episodes] = None
+        self.ready_seconds = 0.0  # how long the engine took to sample the ready batch
         self.synced = False
+
+    def step(
+        self,
+        prompts: dict[str, Any],
+        samples_per_prompt: int,
+        version: int,
+        sampler: Callable[[dict[str, Any], int], Callable[[], Episodes]],
+        policy: torch.nn.Module,
+    ) -> tuple[Episodes, float]:
+        """Steps 1 and 2 of the timeline: the episodes of ``prompts`` for the decoupled loss (:func:`as_behaviour`)
+        and the seconds their sampling took; ``prompts["next"]`` (if any) then goes to the engine. ``version``: the
+        policy's (rollouts done); ``sampler(prompts, rollout_index)``: the engine call sampling that rollout."""
+        sampled = self.take(prompts, samples_per_prompt)
+        if sampled is None:  # nothing sampled ahead (first rollout of a run or epoch): sampled now
+            self.submit(sampler(prompts, version), version, policy)
+            sampled = self.take(prompts, samples_per_prompt)
+        if prompts.get("next") is not None:
+            self.submit(sampler(prompts["next"], version + 1), version, policy)
+        return as_behaviour(sampled[0]), sampled[1]
 
     def submit(self, sample: Callable[[], Episodes], version: int, policy: torch.nn.Module) -> None:
         """Run ``sample`` (the engine's ``generate`` for the next prompts, seeded) in the background; its episodes
@@ -98,9 +119,11 @@ class AsyncRollouts:
         if self.executor is None:
             self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lit-rlhf-rollout")
 
-        def run() -> Episodes:
+        def run() -> tuple[Episodes, float]:
+            started = time.perf_counter()
             with torch.no_grad():  # grad mode is per thread
-                return with_policy_version(sample(), version)
+                episodes = with_policy_version(sample(), version)
+            return episodes, time.perf_counter() - started
 
         self.in_flight = self.executor.submit(run)
 
@@ -108,10 +131,11 @@ class AsyncRollouts:
         """Block until the batch in flight (if any) is sampled; it is then ready to be taken."""
         if self.in_flight is not None:
             future, self.in_flight = self.in_flight, None
-            self.ready = future.result()
+            self.ready, self.ready_seconds = future.result()
 
-    def take(self, prompts: dict[str, Any], samples_per_prompt: int) -> Optional[Episodes]:
-        """The ready batch, which must have been sampled for ``prompts``; None when there is none."""
+    def take(self, prompts: dict[str, Any], samples_per_prompt: int) -> Optional[tuple[Episodes, float]]:
+        """The ready batch, which must have been sampled for ``prompts``, and the seconds its sampling took; None
+        when there is none."""
         self.wait()
         episodes, self.ready = self.ready, None
         if episodes is None:
@@ -129,7 +153,7 @@ class AsyncRollouts:
             raise RuntimeError(
                 "the rollout sampled ahead was for other prompts than this step's (was the data changed on resume?)"
             )
-        return episodes
+        return episodes, self.ready_seconds
 
     def state_dict(self) -> dict[str, Any]:
         """The batch sampled ahead (waited for if in flight), for a checkpoint: its weights' version is gone after
@@ -137,11 +161,12 @@ class AsyncRollouts:
         self.wait()
         if self.ready is None:
             return {}
-        return {"ready": {name: _to_cpu(getattr(self.ready, name)) for name in SAMPLED_FIELDS}}
+        fields = {name: _to_cpu(getattr(self.ready, name)) for name in SAMPLED_FIELDS}
+        return {"ready": fields, "seconds": self.ready_seconds}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("ready") is not None:
-            self.ready = Episodes(**state["ready"])
+            self.ready, self.ready_seconds = Episodes(**state["ready"]), state["seconds"]
 
     def close(self) -> None:
         """Finish the batch in flight and stop the thread."""

@@ -34,7 +34,7 @@ from lit_rlhf.algorithms import (
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_moments, local_backward
 from lit_rlhf.engines import HFEngine, RolloutEngine
-from lit_rlhf.engines.async_rollouts import AsyncRollouts, as_behaviour, staleness_metrics, with_policy_version
+from lit_rlhf.engines.async_rollouts import AsyncRollouts, staleness_metrics, with_policy_version
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.episodes import Episodes, RolloutSummary
 from lit_rlhf.errors import check_option
@@ -81,7 +81,8 @@ class PPOModule(PPOUpdate, StageModule):
             model's initialisation. Needed only when one of them uses it.
         rewards: Reward components, summed with their weights (``lit_rlhf.rewards``: ``RewardModelScore``,
             ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
-        engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy).
+        engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy);
+            ``HFWorkerEngine`` or ``VLLMEngine`` for ``batch.max_staleness: 1``.
         tokenizer: Tokenizer directory. Default: the policy's own.
         batch: Rollout, minibatch and micro-batch sizes, samples per prompt, PPO epochs.
         sampling: Response length, temperature, top-p, generation batch, missing-EOS penalty.
@@ -226,9 +227,8 @@ class PPOModule(PPOUpdate, StageModule):
     def make_rollout(self, prompts: dict[str, Any], where: str = "rollout") -> tuple[Episodes, dict[str, Tensor]]:
         """The experience phase: generate, score, and compute rewards and advantages. Returns the episodes and the
         phase's metrics (``perf/generation_tokens_per_sec``, ``engine/*``)."""
-        started = time.perf_counter()
-        episodes = self.sample_episodes(prompts)
-        generated = episodes.response_lengths.sum() / max(time.perf_counter() - started, 1e-9)
+        episodes, seconds = self.sample_episodes(prompts)
+        generated = episodes.response_lengths.sum() / max(seconds, 1e-9)
         with eval_mode(self.policy, self.value_model):
             episodes = self.score_episodes(episodes, prompts, self.policy, self.batch.samples_per_prompt, values=True)
         check_finite("the reward", episodes.scores, where)
@@ -240,23 +240,18 @@ class PPOModule(PPOUpdate, StageModule):
         metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
         return episodes.with_values(advantages=advantages, returns=returns), metrics
 
-    def sample_episodes(self, prompts: dict[str, Any]) -> Episodes:
-        """The rollout's responses, stamped with the policy version that sampled them: generated now, or with
-        ``batch.max_staleness: 1`` sampled during the previous step (generated now when none was: the first rollout
-        of a run or epoch), the next prompts (``prompts["next"]``) then submitted to the engine in the background."""
+    def sample_episodes(self, prompts: dict[str, Any]) -> tuple[Episodes, float]:
+        """The rollout's responses, stamped with the policy version that sampled them, and the seconds sampling took:
+        generated now, or with ``batch.max_staleness: 1`` sampled during the previous step (generated now when none
+        was: the first rollout of a run or epoch), the next prompts (``prompts["next"]``) then submitted to the engine
+        in the background."""
         n, version = self.batch.samples_per_prompt, self.rollouts_done
         if self.rollouts_ahead is None:
+            started = time.perf_counter()
             with eval_mode(self.policy), seeded(self._rollout_seed(), self.device):
                 episodes = self.generate_rollout(prompts, model=self.policy, num_samples=n)
-            return with_policy_version(episodes, version)
-        ahead = self.rollouts_ahead
-        episodes = ahead.take(prompts, n)
-        if episodes is None:
-            ahead.submit(self._engine_sampler(prompts, version), version, self.policy)
-            episodes = ahead.take(prompts, n)
-        if prompts.get("next") is not None:
-            ahead.submit(self._engine_sampler(prompts["next"], version + 1), version, self.policy)
-        return as_behaviour(episodes)
+            return with_policy_version(episodes, version), time.perf_counter() - started
+        return self.rollouts_ahead.step(prompts, n, version, self._engine_sampler, self.policy)
 
     def _engine_sampler(self, prompts: dict[str, Any], rollout_index: int):
         """A call sampling rollout ``rollout_index``'s responses with the engine's own weights, from its own seed."""
@@ -291,7 +286,8 @@ class PPOModule(PPOUpdate, StageModule):
 
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Episodes:
         """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
-        recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
+        recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them). With
+        ``batch.max_staleness: 1`` training rollouts call the engine directly instead (seeded, in the background)."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         return self.engine.generate(
             model, prompts, num_samples, self.sampling, eos_token_id=eos, pad_token_id=pad, training=self.training
