@@ -19,9 +19,9 @@ from ppo_support import one_cpu_thread, ppo_world, tiny_data, tiny_module, tiny_
 
 from lit_rlhf.data.prompts import LookaheadItems, RolloutSampler, collate_prompts_ahead
 from lit_rlhf.engines import HFEngine
-from lit_rlhf.engines.async_rollouts import as_behaviour, staleness_metrics, with_policy_version
+from lit_rlhf.engines.async_rollouts import AsyncRollouts, as_behaviour, staleness_metrics, with_policy_version
 from lit_rlhf.engines.hf_worker import HFWorkerEngine
-from lit_rlhf.episodes import Episodes, RolloutSummary
+from lit_rlhf.episodes import Episodes, RolloutSummary, concat_responses
 from lit_rlhf.errors import ConfigError
 
 STEPS_PER_ROLLOUT = 2
@@ -160,3 +160,24 @@ def test_stale_episodes_keep_their_sampler_logprobs_as_behaviour_and_their_versi
     assert stale.logprobs is None and torch.equal(stale.engine_logprobs, torch.tensor([[-0.5], [-1.5]]))
     metrics = staleness_metrics(stale.with_values(policy_versions=torch.tensor([3, 2])), 4)
     assert (float(metrics["rollout/staleness"]), float(metrics["rollout/staleness_max"])) == (1.5, 2.0)
+
+
+def test_a_batch_sampled_ahead_is_used_only_for_its_own_prompts():
+    """An epoch cut short (``limit_train_batches``) never reaches the batch it looked ahead to: the next epoch's first
+    rollout is sampled in its step instead of taking it."""
+    ahead = AsyncRollouts(HFWorkerEngine())  # the worker is never started: the sampler below stands in for it
+    ahead.synced = True
+
+    def sampler(prompts, rollout_index):
+        ids = prompts["input_ids"]  # one "response" per prompt: its rollout index
+        return lambda: concat_responses(ids, torch.ones_like(ids), torch.full((len(ids), 1), rollout_index), 1)
+
+    first, second = {"input_ids": torch.tensor([[4, 5]])}, {"input_ids": torch.tensor([[6, 7]])}
+    ahead.submit(sampler(first, 1), version=0, policy=None)
+    assert ahead.take(second, samples_per_prompt=1) is None  # sampled for other prompts: dropped
+    episodes, seconds = ahead.step({**second, "next": first}, 1, version=3, sampler=sampler, policy=None)
+    assert episodes.responses.tolist() == [[3]] and episodes.policy_versions.tolist() == [3] and seconds >= 0
+    episodes, _ = ahead.step(first, 1, version=4, sampler=sampler, policy=None)  # the batch sampled ahead
+    assert episodes.responses.tolist() == [[4]] and episodes.policy_versions.tolist() == [3]
+    assert ahead.take(first, samples_per_prompt=1) is None  # nothing more ahead: no "next"
+    ahead.close()

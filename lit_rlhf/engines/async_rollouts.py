@@ -134,8 +134,9 @@ class AsyncRollouts:
             self.ready, self.ready_seconds = future.result()
 
     def take(self, prompts: dict[str, Any], samples_per_prompt: int) -> Optional[tuple[Episodes, float]]:
-        """The ready batch, which must have been sampled for ``prompts``, and the seconds its sampling took; None
-        when there is none."""
+        """The ready batch and the seconds its sampling took, if it was sampled for ``prompts``; None when there is
+        none, or when it was sampled for other prompts (an epoch cut short by ``limit_train_batches`` never reaches
+        the batch it looked ahead to): that batch is dropped."""
         self.wait()
         episodes, self.ready = self.ready, None
         if episodes is None:
@@ -150,9 +151,7 @@ class AsyncRollouts:
         )
         expected = prompts["input_ids"].repeat_interleave(samples_per_prompt, dim=0)
         if episodes.prompts.shape != expected.shape or not torch.equal(episodes.prompts, expected):
-            raise RuntimeError(
-                "the rollout sampled ahead was for other prompts than this step's (was the data changed on resume?)"
-            )
+            return None
         return episodes, self.ready_seconds
 
     def state_dict(self) -> dict[str, Any]:
