@@ -181,3 +181,23 @@ def test_a_batch_sampled_ahead_is_used_only_for_its_own_prompts():
     assert episodes.responses.tolist() == [[4]] and episodes.policy_versions.tolist() == [3]
     assert ahead.take(first, samples_per_prompt=1) is None  # nothing more ahead: no "next"
     ahead.close()
+
+
+def test_the_async_engine_config_links_the_data_modules_lookahead(ppo_world, in_scratch_dir):
+    """configs/engine/async.yaml over configs/ppo.yaml: the CLI links batch.max_staleness to the data module, which
+    then looks one batch ahead."""
+    from lit_rlhf.trainer_cli import LitRLHFCLI
+
+    cli = LitRLHFCLI(
+        args=[  # run=False: no subcommand
+            "--config=configs/ppo.yaml",
+            "--config=configs/engine/async.yaml",
+            f"--model.init_args.policy={ppo_world['sft']}",
+            f"--model.init_args.reward_model={ppo_world['rm']}",
+            f"--data.init_args.prompts={ppo_world['prompts.jsonl']}",
+            f"--data.init_args.ptx_text={ppo_world['ptx.txt']}",
+        ],
+        run=False,
+    )
+    assert isinstance(cli.model.engine, HFWorkerEngine) and cli.model.rollouts_ahead is not None
+    assert cli.datamodule.hparams.max_staleness == cli.model.batch.max_staleness == 1
