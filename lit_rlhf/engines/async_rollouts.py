@@ -15,7 +15,7 @@ vLLM runs its model in processes of its own, :class:`~lit_rlhf.engines.hf_worker
 process; the thread here only waits on their blocking calls (which release the GIL).
 
 The loss is AReaL's decoupled PPO objective (Fu et al. 2025, "AReaL: A Large-Scale Asynchronous Reinforcement
-Learning System for Language Reasoning", sec. 5): the behaviour policy's log-probs (the engine's) go into
+Learning System for Language Reasoning"): the behaviour policy's log-probs (the engine's) go into
 ``Episodes.engine_logprobs``, the trainer recomputes ``logprobs`` with the weights at update start (the proximal
 policy that PPO clips against), and the truncated importance weight ``min(pi_prox / pi_behav, cap)``
 (:mod:`lit_rlhf.engines.correction`, ``correction.truncated_is_cap``) scales each token's advantage.
