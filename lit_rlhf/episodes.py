@@ -46,6 +46,8 @@ class Episodes:
         returns: ``[B, R]`` value targets, or None without a critic.
         correction_mask: ``[B, R]`` bool, the response tokens a rollout correction's mask keeps in the update
             (``lit_rlhf.engines.correction``); None: all of them. Read through :attr:`loss_mask`.
+        policy_versions: ``[B]`` long, the policy version that sampled each episode: the number of PPO updates its
+            weights had had (the PPO module's rollouts done at the time; :mod:`lit_rlhf.engines.async_rollouts`).
     """
 
     input_ids: Tensor
@@ -67,6 +69,7 @@ class Episodes:
     advantages: Optional[Tensor] = None
     returns: Optional[Tensor] = None
     correction_mask: Optional[Tensor] = None
+    policy_versions: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "records", tuple(self.records))

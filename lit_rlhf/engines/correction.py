@@ -61,6 +61,12 @@ class RolloutCorrectionSettings:
     mask_low: Optional[float] = None
     mask_high: Optional[float] = None
 
+    @property
+    def weights_bounded(self) -> bool:
+        """Whether these settings weight each token by a bounded ``p_trainer / p_engine`` (truncated IS or IcePop):
+        what an update on stale samples needs (AReaL's decoupled loss)."""
+        return self.truncated_is_cap is not None or self.mask == "icepop"
+
     def __post_init__(self) -> None:
         check_option("correction.truncated_is_cap", self.truncated_is_cap, min=1)
         check_option("correction.mask_low", self.mask_low, min=0, max=1, min_open=True)
