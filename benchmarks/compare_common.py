@@ -20,6 +20,7 @@ RESULT_PREFIX = "RESULT "
 INSTALL = {
     "trl": 'python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install "trl==1.16.0"',
     "trl-ppo": 'python -m venv --system-site-packages .venv-trl-ppo && .venv-trl-ppo/bin/pip install "trl==1.12.0"',
+    "vllm": "the vllm environment of docs/engines.md (Installing), as .venv-vllm in the repository root",
 }
 
 
