@@ -21,40 +21,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_common import StepClock, configure_process, emit_result  # noqa: E402
+from compare_common import PhaseTimer, StepClock, configure_process, emit_result  # noqa: E402
 from compare_lit import fit, fit_rollouts, ppo_batch, ppo_module, rollout_counts, step_clock_callback  # noqa: E402
 from compare_workspace import load_settings  # noqa: E402
 
 STAGES = ("grpo", "dpo", "ppo-vllm", "async")
-
-
-class PhaseTimer:
-    """Wraps methods of objects (an instance attribute shadows the method; behaviour unchanged) and sums the
-    seconds spent in each, per rollout: :meth:`take` returns ``{<name>_seconds: ...}`` and starts over."""
-
-    def __init__(self, **targets: tuple[object, str]):
-        self.seconds = dict.fromkeys(targets, 0.0)
-        for name, (owner, method) in targets.items():
-            setattr(owner, method, self.timed(name, getattr(owner, method)))
-
-    def timed(self, name: str, function):
-        def call(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return function(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - started
-
-        return call
-
-    def take(self) -> dict[str, float]:
-        taken = {f"{name}_seconds": value for name, value in self.seconds.items()}
-        self.seconds = dict.fromkeys(self.seconds, 0.0)
-        return taken
 
 
 def timed_fit(module, ws: Path, s: dict) -> dict:

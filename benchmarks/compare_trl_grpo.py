@@ -11,7 +11,8 @@ the loss (TRL's k3 with ``beta``), clip 0.2, the group-normalised advantage, fp3
 
 One clock step is one rollout: it ends at the optimizer step that finishes the generation batch. The last stdout
 line is ``RESULT {json}`` with ``episodes`` (completions) and ``generated_tokens`` (completion tokens up to and
-including the first EOS, as TRL passes them to reward functions) summed over the measured rollouts.
+including the first EOS, as TRL passes them to reward functions) summed over the measured rollouts, and
+``generate_seconds``, the time inside the policy's ``generate``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_common import StepClock, configure_process, emit_result  # noqa: E402
+from compare_common import PhaseTimer, StepClock, configure_process, emit_result  # noqa: E402
 from compare_trl import import_trl, read_jsonl, trainer_arguments  # noqa: E402
 from compare_workspace import keyword_share, load_settings  # noqa: E402
 
@@ -97,7 +98,7 @@ def main() -> None:
         class RolloutClock(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
                 if state.global_step % args.steps_per_generation == 0:  # the rollout's last minibatch
-                    clock.step_end(**meter.take())
+                    clock.step_end(**meter.take(), **timer.take())
 
         torch.manual_seed(0)
         trainer = GRPOTrainer(
@@ -108,6 +109,7 @@ def main() -> None:
             processing_class=tokenizer,
             callbacks=[RolloutClock()],
         )
+        timer = PhaseTimer(generate=(trainer.model, "generate"))  # TRL generates with the unwrapped policy itself
         a = trainer.args
         print(
             f"TRL layout: generation_batch_size {a.generation_batch_size}, per_device_train_batch_size "

@@ -139,16 +139,16 @@ def test_tables_put_async_against_sync_in_its_own_table(capsys):
 
 
 def test_phase_timer_sums_each_wrapped_method_per_rollout(monkeypatch):
-    import compare_lit_rl
+    import compare_common
 
     class Engine:
         def generate(self, x):
             return x + 1
 
     engine = Engine()
-    timer = compare_lit_rl.PhaseTimer(generate=(engine, "generate"))
+    timer = compare_common.PhaseTimer(generate=(engine, "generate"))
     clock = iter([10.0, 10.5, 20.0, 20.25])
-    monkeypatch.setattr(compare_lit_rl.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(compare_common.time, "perf_counter", lambda: next(clock))
     assert engine.generate(1) == 2 and engine.generate(2) == 3  # behaviour unchanged
     monkeypatch.undo()
     assert timer.take() == {"generate_seconds": 0.75}
