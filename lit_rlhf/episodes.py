@@ -44,6 +44,8 @@ class Episodes:
         rewards: ``[B, R]`` per-token rewards.
         advantages: ``[B, R]`` advantages (whitened if configured, corrected for the engine if configured).
         returns: ``[B, R]`` value targets, or None without a critic.
+        policy_versions: ``[B]`` long, the policy version that sampled each episode: the number of PPO updates its
+            weights had had (the PPO module's rollouts done at the time; :mod:`lit_rlhf.engines.async_rollouts`).
     """
 
     input_ids: Tensor
@@ -64,6 +66,7 @@ class Episodes:
     rewards: Optional[Tensor] = None
     advantages: Optional[Tensor] = None
     returns: Optional[Tensor] = None
+    policy_versions: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "records", tuple(self.records))

@@ -72,8 +72,8 @@ class LitRLHFCLI(LightningCLI):
         reliability.before_fit(self)
 
     def add_arguments_to_parser(self, parser) -> None:
-        # PPO's data module takes its batch sizes from the module's `batch` group: one place to set them.
-        for size in ("rollout_batch_size", "samples_per_prompt"):
+        # PPO's data module takes its batch sizes and lookahead from the module's `batch` group: one place to set them.
+        for size in ("rollout_batch_size", "samples_per_prompt", "max_staleness"):
             parser.link_arguments(f"model.init_args.batch.{size}", f"data.init_args.{size}", apply_on="parse")
 
 

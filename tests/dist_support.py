@@ -84,6 +84,24 @@ class LossRecorder(Callback):
         (self.out / f"losses_rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
 
 
+class StalenessRecorder(Callback):
+    """Each rank's ``[policy version updated, versions that sampled its episodes]`` per PPO rollout, written to
+    ``staleness_rank<r>.json`` at the end of fit."""
+
+    def __init__(self, out: Path):
+        self.out, self.rows = out, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from lit_rlhf.episodes import RolloutSummary
+
+        summary = RolloutSummary.from_outputs(outputs)
+        self.rows.append([summary.index - 1, summary.episodes.policy_versions.tolist()])
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"staleness_rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))
+
+
 class FirstStepGradients(Callback):
     """Rank 0 writes the full gradients of the first optimizer step to ``grads.pt`` (gathered when sharded)."""
 
@@ -136,7 +154,9 @@ def strategy_from_yaml(name: str):
     return cls(**(spec.get("init_args") or {}))
 
 
-def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, devices: int = 1):
+def build(
+    stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, devices: int = 1, async_rollouts: bool = False
+):
     lora_options = LoraOptions(r=4, alpha=8.0, target_modules=["q_proj", "v_proj"]) if lora else None
     common = {"tokenizer": str(root / "tokenizer"), "lora": lora_options, "output_dir": str(out / "model")}
     if stage == "sft":
@@ -170,12 +190,18 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
 
         world = {name: str(root / "ppo" / name) for name in ("sft", "rm", "prompts.jsonl", "ptx.txt", "heldout.txt")}
         cls = _uneven_length_ppo() if uneven else PPOModule
+        settings = dict(TINY)
+        if async_rollouts:  # 3 rollouts of 2 prompts per rank in each epoch of 12 prompts: 2 of them sampled ahead
+            from lit_rlhf.engines.hf_worker import HFWorkerEngine
+
+            settings.update(rollout_batch_size=2, minibatch_size=2, batch={"max_staleness": 1}, engine=HFWorkerEngine())
+            settings["correction"] = {"truncated_is_cap": 2.0}
         module = cls(
             policy=world["sft"],
             reward_model=world["rm"],
             lora=lora_options,
             output_dir=str(out / "model"),
-            **grouped(**TINY),
+            **grouped(**settings),
         )
         data = tiny_data(world, module)
     else:
@@ -186,10 +212,17 @@ def build(stage: str, root: Path, out: Path, lora: bool, uneven: bool = False, d
 def run_scenario(inputs: Path, out_root: Path, scenario: dict, devices: int) -> None:
     seed_everything(0)
     out = out_root / scenario["name"]
+    async_rollouts = scenario.get("async", False)
     module, data = build(
-        scenario["stage"], inputs, out, scenario.get("lora", False), scenario.get("uneven", False), devices
+        scenario["stage"],
+        inputs,
+        out,
+        scenario.get("lora", False),
+        scenario.get("uneven", False),
+        devices,
+        async_rollouts=async_rollouts,
     )
-    callbacks = [LossRecorder(out)]
+    callbacks = [LossRecorder(out)] + ([StalenessRecorder(out)] if async_rollouts else [])
     if scenario["stage"] == "ppo-exact":
         callbacks.append(FirstStepGradients(out))
     trainer = Trainer(
@@ -207,7 +240,11 @@ def run_scenario(inputs: Path, out_root: Path, scenario: dict, devices: int) -> 
         use_distributed_sampler=scenario["stage"].startswith("ppo"),
         callbacks=callbacks,
     )
-    trainer.fit(module, datamodule=data)
+    try:
+        trainer.fit(module, datamodule=data)
+    finally:
+        if async_rollouts:
+            module.engine.close()  # the HF worker process
 
 
 def _uneven_length_ppo():

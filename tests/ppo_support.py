@@ -98,7 +98,11 @@ def tiny_data(world: dict[str, str], module=None, **overrides):
 
     batch = module.batch if module is not None else None
     sizes = (
-        dict(rollout_batch_size=batch.rollout_batch_size, samples_per_prompt=batch.samples_per_prompt)
+        dict(
+            rollout_batch_size=batch.rollout_batch_size,
+            samples_per_prompt=batch.samples_per_prompt,
+            max_staleness=batch.max_staleness,
+        )
         if batch
         else dict(rollout_batch_size=TINY["rollout_batch_size"])
     )

@@ -28,6 +28,11 @@ EXACT = [
     for strategy in ("ddp", "fsdp2")
 ]
 TIMEOUT_S = 150
+#: Asynchronous rollouts (batch.max_staleness 1, each rank with its own HF worker engine): 5 rollouts of 3 per epoch.
+ASYNC = [
+    {"name": f"ppo-{strategy}-async", "stage": "ppo", "strategy": strategy, "steps": 5, "async": True}
+    for strategy in ("ddp", "fsdp2")
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +72,29 @@ def test_two_ranks_give_the_one_process_gradient_on_the_same_rollout(runs, scena
     assert one.keys() == two.keys() and any(k.startswith("value_model.") for k in one)
     for name in one:
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def async_runs(tmp_path_factory, tiny_dir):
+    root = tmp_path_factory.mktemp("dist_ppo_async")
+    (root / "ppo").mkdir()
+    build_world(root / "ppo", tiny_dir)
+    spec = root / "spec.json"
+    spec.write_text(json.dumps({"inputs": str(root), "out": str(root / "two"), "scenarios": ASYNC}))
+    result = torchrun(spec, TIMEOUT_S)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ASYNC, ids=[s["name"] for s in ASYNC])
+def test_asynchronous_rollouts_on_two_ranks_are_at_most_one_version_old(async_runs, scenario):
+    out = async_runs / "two" / scenario["name"]
+    for rank in range(2):
+        rows = json.loads((out / f"staleness_rank{rank}.json").read_text())
+        staleness = [updated - max(versions) for updated, versions in rows]
+        assert all(min(versions) == max(versions) for _, versions in rows)
+        assert staleness == [0, 1, 1, 0, 1], f"rank {rank}"  # the first rollout of each epoch is sampled in step
+    exported = load_file(out / "model/model.safetensors")
+    initial = load_file(async_runs / "ppo/sft/model.safetensors")
+    assert any(not torch.equal(exported[n], initial[n]) for n in initial), "PPO did not move the policy"

@@ -195,3 +195,14 @@ def test_ppo_fit_with_the_vllm_engine_from_yaml(sandbox_stage_dirs):
         assert float(row["engine/tis_weight"]) == pytest.approx(1.0, abs=LOGPROB_ATOL)
         assert float(row["engine/tis_capped"]) == 0
     assert len({row["rollout/score"] for row in rows}) > 1
+
+
+def test_asynchronous_ppo_fit_with_the_vllm_engine(sandbox_stage_dirs):
+    """batch.max_staleness 1 (linked to the data module's lookahead by the CLI): vLLM samples the next rollout in
+    its own processes while the trainer updates; the first rollout is sampled in its step, the others one version
+    old, and the decoupled loss's importance weight (TIS) is logged."""
+    extra = ("--model.init_args.batch.max_staleness=1", "--model.init_args.correction.truncated_is_cap=2.0")
+    rows = [r for r in run_ppo(sandbox_stage_dirs, "async", *extra) if r.get("rollout/staleness")]
+    assert [float(r["rollout/staleness"]) for r in rows] == [0, 1, 1]
+    assert [float(r["rollout/staleness_max"]) for r in rows] == [0, 1, 1]
+    assert all(0 < float(r["engine/tis_weight"]) <= 2.0 for r in rows)

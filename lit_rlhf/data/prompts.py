@@ -10,6 +10,10 @@ Exact resume: both loaders draw from :class:`RolloutSampler`, whose order is a p
 the position (epoch, rollouts consumed) in its checkpoint state (:class:`~lit_rlhf.data.common.StageDataModule`);
 on resume the samplers skip exactly those rollouts of that epoch, so the run continues with the batch
 the interrupted run would have drawn next. Lightning alone restarts a plain DataLoader from the top of the epoch.
+
+Lookahead (``max_staleness`` 1, asynchronous rollouts): each prompt batch also carries the NEXT batch of its epoch
+as ``prompts["next"]``, so the module can have it sampled while it updates on this one; the last batch of an epoch
+has none (the next epoch's order is not drawn yet). The position is still counted in whole batches.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class RolloutSampler(ResumableSampler):
         rank: This rank.
         seed: Seed of the permutations.
         batches_per_epoch: See above.
+        lookahead: Yield ``(index, index of the same slot in the next batch of this epoch, or None)`` pairs.
     """
 
     def __init__(
@@ -61,9 +66,10 @@ class RolloutSampler(ResumableSampler):
         rank: int = 0,
         seed: int = 0,
         batches_per_epoch: Optional[int] = None,
+        lookahead: bool = False,
     ):
         super().__init__(num_items, batch_size, seed=seed, num_replicas=num_replicas, rank=rank)
-        self.batches_per_epoch_fixed = batches_per_epoch
+        self.batches_per_epoch_fixed, self.lookahead = batches_per_epoch, lookahead
         self.global_batch = batch_size * num_replicas
         self._permutation_cache: tuple[int, list[int]] = (-1, [])
 
@@ -91,8 +97,27 @@ class RolloutSampler(ResumableSampler):
             start = self.epoch * self.batches_per_epoch * self.global_batch
         for batch in range(skip, self.batches_per_epoch):
             first = start + batch * self.global_batch + self.rank * self.batch_size
+            has_next = batch + 1 < self.batches_per_epoch
             for position in range(first, first + self.batch_size):
-                yield self._stream(position)
+                index = self._stream(position)
+                if self.lookahead:
+                    yield index, self._stream(position + self.global_batch) if has_next else None
+                else:
+                    yield index
+
+
+class LookaheadItems:
+    """``items`` indexed by the pairs of a lookahead :class:`RolloutSampler`: ``(item, next item or None)``."""
+
+    def __init__(self, items: list):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, pair: tuple[int, Optional[int]]) -> tuple:
+        index, upcoming = pair
+        return self.items[index], None if upcoming is None else self.items[upcoming]
 
 
 def collate_prompts(prompts: list[tuple[list[int], dict]], pad_id: int) -> dict:
@@ -100,6 +125,15 @@ def collate_prompts(prompts: list[tuple[list[int], dict]], pad_id: int) -> dict:
     each prompt's record fields (for rewards that read them, e.g. an ``answer``)."""
     input_ids, attention_mask = pad_sequences([ids for ids, _ in prompts], pad_id, side="left")
     return {"input_ids": input_ids, "attention_mask": attention_mask, "records": [fields for _, fields in prompts]}
+
+
+def collate_prompts_ahead(pairs: list[tuple], pad_id: int) -> dict:
+    """:func:`collate_prompts` of the pairs' first items, with their second items' batch as ``"next"`` (none at
+    the end of an epoch)."""
+    batch = collate_prompts([current for current, _ in pairs], pad_id)
+    if all(upcoming is not None for _, upcoming in pairs):
+        batch["next"] = collate_prompts([upcoming for _, upcoming in pairs], pad_id)
+    return batch
 
 
 def encode_prompts(
@@ -155,6 +189,8 @@ class PromptDataModule(StageDataModule):
         seed: Seed of the prompt and ptx order. Default: the run's ``seed_everything``.
         rollout_batch_size: Episodes per rollout per device (linked from ``model.init_args.batch.rollout_batch_size``).
         samples_per_prompt: Responses per prompt (linked from ``model.init_args.batch.samples_per_prompt``).
+        max_staleness: 1: each batch also carries the next batch's prompts (``prompts["next"]``) for asynchronous
+            rollouts (linked from ``model.init_args.batch.max_staleness``).
         format: Layout of the records: ``auto`` (detected from the first record, and printed), ``native``, or a
             public layout: ``hh_rlhf``, ``conversational``, ``ultrafeedback``, ``nectar``, ``alpaca``, ``sharegpt``
             for ``prompts`` and ``val_prompts``; any layout gives its prompts
@@ -178,6 +214,7 @@ class PromptDataModule(StageDataModule):
         format: DataFormat = "auto",
         rollout_batch_size: Optional[int] = None,
         samples_per_prompt: int = 1,
+        max_staleness: int = 0,
     ):
         super().__init__(tokenizer, fields, seed)
         self.train_prompts: list[tuple[list[int], dict]] = []
@@ -229,15 +266,27 @@ class PromptDataModule(StageDataModule):
         hp, trainer = self.hparams, self.trainer
         prompts_per_rollout, episodes = self.rollout_sizes()
         replicas, rank = trainer.world_size, trainer.global_rank
+        check_option("max_staleness", hp.max_staleness, min=0, max=1, integer=True)
+        ahead = hp.max_staleness > 0
         prompt_sampler = RolloutSampler(
-            len(self.train_prompts), prompts_per_rollout, num_replicas=replicas, rank=rank, seed=hp.seed
+            len(self.train_prompts),
+            prompts_per_rollout,
+            num_replicas=replicas,
+            rank=rank,
+            seed=hp.seed,
+            lookahead=ahead,
         )
         if prompt_sampler.batches_per_epoch == 0:
             raise ConfigError(
                 f"{len(self.train_prompts)} prompts cannot fill one rollout of {prompts_per_rollout} prompts on each "
                 f"of {replicas} device(s); lower model.batch.rollout_batch_size or add prompts"
             )
-        loaders = {"prompts": self._loader(self.train_prompts, prompt_sampler, prompts_per_rollout, collate_prompts)}
+        items, collate = (
+            (LookaheadItems(self.train_prompts), collate_prompts_ahead)
+            if ahead
+            else (self.train_prompts, collate_prompts)
+        )
+        loaders = {"prompts": self._loader(items, prompt_sampler, prompts_per_rollout, collate)}
         if self.ptx_examples:
             ptx_batch = max(1, round(hp.ptx_ratio * episodes))
             ptx_sampler = RolloutSampler(

@@ -5,14 +5,17 @@ An engine generates from a model, prompts and :class:`SamplingSettings`; it neve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from lit_rlhf.distributed.export import full_tensors_by_layer
 from lit_rlhf.episodes import Episodes
 from lit_rlhf.errors import check_option
+from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,14 @@ class RolloutEngine:
     (Hugging Face ``generate`` on the model itself) fills ``logprobs`` (and ``entropy``), so PPO needs no scoring
     forward; an engine with other kernels (vLLM) fills ``engine_logprobs`` instead, and PPO scores the tokens with
     the training model, logs the mismatch and optionally corrects for it (:mod:`lit_rlhf.engines.correction`).
+
+    An engine that holds its own copy of the weights (``holds_own_weights``: vLLM, the HF worker) can sample the
+    next rollout while the trainer updates (``batch.max_staleness: 1``, :mod:`lit_rlhf.engines.async_rollouts`);
+    it then receives ``seed`` and must draw from it alone, never from the caller's global RNG.
     """
+
+    #: Samples training rollouts from weights of its own (loaded by :meth:`sync_weights`), not from ``model``.
+    holds_own_weights: bool = False
 
     def setup(self, policy: torch.nn.Module, source: str) -> None:
         """Called once after the policy is built (and sharded); ``source`` is the directory it was loaded from."""
@@ -64,11 +74,22 @@ class RolloutEngine:
         eos_token_id: int,
         pad_token_id: int,
         training: bool = True,
+        seed: Optional[int] = None,
     ) -> Episodes:
         """``num_samples`` responses per prompt (adjacent rows). ``training``: a training rollout, which an engine
         may sample from the weights it holds (loaded by :meth:`sync_weights`); False (evaluation): sample from
-        ``model`` exactly as given (e.g. its EMA weights)."""
+        ``model`` exactly as given (e.g. its EMA weights). ``seed``: seeds this call's sampling; None: draw from the
+        caller's (seeded) global RNG."""
         raise NotImplementedError
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Called after each rollout's optimizer steps: load the policy's current weights into the engine."""
+
+
+def plain_weights_by_layer(policy: torch.nn.Module) -> Iterator[dict[str, Tensor]]:
+    """The policy's full weights under the plain Hugging Face names, one decoder layer at a time: gathered from
+    FSDP2 shards layer by layer (a collective: every rank iterates to the end) and merged with LoRA adapters when
+    LoRA is on. What an engine with its own weights loads in :meth:`RolloutEngine.sync_weights`."""
+    config = policy.peft_config[ADAPTER] if is_lora(policy) else None
+    for layer in full_tensors_by_layer(policy):
+        yield merged_state_dict(layer, config) if config is not None else layer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -12,6 +13,7 @@ from lit_rlhf.algorithms import entropy_from_logits, logprobs_from_logits
 from lit_rlhf.distributed.generation import sample_continuations
 from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
 from lit_rlhf.episodes import Episodes, concat_responses, pad_columns
+from lit_rlhf.random_state import seeded
 
 
 class SampledTokenLogprobs:
@@ -102,5 +104,9 @@ class HFEngine(RolloutEngine):
         eos_token_id: int,
         pad_token_id: int,
         training: bool = True,
+        seed: Optional[int] = None,
     ) -> Episodes:
-        return hf_generate(model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        with seeded(seed, model.device) if seed is not None else contextlib.nullcontext():
+            return hf_generate(
+                model, prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id
+            )

@@ -29,12 +29,11 @@ from typing import Any, Literal, Optional
 import torch
 from torch import Tensor
 
-from lit_rlhf.distributed.export import full_tensors_by_layer
-from lit_rlhf.engines.base import RolloutEngine, SamplingSettings
+from lit_rlhf.engines.base import RolloutEngine, SamplingSettings, plain_weights_by_layer
 from lit_rlhf.engines.hf import hf_generate
 from lit_rlhf.episodes import Episodes, concat_responses
 from lit_rlhf.errors import ConfigError, check_option
-from lit_rlhf.lora import ADAPTER, is_lora, merged_state_dict, unwrap
+from lit_rlhf.lora import unwrap
 from lit_rlhf.precision import engine_dtype
 
 INSTALL_HINT = (
@@ -111,6 +110,8 @@ class WeightSyncExtension:
 
 class VLLMEngine(RolloutEngine):
     """vLLM generation in each training process, with the policy's weights loaded into it after every rollout.
+    Its model runs in vLLM's own processes, so with ``batch.max_staleness: 1`` a thread that waits on its blocking
+    ``generate`` overlaps sampling with the trainer's update (:mod:`lit_rlhf.engines.async_rollouts`).
 
     Args:
         dtype: Precision of the engine's weights and activations: ``auto`` (the policy directory's), ``float32``,
@@ -125,6 +126,8 @@ class VLLMEngine(RolloutEngine):
         enforce_eager: No CUDA graphs or compilation: quicker start and less memory, slower decoding.
         engine_args: Further keyword arguments for ``vllm.LLM`` (e.g. ``max_num_seqs``).
     """
+
+    holds_own_weights = True
 
     def __init__(
         self,
@@ -218,6 +221,7 @@ class VLLMEngine(RolloutEngine):
         eos_token_id: int,
         pad_token_id: int,
         training: bool = True,
+        seed: Optional[int] = None,
     ) -> Episodes:
         if not training:
             # Validation samples the evaluated (EMA) weights, which the engine does not hold: Hugging Face generate.
@@ -227,8 +231,9 @@ class VLLMEngine(RolloutEngine):
         if self.stale:  # first rollout, or resumed from a checkpoint: the policy's weights are not the directory's
             self.sync_weights(model)
         self._wake()
-        # A seed drawn from the caller's seeded RNG: each rollout's draws follow the run's seed.
-        self.llm.collective_rpc("lit_rlhf_reseed", args=(int(torch.randint(0, 2**31 - 1, ())),))
+        # Unless given, a seed drawn from the caller's seeded RNG: each rollout's draws follow the run's seed.
+        seed = seed if seed is not None else int(torch.randint(0, 2**31 - 1, ()))
+        self.llm.collective_rpc("lit_rlhf_reseed", args=(seed % (2**31 - 1),))
         episodes = self.sample(prompts, num_samples, settings, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
         if self.sleep_between_rollouts:
             self.llm.sleep(level=1)
@@ -238,10 +243,8 @@ class VLLMEngine(RolloutEngine):
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Load the policy's current weights into the engine, one decoder layer at a time (LoRA merged)."""
         self._wake()
-        config = policy.peft_config[ADAPTER] if is_lora(policy) else None
         self.llm.collective_rpc("lit_rlhf_begin_sync")
-        for layer in full_tensors_by_layer(policy):  # every rank iterates (FSDP2 gathers are collective)
-            weights = merged_state_dict(layer, config) if config is not None else layer
+        for weights in plain_weights_by_layer(policy):  # every rank iterates (FSDP2 gathers are collective)
             encoded = [encode_tensor(k, self._cast(v)) for k, v in weights.items()]
             self.llm.collective_rpc("lit_rlhf_load", args=(encoded,))
         self.llm.collective_rpc("lit_rlhf_end_sync")

@@ -34,6 +34,7 @@ from lit_rlhf.algorithms import (
 from lit_rlhf.data.common import resolve_seed
 from lit_rlhf.distributed.collectives import all_reduce_mean, global_masked_moments, local_backward
 from lit_rlhf.engines import HFEngine, RolloutEngine
+from lit_rlhf.engines.async_rollouts import AsyncRollouts, staleness_metrics, with_policy_version
 from lit_rlhf.engines.correction import engine_logprob_correction
 from lit_rlhf.episodes import Episodes, RolloutSummary
 from lit_rlhf.errors import check_option
@@ -80,7 +81,8 @@ class PPOModule(PPOUpdate, StageModule):
             model's initialisation. Needed only when one of them uses it.
         rewards: Reward components, summed with their weights (``lit_rlhf.rewards``: ``RewardModelScore``,
             ``FunctionReward``, ``lit_rlhf.sandbox.GoldReward``, or your own). Default: ``[RewardModelScore]``.
-        engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy).
+        engine: How responses are sampled (``lit_rlhf.engines``). Default: ``HFEngine`` (``generate`` on the policy);
+            ``HFWorkerEngine`` or ``VLLMEngine`` for ``batch.max_staleness: 1``.
         tokenizer: Tokenizer directory. Default: the policy's own.
         batch: Rollout, minibatch and micro-batch sizes, samples per prompt, PPO epochs.
         sampling: Response length, temperature, top-p, generation batch, missing-EOS penalty.
@@ -146,6 +148,8 @@ class PPOModule(PPOUpdate, StageModule):
         self.save_settings_and_hyperparameters(ignore=("rewards", "engine"), **groups)
         self.rewards = torch.nn.ModuleList(rewards if rewards is not None else [RewardModelScore()])
         self.engine = engine or HFEngine()
+        # batch.max_staleness 1: the next rollout is sampled in the background (lit_rlhf.engines.async_rollouts).
+        self.rollouts_ahead = AsyncRollouts(self.engine) if self.batch.max_staleness else None
         self.uses_critic = self.advantage.uses_critic
         require_stage_output(policy, "policy", "configs/sft.yaml")
         scalar_sources = scalar_model_sources(reward_model, self.value, self.rewards, self.uses_critic)
@@ -205,11 +209,14 @@ class PPOModule(PPOUpdate, StageModule):
             )
         stats["perf/training_tokens_per_sec"] = stats.pop("tokens") / max(time.perf_counter() - started, 1e-9)
         self.lr_schedulers().step()
+        if self.rollouts_ahead is not None:
+            self.rollouts_ahead.wait()  # sampled with the weights before this update: the sync must not overtake it
         self.engine.sync_weights(self.policy)  # the next rollout samples from the updated policy
         sequence_kl = masked_sum(episodes.kl, episodes.response_mask, dim=1)
         self.kl_controller.update(float(all_reduce_mean(sequence_kl.mean(), self)), n_steps=len(episodes))
         self.rollouts_done += 1
         metrics = {**rollout_metrics(episodes), **metrics, "rollout/beta": torch.tensor(self.kl_controller.beta)}
+        metrics.update(staleness_metrics(episodes, self.rollouts_done - 1))
         metrics.update({k: v for k, v in stats.items() if not k.startswith("ptx/")})  # ptx/*: PretrainMixLogger
         self.log_dict(metrics, on_step=True, on_epoch=False, batch_size=len(episodes))
         progress = {"score": metrics["rollout/score"], "kl": metrics["rollout/kl"]}
@@ -220,10 +227,8 @@ class PPOModule(PPOUpdate, StageModule):
     def make_rollout(self, prompts: dict[str, Any], where: str = "rollout") -> tuple[Episodes, dict[str, Tensor]]:
         """The experience phase: generate, score, and compute rewards and advantages. Returns the episodes and the
         phase's metrics (``perf/generation_tokens_per_sec``, ``engine/*``)."""
-        started = time.perf_counter()
-        with eval_mode(self.policy), seeded(self._rollout_seed(), self.device):
-            episodes = self.generate_rollout(prompts, model=self.policy, num_samples=self.batch.samples_per_prompt)
-        generated = episodes.response_lengths.sum() / max(time.perf_counter() - started, 1e-9)
+        episodes, seconds = self.sample_episodes(prompts)
+        generated = episodes.response_lengths.sum() / max(seconds, 1e-9)
         with eval_mode(self.policy, self.value_model):
             episodes = self.score_episodes(episodes, prompts, self.policy, self.batch.samples_per_prompt, values=True)
         check_finite("the reward", episodes.scores, where)
@@ -234,6 +239,27 @@ class PPOModule(PPOUpdate, StageModule):
             advantages = advantages * correction.weights.to(advantages.dtype)
         metrics = {"perf/generation_tokens_per_sec": generated, **correction.metrics}
         return episodes.with_values(advantages=advantages, returns=returns), metrics
+
+    def sample_episodes(self, prompts: dict[str, Any]) -> tuple[Episodes, float]:
+        """The rollout's responses, stamped with the policy version that sampled them, and the seconds sampling took:
+        generated now, or with ``batch.max_staleness: 1`` sampled during the previous step (generated now when none
+        was: the first rollout of a run or epoch), the next prompts (``prompts["next"]``) then submitted to the engine
+        in the background."""
+        n, version = self.batch.samples_per_prompt, self.rollouts_done
+        if self.rollouts_ahead is None:
+            started = time.perf_counter()
+            with eval_mode(self.policy), seeded(self._rollout_seed(), self.device):
+                episodes = self.generate_rollout(prompts, model=self.policy, num_samples=n)
+            return with_policy_version(episodes, version), time.perf_counter() - started
+        return self.rollouts_ahead.step(prompts, n, version, self._engine_sampler, self.policy)
+
+    def _engine_sampler(self, prompts: dict[str, Any], rollout_index: int):
+        """A call sampling rollout ``rollout_index``'s responses with the engine's own weights, from its own seed."""
+        eos, pad, n = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.batch.samples_per_prompt
+        seed = self._rollout_seed(rollout_index)
+        return lambda: self.engine.generate(
+            self.policy, prompts, n, self.sampling, eos_token_id=eos, pad_token_id=pad, seed=seed
+        )
 
     def score_episodes(
         self, episodes: Episodes, prompts: dict[str, Any], model, samples_per_prompt: int, values: bool = False
@@ -260,7 +286,8 @@ class PPOModule(PPOUpdate, StageModule):
 
     def generate_rollout(self, prompts: dict[str, Tensor], *, model, num_samples: int = 1) -> Episodes:
         """Hook: ``num_samples`` responses per prompt (adjacent rows) from ``model``, with log-probs and entropy
-        recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them)."""
+        recorded while sampling (an override may leave them None: :meth:`make_rollout` then scores them). With
+        ``batch.max_staleness: 1`` training rollouts call the engine directly instead (seeded, in the background)."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         return self.engine.generate(
             model, prompts, num_samples, self.sampling, eos_token_id=eos, pad_token_id=pad, training=self.training
@@ -342,6 +369,8 @@ class PPOModule(PPOUpdate, StageModule):
             "rollouts_done": self.rollouts_done,
             "rng": rng_states(),
         }
+        if self.rollouts_ahead is not None:  # the batch sampled ahead: its weights are gone after the update
+            checkpoint["ppo"]["rollout_ahead"] = self.rollouts_ahead.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -357,6 +386,10 @@ class PPOModule(PPOUpdate, StageModule):
                 )
             self.rollouts_done = state["rollouts_done"]
             set_rng_states(state["rng"])
+            if self.rollouts_ahead is not None:
+                self.rollouts_ahead.load_state_dict(state.get("rollout_ahead", {}))
 
-    def _rollout_seed(self) -> int:
-        return ((self.seed * 1_000_003 + self.rollouts_done) * 1_009 + self.global_rank) % (2**63)
+    def _rollout_seed(self, rollout_index: Optional[int] = None) -> int:
+        """The sampling seed of rollout ``rollout_index`` (default: the current one) on this rank."""
+        index = self.rollouts_done if rollout_index is None else rollout_index
+        return ((self.seed * 1_000_003 + index) * 1_009 + self.global_rank) % (2**63)

@@ -53,6 +53,10 @@ class RolloutBatchSettings:
         minibatch_size: Episodes per optimizer step (paper 64).
         micro_batch_size: Episodes per forward pass: memory only, the step's gradient does not depend on it.
         ppo_epochs: Passes of updates over each rollout batch (paper 1).
+        max_staleness: 0: synchronous (generate, then update, each rollout). 1: the engine samples the next rollout
+            while the trainer updates on this one, so each update uses episodes one policy version old (asynchronous
+            rollouts, docs/engines.md); needs an engine with its own weights (``HFWorkerEngine``, ``VLLMEngine``)
+            and ``correction.truncated_is_cap``.
     """
 
     rollout_batch_size: int = 512
@@ -60,10 +64,13 @@ class RolloutBatchSettings:
     minibatch_size: int = 64
     micro_batch_size: int = 8
     ppo_epochs: int = 1
+    max_staleness: int = 0
 
     def __post_init__(self) -> None:
         for spec in fields(self):
-            check_option(f"batch.{spec.name}", getattr(self, spec.name), min=1, integer=True)
+            if spec.name != "max_staleness":
+                check_option(f"batch.{spec.name}", getattr(self, spec.name), min=1, integer=True)
+        check_option("batch.max_staleness", self.max_staleness, min=0, max=1, integer=True)
 
 
 @dataclass(frozen=True)
@@ -217,12 +224,23 @@ def ppo_groups(**given: Any) -> dict[str, Any]:
         name: settings(cls, given.get(name), PPO_OPTIMIZER if cls is OptimizerSettings else None)
         for name, cls in PPO_GROUPS.items()
     }
-    check_ppo_settings(groups["batch"], groups["advantage"], groups["value"])
+    check_ppo_settings(groups["batch"], groups["advantage"], groups["value"], groups["correction"])
     return groups
 
 
-def check_ppo_settings(batch: RolloutBatchSettings, advantage: AdvantageSettings, value: ValueSettings) -> None:
+def check_ppo_settings(
+    batch: RolloutBatchSettings,
+    advantage: AdvantageSettings,
+    value: ValueSettings,
+    correction: Optional[RolloutCorrectionSettings] = None,
+) -> None:
     """Raise :class:`ConfigError` for the first combination of groups that cannot work."""
+    if batch.max_staleness and (correction is None or correction.truncated_is_cap is None):
+        # The decoupled loss's behaviour weight pi_prox / pi_behav is unbounded without a cap (docs/engines.md).
+        raise ConfigError(
+            f"batch.max_staleness={batch.max_staleness} samples with stale weights: set correction.truncated_is_cap "
+            "(the cap of the decoupled loss's importance weight, e.g. 2.0)"
+        )
     for divisor in ("minibatch_size", "samples_per_prompt"):
         if batch.rollout_batch_size % getattr(batch, divisor):
             raise ConfigError(
