@@ -10,7 +10,8 @@
 - ``ppo-vllm``: the ``ppo`` stage of ``compare_lit.py`` (same module and settings) with ``VLLMEngine``;
   needs the vllm environment of docs/engines.md.
 - ``async``: ``ppo-vllm`` with ``batch.max_staleness`` set (0: the synchronous loop; 1: the engine samples the
-  next rollout while the trainer updates).
+  next rollout while the trainer updates), both sides with ``correction.truncated_is_cap`` 2.0 (stale sampling
+  requires a cap; the synchronous side gets the same so that only the staleness differs).
 
 Counters (after the warm-up) as in ``compare_lit.py``: ``episodes`` and ``generated_tokens`` per rollout, with
 ``generate_seconds``, ``sync_seconds`` and ``update_seconds`` (engine generate, weight sync, update phase), or
@@ -29,6 +30,8 @@ from compare_lit import fit, fit_rollouts, ppo_batch, ppo_module, rollout_counts
 from compare_workspace import load_settings  # noqa: E402
 
 STAGES = ("grpo", "dpo", "ppo-vllm", "async")
+#: correction.truncated_is_cap of both sides of the async row (configs/engine/async.yaml's value)
+ASYNC_TRUNCATED_IS_CAP = 2.0
 
 
 def timed_fit(module, ws: Path, s: dict) -> dict:
@@ -105,7 +108,12 @@ def run_ppo_vllm(ws: Path, settings: dict, max_staleness: int | None = None) -> 
 
     s, v = settings["ppo"], settings["vllm"]
     engine = VLLMEngine(dtype=v["dtype"], kv_cache_memory_gb=v["kv_cache_memory_gb"], max_model_len=v["max_model_len"])
-    overrides = {} if max_staleness is None else {"batch": {**ppo_batch(s), "max_staleness": max_staleness}}
+    overrides = {}
+    if max_staleness is not None:  # both sides of the async row correct alike (the cap stale sampling requires)
+        overrides = {
+            "batch": {**ppo_batch(s), "max_staleness": max_staleness},
+            "correction": {"truncated_is_cap": ASYNC_TRUNCATED_IS_CAP},
+        }
     try:
         return {**timed_fit(ppo_module(ws, s, engine=engine, **overrides), ws, s), "engine_dtype": v["dtype"]}
     finally:
