@@ -57,7 +57,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    stages = [s for key in (STAGES if args.stage == "all" else [args.stage]) for s in STAGES[key]]
+    keys = ("sft", "rm", "ppo") if args.stage == "all" else [args.stage]  # the stages compare_lit.py runs
+    stages = [s for key in keys for s in STAGES[key]]
     build_workspace(args.workspace)
     baseline = baseline_tree(args.baseline, args.workspace)
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout

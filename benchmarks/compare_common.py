@@ -1,5 +1,5 @@
-"""What every ``compare.py`` worker shares: the step clock, peak memory and the result line (and, for the other
-benchmarks, :func:`write_random_sft_and_rm`).
+"""What every ``compare.py`` worker shares: the step clock, phase timers, peak memory and the result line (and,
+for the other benchmarks, :func:`write_random_sft_and_rm`).
 
 A worker is one process that trains one stage with one framework and prints, as its last stdout
 line, ``RESULT {json}``. Counting starts after the warm-up steps: ``seconds`` is the wall time from
@@ -20,6 +20,7 @@ RESULT_PREFIX = "RESULT "
 INSTALL = {
     "trl": 'python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install "trl==1.16.0"',
     "trl-ppo": 'python -m venv --system-site-packages .venv-trl-ppo && .venv-trl-ppo/bin/pip install "trl==1.12.0"',
+    "vllm": "the vllm environment of docs/engines.md (Installing), as .venv-vllm in the repository root",
 }
 
 
@@ -68,6 +69,31 @@ class StepClock:
             for key, value in work.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         return totals
+
+
+class PhaseTimer:
+    """Wraps methods of objects (an instance attribute shadows the method; behaviour unchanged) and sums the
+    seconds spent in each, per rollout: :meth:`take` returns ``{<name>_seconds: ...}`` and starts over."""
+
+    def __init__(self, **targets: tuple[object, str]):
+        self.seconds = dict.fromkeys(targets, 0.0)
+        for name, (owner, method) in targets.items():
+            setattr(owner, method, self.timed(name, getattr(owner, method)))
+
+    def timed(self, name: str, function):
+        def call(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - started
+
+        return call
+
+    def take(self) -> dict[str, float]:
+        taken = {f"{name}_seconds": value for name, value in self.seconds.items()}
+        self.seconds = dict.fromkeys(self.seconds, 0.0)
+        return taken
 
 
 def peak_rss_gib() -> float:

@@ -26,12 +26,12 @@ from compare_workspace import load_settings  # noqa: E402
 
 
 def step_clock_callback(clock: StepClock, count):
-    """A callback that stamps the clock at the end of each training batch with ``count(module, batch)``."""
+    """A callback that stamps the clock at the end of each training batch with ``count(module, batch, outputs)``."""
     from lightning.pytorch.callbacks import Callback
 
     class StepClockCallback(Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            clock.step_end(**count(pl_module, batch))
+            clock.step_end(**count(pl_module, batch, outputs))
 
     return StepClockCallback()
 
@@ -72,7 +72,7 @@ def run_sft(ws: Path, settings: dict) -> dict:
         seed=0,
     )
 
-    def count(module, batch) -> dict:
+    def count(module, batch, outputs) -> dict:
         return {
             "tokens": int(batch["attention_mask"].sum()),
             "sequences": len(batch["input_ids"]),
@@ -99,7 +99,7 @@ def run_rm(ws: Path, settings: dict, k: int) -> dict:
         seed=0,
     )
 
-    def count(module, batch) -> dict:
+    def count(module, batch, outputs) -> dict:
         return {
             "comparisons": batch["pairs"].num_pairs,
             "sequences": len(batch["input_ids"]),
@@ -205,21 +205,23 @@ def bare_forward_backward_rate(policy, value_model, rollout, micro_batch_size: i
     return statistics.median(rates)
 
 
-def run_ppo(ws: Path, settings: dict) -> dict:
-    from lit_rlhf.data import PromptDataModule
+def ppo_batch(s: dict) -> dict:
+    """PPOModule's ``batch`` settings from the ppo stage's sizes."""
+    keys = ("rollout_batch_size", "minibatch_size", "micro_batch_size", "ppo_epochs")
+    return {key: s[key] for key in keys}
 
-    s = settings["ppo"]
-    clock = StepClock(s["warmup_rollouts"])
-    module = timed_ppo_module_class()(
+
+def ppo_module(ws: Path, s: dict, module_class=None, **overrides):
+    """``module_class`` (default ``PPOModule``) on the workspace with the settings ``s`` of the ppo stage, as TRL's
+    PPO runs them (no gradient clipping, EMA or pretraining mix: TRL's PPO has none); ``overrides`` replace
+    constructor arguments (the GRPO, vLLM and async rows)."""
+    from lit_rlhf.modules import PPOModule
+
+    arguments = dict(
         policy=str(ws / "policy"),
         reward_model=str(ws / "reward"),
         tokenizer=str(ws / "tokenizer"),
-        batch={
-            "rollout_batch_size": s["rollout_batch_size"],
-            "minibatch_size": s["minibatch_size"],
-            "micro_batch_size": s["micro_batch_size"],
-            "ppo_epochs": s["ppo_epochs"],
-        },
+        batch=overrides.pop("batch", None) or ppo_batch(s),
         sampling={"max_new_tokens": s["max_new_tokens"], "temperature": s["temperature"]},
         kl={"coef": s["kl_coef"], "estimator": "k1"},
         optimizer={"learning_rate": s["learning_rate"], "warmup_steps": 0},
@@ -227,27 +229,49 @@ def run_ppo(ws: Path, settings: dict) -> dict:
         ema_decay=None,
         ptx={"gamma": 0.0},
         seed=0,
-    )  # TRL's PPO has no gradient clipping, EMA or pretraining mix: off here too
-    module.setup_timers()
+    )
+    return (module_class or PPOModule)(**{**arguments, **overrides})
+
+
+def rollout_counts(module, batch, outputs) -> dict:
+    """A rollout's episodes and generated tokens, from the ``RolloutSummary`` its training step returned."""
+    from lit_rlhf.episodes import RolloutSummary
+
+    episodes = RolloutSummary.from_outputs(outputs).episodes
+    return {"episodes": len(episodes), "generated_tokens": int(episodes.response_lengths.sum())}
+
+
+def fit_rollouts(module, ws: Path, s: dict, count=rollout_counts) -> dict:
+    """Train ``module`` for ``s``'s warm-up + measured rollouts on the workspace prompts; the measured counters."""
+    from lit_rlhf.data import PromptDataModule
+
+    clock = StepClock(s["warmup_rollouts"])
+    batch = module.batch
     data = PromptDataModule(
         prompts=str(ws / "data/prompts.jsonl"),
         tokenizer=str(ws / "tokenizer"),
         max_prompt_length=s["max_prompt_length"],
         seed=0,
-        rollout_batch_size=s["rollout_batch_size"],
+        rollout_batch_size=batch.rollout_batch_size,
+        samples_per_prompt=batch.samples_per_prompt,
     )
+    optimizer_steps_per_rollout = batch.ppo_epochs * batch.rollout_batch_size // batch.minibatch_size  # max_steps
+    rollouts = s["warmup_rollouts"] + s["measured_rollouts"]
+    fit(module, data, rollouts * optimizer_steps_per_rollout, step_clock_callback(clock, count))
+    return clock.measured()
+
+
+def run_ppo(ws: Path, settings: dict) -> dict:
+    s = settings["ppo"]
+    module = ppo_module(ws, s, timed_ppo_module_class())
+    module.setup_timers()
     phases = []
 
-    def count(module, batch):
+    def count(module, batch, outputs):
         phases.append((module.generate_seconds, module.generated_tokens, module.update_seconds, module.update_tokens))
         return {"episodes": len(module.last_rollout), "generated_tokens": module.generated_tokens}
 
-    optimizer_steps_per_rollout = (
-        s["ppo_epochs"] * s["rollout_batch_size"] // s["minibatch_size"]
-    )  # what max_steps counts
-    rollouts = s["warmup_rollouts"] + s["measured_rollouts"]
-    fit(module, data, rollouts * optimizer_steps_per_rollout, step_clock_callback(clock, count))
-    result = clock.measured()
+    result = fit_rollouts(module, ws, s, count)
     measured = phases[s["warmup_rollouts"] :]
     result["generate_tokens_per_s"] = sum(p[1] for p in measured) / sum(p[0] for p in measured)
     result["update_tokens_per_s"] = sum(p[3] for p in measured) / sum(p[2] for p in measured)

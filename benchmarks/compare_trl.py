@@ -1,17 +1,18 @@
-"""The Hugging Face TRL worker of ``compare.py``: SFT and reward-model training throughput.
+"""The Hugging Face TRL worker of ``compare.py``: SFT, reward-model and DPO training throughput.
 
-Trains the shared workspace (``compare_workspace.py``) with TRL's own ``SFTTrainer`` or
-``RewardTrainer`` at lit-rlhf's equal settings and TRL's defaults otherwise (what a TRL user gets),
+Trains the shared workspace (``compare_workspace.py``) with TRL's own ``SFTTrainer``,
+``RewardTrainer`` or ``DPOTrainer`` at lit-rlhf's equal settings and TRL's defaults otherwise (what a TRL user gets),
 and prints ``RESULT {json}`` as its last stdout line (see ``compare_common.py``). Measured, after the
 warm-up steps, per optimizer step:
 
 - ``sft``: ``tokens`` (non-pad tokens forwarded: prompt + completion + eos) and ``sequences``;
 - ``rm4`` / ``rm9``: ``comparisons`` (chosen/rejected pairs) and ``sequences`` (two per pair). Every
-  pair of the K-wise groups lit-rlhf trains on, ``prompts_per_step * C(K, 2)`` pairs per step.
+  pair of the K-wise groups lit-rlhf trains on, ``prompts_per_step * C(K, 2)`` pairs per step;
+- ``dpo``: ``pairs`` and ``sequences`` (two per pair), on the very pairs file lit-rlhf's DPO reads.
 
 Dataset preparation (tokenisation) happens when the trainer is built, before the first step.
 
-    python benchmarks/compare_trl.py --stage sft|rm4|rm9 --workspace DIR [--threads 2]
+    python benchmarks/compare_trl.py --stage sft|rm4|rm9|dpo --workspace DIR [--threads 2]
 """
 
 from __future__ import annotations
@@ -84,18 +85,11 @@ def rm_counts(batch) -> dict:
     }
 
 
-def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):
-    """The TRL trainer of ``stage`` (tokenised data included), its counting collator and warm-up steps."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
-
-    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
-    tokenizer.padding_side = "right"
-    # The settings lit-rlhf uses too; everything else is left at TRL's defaults (logging_steps=10,
-    # max_grad_norm=1.0, the trainer's default optimizer implementation, no packing/padding-free).
-    common = dict(
+def trainer_arguments(output_dir: str) -> dict:
+    """The ``TrainingArguments`` every TRL worker sets to lit-rlhf's values; everything else is left at TRL's
+    defaults (logging_steps=10, max_grad_norm=1.0, the trainer's default optimizer implementation, no
+    packing/padding-free)."""
+    return dict(
         output_dir=output_dir,
         use_cpu=True,
         bf16=False,
@@ -113,8 +107,75 @@ def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):
         report_to="none",
         disable_tqdm=True,
     )
+
+
+def dpo_counts(batch) -> dict:
+    # DPO's collator stacks the chosen sequences, then the rejected ones, prompt included
+    sequences = int(batch["input_ids"].shape[0])
+    return {
+        "pairs": sequences // 2,
+        "sequences": sequences,
+        "tokens": int(batch["attention_mask"].sum()),
+        "positions": batch["input_ids"].numel(),
+    }
+
+
+def build_dpo_trainer(workspace: Path, hp: dict, common: dict):
+    """TRL's ``DPOTrainer`` on the workspace's pairs: sigmoid loss, the reference's log-probs at every step."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    # TRL tokenizes prompt + completion as one string (and appends eos); the space keeps the words apart, so the
+    # ids equal lit-rlhf's tokenize(prompt) + tokenize(response) + [eos]
+    records = [
+        {"prompt": r["prompt"], "chosen": " " + r["chosen"], "rejected": " " + r["rejected"]}
+        for r in read_jsonl(workspace / "data/dpo_pairs.jsonl")
+    ]
+    config = DPOConfig(
+        **common,
+        max_length=hp["max_length"],
+        per_device_train_batch_size=hp["batch_size"],
+        learning_rate=hp["learning_rate"],
+        max_steps=hp["warmup_steps"] + hp["measured_steps"],
+        beta=hp["beta"],
+        precompute_ref_log_probs=False,
+    )
+    model = AutoModelForCausalLM.from_pretrained(workspace / "policy", dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(workspace / "policy", dtype=torch.float32)
     torch.manual_seed(0)
-    if stage == "sft":
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=config,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tokenizer,
+    )
+    first = trainer.train_dataset[0]
+    if tokenizer.unk_token_id in first["prompt_ids"] + first["chosen_ids"] or first["chosen_ids"][-1] != (
+        tokenizer.eos_token_id
+    ):
+        raise RuntimeError(f"TRL tokenised the pairs differently from lit-rlhf: {first}")
+    return trainer
+
+
+def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):
+    """The TRL trainer of ``stage`` (tokenised data included), its counting collator and warm-up steps."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(workspace / "tokenizer")
+    tokenizer.padding_side = "right"
+    common = trainer_arguments(output_dir)
+    torch.manual_seed(0)
+    if stage == "dpo":
+        hp = settings["dpo"]
+        trainer, count = build_dpo_trainer(workspace, hp, common), dpo_counts
+    elif stage == "sft":
         hp = settings["sft"]
         # TRL joins prompt + completion as strings; the space keeps the word-level tokens apart, so the
         # ids equal lit-rlhf's tokenize(prompt) + tokenize(response) + [eos] (TRL appends eos itself).
@@ -166,7 +227,7 @@ def build_trainer(stage: str, workspace: Path, settings: dict, output_dir: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=["sft", "rm4", "rm9"], required=True)
+    parser.add_argument("--stage", choices=["sft", "rm4", "rm9", "dpo"], required=True)
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

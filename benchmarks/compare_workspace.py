@@ -9,7 +9,12 @@ records with the same sizes:
 - ``data/sft.jsonl`` (prompt, response), ``data/rm_k{K}.jsonl`` (prompt, responses best..worst),
   ``data/rm_k{K}_pairs.jsonl`` (prompt, chosen, rejected: every pair of the same groups) and
   ``data/prompts.jsonl`` (prompt);
+- ``data/dpo_pairs.jsonl`` (prompt, chosen, rejected): the DPO preference pairs, read as they are by both
+  frameworks;
 - ``settings.json``: the model config and each stage's sizes and step counts.
+
+GRPO's reward is :func:`keyword_share`, a deterministic function of the response text that both frameworks
+call (lit-rlhf through ``FunctionReward`` with :func:`keyword_reward`, TRL as a reward function).
 
 The vocabulary is 8192 words by default so the output layer costs what it costs in real models
 (vocab / hidden = 32 here; SmolLM-135M has 85, Llama-3-8B 32). Lengths are drawn from a wide
@@ -67,7 +72,49 @@ SETTINGS = {
         "measured_rollouts": 10,
         "learning_rate": 1e-6,
     },
+    # one rollout of prompts_per_rollout prompts x num_generations samples, minibatches as in PPO; KL in the loss (k3)
+    "grpo": {
+        "prompts_per_rollout": 4,
+        "num_generations": 4,
+        "minibatch_size": 8,
+        "micro_batch_size": 8,
+        "max_prompt_length": 64,
+        "max_new_tokens": 64,
+        "temperature": 1.0,
+        "kl_coef": 0.02,
+        "clip_range": 0.2,
+        "warmup_rollouts": 1,
+        "measured_rollouts": 5,
+        "learning_rate": 1e-6,
+    },
+    # batch_size preference pairs per optimizer step; the reference's log-probs are computed at every step
+    "dpo": {
+        "pairs": 256,
+        "batch_size": 8,
+        "max_length": 192,
+        "beta": 0.1,
+        "warmup_steps": 2,
+        "measured_steps": 10,
+        "learning_rate": 1e-6,
+    },
+    # lit-rlhf's vLLM engine in the ppo-vllm and async rows (the trainer stays fp32)
+    "vllm": {"dtype": "bfloat16", "kv_cache_memory_gb": 1.0, "max_model_len": 256},
 }
+
+#: Every KEYWORD_EVERY-th word id is a keyword; GRPO's reward is the share of keywords in the response.
+KEYWORD_EVERY = 7
+
+
+def keyword_share(text: str) -> float:
+    """Share of the words of ``text`` that are keywords (``w<id>`` with ``id % KEYWORD_EVERY == 0``); 0 when empty."""
+    words = text.split()
+    hits = sum(1 for w in words if w[:1] == "w" and w[1:].isdigit() and int(w[1:]) % KEYWORD_EVERY == 0)
+    return hits / len(words) if words else 0.0
+
+
+def keyword_reward(prompt: str, response: str, record: dict) -> float:
+    """:func:`keyword_share` in the signature of lit-rlhf's ``FunctionReward``."""
+    return keyword_share(response)
 
 
 def sentence(rng: random.Random, vocab_size: int, low: int, high: int) -> str:
@@ -148,6 +195,18 @@ def build_data(root: Path, vocab_size: int) -> None:
     write_jsonl(
         data / "prompts.jsonl",
         [{"prompt": sentence(rng, vocab_size, 8, ppo["max_prompt_length"])} for _ in range(ppo["prompts"])],
+    )
+    dpo_rng = random.Random(2)  # its own stream: the records above stay what they were
+    write_jsonl(
+        data / "dpo_pairs.jsonl",
+        [
+            {
+                "prompt": sentence(dpo_rng, vocab_size, 8, 48),
+                "chosen": sentence(dpo_rng, vocab_size, 8, 128),
+                "rejected": sentence(dpo_rng, vocab_size, 8, 128),
+            }
+            for _ in range(SETTINGS["dpo"]["pairs"])
+        ],
     )
 
 
