@@ -1,5 +1,5 @@
 """The ``lit-rlhf`` command: the Trainer commands (:mod:`lit_rlhf.trainer_cli`) and the others (sample, label,
-sandbox), each imported only when it runs."""
+recipe, sandbox), each imported only when it runs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Optional
 EXTRA_COMMANDS = {
     "sample": "lit_rlhf.sampling:main",
     "label": "lit_rlhf.label.commands:main",
+    "recipe": "lit_rlhf.recipes.commands:main",
     "sandbox": "lit_rlhf.sandbox.commands:main",
 }
 
