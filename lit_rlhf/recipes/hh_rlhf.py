@@ -55,18 +55,27 @@ COST_FILE = "cost.json"
 
 def split(source: DataSource, out: Path, seed: int) -> Path:
     """The parts of ``source`` under ``out`` (reused when they were made from the same source and seed), and the
-    held-out text: the evaluation part's chosen transcripts, one ``{"text"}`` record each."""
+    evaluation's inputs made from the ``eval_prompts`` part: ``heldout_prompts.jsonl``, its records whose transcript
+    parses (the others are counted and logged: ``lit-rlhf evaluate`` stops on a bad record), and
+    ``heldout_text.jsonl``, their chosen transcripts as ``{"text"}`` records (the held-out loss)."""
+    from lit_rlhf.data.common import DropCounter
+    from lit_rlhf.data.formats import convert_records
+    from lit_rlhf.data.records import FieldMap, read_records
     from lit_rlhf.data.splits import MANIFEST, split_dataset
 
     manifest = out / MANIFEST
-    if manifest.is_file():
-        made = json.loads(manifest.read_text())
-        if made.get("source") == source and made.get("seed") == seed and made.get("fractions") == FRACTIONS:
-            return out
-    files = split_dataset(source, out, FRACTIONS, seed=seed)
-    with open(files["eval_prompts"], encoding="utf-8") as f, atomic_file(out / "heldout_text.jsonl") as text:
-        for line in f:
-            text.write(json.dumps({"text": json.loads(line)["chosen"]}, ensure_ascii=False) + "\n")
+    made = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    if (made.get("source"), made.get("seed"), made.get("fractions")) != (source, seed, FRACTIONS):
+        split_dataset(source, out, FRACTIONS, seed=seed)
+    counter = DropCounter("evaluation prompts")
+    records = read_records(str(out / "eval_prompts.jsonl"))
+    valid, _ = convert_records(records, "hh_rlhf", "prompts", FieldMap(), None, on_invalid="drop", counter=counter)
+    counter.report("heldout", len(valid))
+    by_index = {record.index: record.data for record in records}
+    kept = [by_index[record.index] for record in valid]
+    for name, rows in (("heldout_prompts", kept), ("heldout_text", [{"text": r["chosen"]} for r in kept])):
+        with atomic_file(out / f"{name}.jsonl") as f:
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return out
 
 
@@ -176,7 +185,7 @@ def evaluate_arguments(root: Path, configs: str, base_model: str, seed: int, wan
         "--policies",
         json.dumps({"base": base_model, "sft": str(root / "sft/model"), "ppo": str(root / "ppo/model")}),
         "--prompts",
-        str(root / "data/eval_prompts.jsonl"),
+        str(root / "data/heldout_prompts.jsonl"),
         "--text",
         str(root / "data/heldout_text.jsonl"),
         "--judges",
