@@ -1,5 +1,5 @@
-"""The ``lit-rlhf`` command: the Trainer commands (:mod:`lit_rlhf.trainer_cli`) and the others (sample, label,
-recipe, sandbox), each imported only when it runs."""
+"""The ``lit-rlhf`` command: the Trainer commands (:mod:`lit_rlhf.trainer_cli`) and the others (sample, evaluate,
+label, recipe, sandbox), each imported only when it runs."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Optional
 #: Commands that are not Trainer entry points: name -> "module:function" taking argv.
 EXTRA_COMMANDS = {
     "sample": "lit_rlhf.sampling:main",
+    "evaluate": "lit_rlhf.evaluate.command:main",
     "label": "lit_rlhf.label.commands:main",
     "recipe": "lit_rlhf.recipes.commands:main",
     "sandbox": "lit_rlhf.sandbox.commands:main",

@@ -26,6 +26,7 @@ CORE_ABOVE_FOUNDATION = {
     "modules",
     "callbacks",
     "evaluation",
+    "evaluate",
     "sampling",
     "label",
     "trainer_cli",
@@ -46,22 +47,27 @@ ABOVE_THE_DATA = {
     "modules",
     "callbacks",
     "evaluation",
+    "evaluate",
     "sampling",
     "sandbox",
     "label",
     "trainer_cli",
     "cli",
 }
+#: What evaluates or samples trained policies, and the commands: engines and rewards are below all of it.
+EVALUATION_AND_COMMANDS = {"evaluation", "evaluate", "sampling", "label", "trainer_cli", "cli"}
 #: top-level part of lit_rlhf -> parts it must never import.
 FORBIDDEN = {
     **{name: CORE_ABOVE_FOUNDATION | {"sandbox"} for name in FOUNDATION},
-    "engines": {"modules", "callbacks", "sandbox", "rewards", "evaluation", "sampling", "label", "trainer_cli", "cli"},
-    "rewards": {"modules", "callbacks", "sandbox", "engines", "evaluation", "sampling", "label", "trainer_cli", "cli"},
+    "engines": {"modules", "callbacks", "sandbox", "rewards"} | EVALUATION_AND_COMMANDS,
+    "rewards": {"modules", "callbacks", "sandbox", "engines"} | EVALUATION_AND_COMMANDS,
     "data": ABOVE_THE_DATA,
-    "evaluation": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
+    "evaluation": {"modules", "callbacks", "sandbox", "evaluate", "trainer_cli", "cli"},
+    # The evaluation command and the path it shares with the sandbox: built on engines, rewards and evaluation.
+    "evaluate": {"modules", "callbacks", "sandbox", "label", "trainer_cli", "cli"},
     "sampling": {"modules", "callbacks", "sandbox", "trainer_cli", "cli"},
-    "modules": {"callbacks", "sandbox", "trainer_cli", "cli"},
-    "callbacks": {"sandbox", "trainer_cli", "cli"},
+    "modules": {"callbacks", "sandbox", "evaluate", "trainer_cli", "cli"},
+    "callbacks": {"sandbox", "evaluate", "trainer_cli", "cli"},
     "label": {"modules", "engines", "rewards", "callbacks", "sandbox", "trainer_cli"},
     "trainer_cli": {"sandbox"},
     "reliability": ABOVE_THE_DATA,

@@ -45,6 +45,7 @@ def test_response_logprob_sums_match_a_plain_forward_of_each_sequence():
 
 def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir):
     from lit_rlhf.sandbox.callbacks import GoldProxyKLProbe, score_samples
+    from lit_rlhf.sandbox.labeler import GoldLabeler
 
     tokenizer = load_tokenizer(str(BASE_MODEL_DIR), padding_side="left")
     base = load_causal_lm(str(BASE_MODEL_DIR), trainable=False)
@@ -64,19 +65,13 @@ def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir)
     assert float(far["kl"]) / 18 > 5.0  # random weights are many nats from the base model
 
     # The proxy is the RM's centred score of exactly the responses that were gold-scored.
-    torch.manual_seed(1)
     scored = score_samples(
-        base,
-        tokenizer,
-        probe.records[:2],
-        probe.labeler,
-        reward_model=reward_model,
-        samples_per_prompt=2,
-        max_new_tokens=8,
+        base, tokenizer, probe.records[:2], reward_model=reward_model, samples_per_prompt=2, max_new_tokens=8, seed=1
     )
-    assert scored.prompt_index == [0, 0, 1, 1] and scored.kl is None
-    assert scored.gold == [
-        probe.labeler.score(probe.records[i].data, t) for i, t in zip(scored.prompt_index, scored.texts)
+    assert scored.prompt_index == [0, 0, 1, 1] and scored.logratio is None
+    labeler = GoldLabeler()
+    assert scored.scores["gold"] == [
+        labeler.score(probe.records[i].data, t) for i, t in zip(scored.prompt_index, scored.responses)
     ]
     from lit_rlhf.data.records import FieldMap
     from lit_rlhf.data.tokenize import render_prompt
@@ -84,12 +79,12 @@ def test_probe_measures_gold_proxy_and_kl_on_the_same_samples(random_policy_dir)
     prompt = render_prompt(tokenizer, probe.records[0], FieldMap())
     ids = (
         tokenizer(prompt)["input_ids"]
-        + tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"]
+        + tokenizer(scored.responses[0], add_special_tokens=False)["input_ids"]
         + [tokenizer.eos_token_id]
     )
-    if len(tokenizer(scored.texts[0], add_special_tokens=False)["input_ids"]) < 8:  # the response ended with EOS
+    if len(tokenizer(scored.responses[0], add_special_tokens=False)["input_ids"]) < 8:  # the response ended with EOS
         expected = sequence_rewards(reward_model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long))
-        assert scored.proxy[0] == pytest.approx(float(expected), abs=1e-4)
+        assert scored.scores["proxy"][0] == pytest.approx(float(expected), abs=1e-4)
 
 
 def test_evaluated_policy_is_the_exported_one_unless_asked_for_the_trained_one():

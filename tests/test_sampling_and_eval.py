@@ -118,21 +118,33 @@ def test_gold_score_evaluation_scores_a_perfect_and_a_broken_policy(tmp_path):
 
     import lit_rlhf.sandbox.callbacks as module
 
-    def oracle(model, tokenizer, prompts, **kwargs):
-        return [answers[p] for p in prompts]
-
-    original = module.generate_responses
+    original = module.sample_and_score
     try:
-        module.generate_responses = oracle
+        module.sample_and_score = _fake_sampler(lambda prompt, j: answers[prompt])
         sums = evaluation.evaluate(model=None, tokenizer=load_tokenizer(str(TOKENIZER_DIR)))
         assert float(sums["gold/score"] / sums["gold/score/count"]) == pytest.approx(1.0)
-        module.generate_responses = lambda model, tokenizer, prompts, **kwargs: ["" for _ in prompts]
+        module.sample_and_score = _fake_sampler(lambda prompt, j: "")
         sums = evaluation.evaluate(model=None, tokenizer=load_tokenizer(str(TOKENIZER_DIR)))
         assert float(sums["gold/score"] / sums["gold/score/count"]) == 0.0
         families = {k for k in sums if k.startswith("gold/score_") and not k.endswith("/count")}
         assert families and sum(float(sums[f + "/count"]) for f in families) == 10
     finally:
-        module.generate_responses = original
+        module.sample_and_score = original
+
+
+def _fake_sampler(respond):
+    """A stand-in for :func:`lit_rlhf.evaluate.scoring.sample_and_score` whose sample ``j`` of a prompt is
+    ``respond(prompt, j)``, scored by the real gold labeler."""
+    from lit_rlhf.evaluate.scoring import PolicySamples
+    from lit_rlhf.sandbox.labeler import GoldLabeler
+
+    def sample_and_score(policy, tokenizer, prompts, judges, *, samples_per_prompt, **kwargs):
+        index = [i for i in range(len(prompts.texts)) for _ in range(samples_per_prompt)]
+        texts = [respond(prompts.texts[i], n % samples_per_prompt) for n, i in enumerate(index)]
+        gold = [GoldLabeler().score(prompts.records[i], t) for i, t in zip(index, texts)]
+        return PolicySamples(index, texts, [len(t) for t in texts], {"gold": gold})
+
+    return sample_and_score
 
 
 def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_path, sandbox_model_dir):
@@ -147,19 +159,14 @@ def test_gold_score_evaluation_averages_every_sample_and_is_reproducible(tmp_pat
     evaluation = GoldScoreEvaluation(
         prompts=str(prompts), num_prompts=6, temperature=1.0, samples_per_prompt=4, max_new_tokens=8
     )
-    answers = [" " + r.data["answer"] for r in evaluation.records]
+    answers = {r.data["prompt"]: " " + r.data["answer"] for r in evaluation.records}
 
-    def half_right(
-        model, tokenizer, prompts, num_return_sequences, **kwargs
-    ):  # 2 exact answers and 2 empty ones per prompt
-        return [answers[i] if j % 2 == 0 else "" for i in range(len(prompts)) for j in range(num_return_sequences)]
-
-    original = module.generate_responses
-    try:
-        module.generate_responses = half_right
+    original = module.sample_and_score
+    try:  # 2 exact answers and 2 empty ones per prompt
+        module.sample_and_score = _fake_sampler(lambda prompt, j: answers[prompt] if j % 2 == 0 else "")
         sums = evaluation.evaluate(model=None, tokenizer=load_tokenizer(str(TOKENIZER_DIR)))
     finally:
-        module.generate_responses = original
+        module.sample_and_score = original
     assert float(sums["gold/score/count"]) == 24
     assert float(sums["gold/score"] / sums["gold/score/count"]) == pytest.approx(0.5)
 

@@ -84,3 +84,23 @@ def test_length_control_without_length_differences_is_the_plain_rate():
     prompts = torch.arange(6)
     controlled = length_controlled_win_rate(outcomes, torch.zeros(6), prompts, resamples=100)
     assert controlled.value == pytest.approx(win_rate(outcomes, prompts, resamples=100).value, abs=1e-6)
+
+
+def test_a_policy_against_itself_ties_everywhere_and_wins_half():
+    scores = torch.tensor([0.3, 0.9, 0.1, 0.5, 0.5, 0.7])
+    prompts = torch.tensor([0, 0, 1, 1, 2, 2])
+    outcomes = pairwise_outcomes(scores, scores.clone())
+    assert outcomes.tolist() == [0.5] * 6
+    rate = win_rate(outcomes, prompts, resamples=100)
+    assert (rate.value, rate.low, rate.high, rate.prompts, rate.comparisons) == (0.5, 0.5, 0.5, 3, 6)
+    controlled = length_controlled_win_rate(outcomes, torch.tensor([3.0, -1.0, 0.0, 2.0, -4.0, 1.0]), prompts)
+    assert controlled.value == pytest.approx(0.5, abs=1e-6)
+
+
+def test_mean_over_prompts_weighs_prompts_equally_with_a_bootstrap_interval():
+    from lit_rlhf.algorithms.win_rate import mean_over_prompts
+
+    # Prompt 0 has three scores (mean 2), prompt 1 one (4): the mean over prompts is 3, not 2.5.
+    mean = mean_over_prompts(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 0, 1]), resamples=500)
+    assert mean.value == pytest.approx(3.0)
+    assert mean.low == pytest.approx(2.0) and mean.high == pytest.approx(4.0)  # both prompts drawn twice, or once each

@@ -56,7 +56,8 @@ def _bootstrap_counts(n_groups: int, resamples: int, seed: int) -> Tensor:
 
 @dataclass(frozen=True)
 class WinRate:
-    """A win rate with its percentile-bootstrap interval (``level``, e.g. 0.95) over ``prompts`` prompts."""
+    """A win rate (or a mean over prompts) with its percentile-bootstrap interval (``level``, e.g. 0.95) over
+    ``prompts`` prompts."""
 
     value: float
     low: float
@@ -72,6 +73,27 @@ def _interval(value: float, resampled: Tensor, level: float, n_groups: int, n: i
     return WinRate(value, low, high, n_groups, n, level)
 
 
+def mean_over_prompts(
+    values: Tensor, prompt_ids: Tensor, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> WinRate:
+    """Mean over prompts of each prompt's mean value, with a percentile bootstrap interval over prompts (a judge's
+    mean score, or a win rate when ``values`` are outcomes).
+
+    Args:
+        values: ``[N]`` per-sample values.
+        prompt_ids: ``[N]`` which prompt each value belongs to.
+        resamples: Bootstrap resamples of the prompts.
+        level: Coverage of the interval.
+        seed: Seeds the resampling, so a report is reproducible.
+    """
+    index, n_groups = _group_index(prompt_ids)
+    values = values.double()
+    counts = torch.cat([torch.ones(1, n_groups, dtype=torch.float64), _bootstrap_counts(n_groups, resamples, seed)])
+    weights = _prompt_weights(index, n_groups, counts)
+    means = (weights * values).sum(1) / weights.sum(1)
+    return _interval(means[0].item(), means[1:], level, n_groups, len(values))
+
+
 def win_rate(
     outcomes: Tensor, prompt_ids: Tensor, *, resamples: int = 2000, level: float = 0.95, seed: int = 0
 ) -> WinRate:
@@ -84,12 +106,7 @@ def win_rate(
         level: Coverage of the interval.
         seed: Seeds the resampling, so a report is reproducible.
     """
-    index, n_groups = _group_index(prompt_ids)
-    outcomes = outcomes.double()
-    counts = torch.cat([torch.ones(1, n_groups, dtype=torch.float64), _bootstrap_counts(n_groups, resamples, seed)])
-    weights = _prompt_weights(index, n_groups, counts)
-    rates = (weights * outcomes).sum(1) / weights.sum(1)
-    return _interval(rates[0].item(), rates[1:], level, n_groups, len(outcomes))
+    return mean_over_prompts(outcomes, prompt_ids, resamples=resamples, level=level, seed=seed)
 
 
 def _fit_length_logistic(outcomes: Tensor, feature: Tensor, weights: Tensor, l2: float, iterations: int = 25) -> Tensor:

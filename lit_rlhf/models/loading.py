@@ -175,14 +175,18 @@ def default_tokenizer_source(model_source: str, tokenizer_source: str | None) ->
     return model_source
 
 
+def tokenizers_agree(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """Whether two tokenizers map text to the same token ids and end sequences alike (vocabulary and eos)."""
+    return a.get_vocab() == b.get_vocab() and a.eos_token_id == b.eos_token_id
+
+
 def check_same_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str, argument: str) -> None:
     """A reward or value model reads the policy's token ids as they are, so it must share its vocabulary:
     refuse (no re-tokenisation) when ``source`` ships a different tokenizer, or has an embedding table too
     small for the policy's token ids."""
     path = Path(source).expanduser()
     if any((path / name).exists() for name in ("tokenizer.json", "tokenizer_config.json")):
-        other = load_tokenizer(str(path))
-        if other.get_vocab() != tokenizer.get_vocab() or other.eos_token_id != tokenizer.eos_token_id:
+        if not tokenizers_agree(tokenizer, load_tokenizer(str(path))):
             raise ConfigError(
                 f"{argument} '{source}' uses a different tokenizer than the policy (vocabulary or eos differ). The "
                 "policy's token ids go to it unchanged; train it from the same SFT model (lit-rlhf fit --config "

@@ -40,6 +40,15 @@ class RewardModelScore(Reward):
         self.source, self.dtype, self.chunk_size = model, dtype, chunk_size
         self.reward_model = None
 
+    @classmethod
+    def loaded(
+        cls, reward_model: torch.nn.Module, *, chunk_size: int = 64, name: str = "reward_model"
+    ) -> RewardModelScore:
+        """The component around an already-loaded (frozen) reward model, needing no :meth:`build`."""
+        component = cls(chunk_size=chunk_size, name=name)
+        component.reward_model = reward_model
+        return component
+
     def uses_reward_model(self) -> bool:
         return self.source is None
 

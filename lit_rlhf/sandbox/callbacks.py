@@ -10,7 +10,6 @@ and KL to SFT of one policy on the same samples (reward over-optimisation curves
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -18,19 +17,13 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_rlhf.data.records import FieldMap, read_records
-from lit_rlhf.data.tokenize import render_prompt
-from lit_rlhf.evaluation import (
-    evaluated_policy,
-    generate_responses,
-    lm_loss_on_texts,
-    response_logprob_sums,
-    sample_episodes,
-    sampled_texts,
-)
-from lit_rlhf.models.heads import sequence_rewards
+from lit_rlhf.data.records import read_records
+from lit_rlhf.engines.base import SamplingSettings
+from lit_rlhf.evaluate.scoring import PolicySamples, prompts_of, sample_and_score
+from lit_rlhf.evaluation import evaluated_policy, lm_loss_on_texts
 from lit_rlhf.models.loading import load_causal_lm, load_scalar_model
-from lit_rlhf.sandbox.labeler import GoldLabeler
+from lit_rlhf.rewards import RewardModelScore
+from lit_rlhf.sandbox.rewards import GoldReward
 
 
 class GoldScoreEvaluation(Callback):
@@ -73,7 +66,6 @@ class GoldScoreEvaluation(Callback):
         if samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
         self.records = read_records(prompts)[:num_prompts]
-        self.labeler = GoldLabeler()
         self.texts = [r.data["text"] for r in read_records(heldout_text)[:num_texts]] if heldout_text else []
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -87,34 +79,25 @@ class GoldScoreEvaluation(Callback):
     def evaluate(self, model, tokenizer, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Sums and counts of this rank's share (reduce them across ranks, then divide)."""
         records = self.records[rank::world_size]
-        prompts = [render_prompt(tokenizer, r, FieldMap()) for r in records]
-        k = self.samples_per_prompt
-        device = getattr(model, "device", torch.device("cpu"))  # a Hugging Face model knows its device
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed + rank)
-            responses = generate_responses(
-                model,
-                tokenizer,
-                prompts,
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                num_return_sequences=k,
-                batch_size=max(1, self.batch_size // k),
-            )
+        scored = score_samples(
+            model,
+            tokenizer,
+            records,
+            samples_per_prompt=self.samples_per_prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            batch_size=self.batch_size,
+            seed=self.seed + rank,
+        )
         # Keys come from all records, not this rank's share, so every rank reduces the same keys.
         groups = sorted({str(r.data[self.group_field]) for r in self.records if self.group_field in r.data})
         score_key = f"{self.prefix}/score"
         sums: dict[str, float] = {
             key: 0.0 for g in [score_key] + [f"{score_key}_{g}" for g in groups] for key in (g, g + "/count")
         }
-        for i, response in enumerate(responses):
-            record = records[i // k]
-            score = self.labeler.score(record.data, response)
-            keys = [score_key] + (
-                [f"{score_key}_{record.data[self.group_field]}"] if self.group_field in record.data else []
-            )
-            for key in keys:
+        for index, score in zip(scored.prompt_index, scored.scores["gold"]):
+            data = records[index].data
+            for key in [score_key] + ([f"{score_key}_{data[self.group_field]}"] if self.group_field in data else []):
                 sums[key] += score
                 sums[key + "/count"] += 1
         if self.texts:
@@ -142,32 +125,11 @@ class GoldScoreEvaluation(Callback):
         pl_module.log_dict(metrics, rank_zero_only=True)
 
 
-@dataclass
-class ScoredSamples:
-    """Per-sample measurements of one policy on held-out prompts (``k`` adjacent samples per prompt).
-
-    Attributes:
-        prompt_index: Index of each sample's prompt record.
-        texts: The decoded responses.
-        gold: Gold labeler score of each response.
-        proxy: Centred reward-model score of each response (None when no reward model was given).
-        kl: ``log pi(y|x) - log pi_ref(y|x)`` of each response, summed over its tokens: the k1 estimate of
-            the sequence KL to the reference, unbiased on the policy's own samples (None without a reference).
-    """
-
-    prompt_index: list[int]
-    texts: list[str]
-    gold: list[float]
-    proxy: Optional[list[float]]
-    kl: Optional[list[float]]
-
-
 @torch.no_grad()
 def score_samples(
     policy,
     tokenizer,
     records: list,
-    labeler,
     *,
     reward_model=None,
     reference=None,
@@ -175,38 +137,26 @@ def score_samples(
     max_new_tokens: int = 24,
     temperature: float = 1.0,
     batch_size: int = 64,
-) -> ScoredSamples:
-    """Sample ``samples_per_prompt`` responses per record from ``policy`` and score every one by the gold
-    labeler, the reward model (centred) and its log-ratio to ``reference``: all three on the same samples."""
-    prompts = [render_prompt(tokenizer, r, FieldMap()) for r in records]
-    scored = ScoredSamples([], [], [], [] if reward_model is not None else None, [] if reference is not None else None)
-    episodes = sample_episodes(
+    seed: Optional[int] = None,
+) -> PolicySamples:
+    """Sample ``samples_per_prompt`` responses per record from ``policy`` and measure every one by the evaluation
+    path of ``lit-rlhf evaluate`` (:func:`~lit_rlhf.evaluate.scoring.sample_and_score`): the gold labeler
+    (``scores["gold"]``), the reward model's centred score (``scores["proxy"]``, when given) and the log-ratio to
+    ``reference``, all on the same samples."""
+    judges = [GoldReward(name="gold")]
+    if reward_model is not None:
+        judges.append(RewardModelScore.loaded(reward_model, chunk_size=batch_size, name="proxy"))
+    return sample_and_score(
         policy,
         tokenizer,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        num_return_sequences=samples_per_prompt,
-        batch_size=max(1, batch_size // samples_per_prompt),
+        prompts_of(records, tokenizer),
+        judges,
+        settings=SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature),
+        samples_per_prompt=samples_per_prompt,
+        reference=reference,
+        batch_size=batch_size,
+        seed=seed,
     )
-    first_prompt = 0
-    for batch in episodes:
-        texts = sampled_texts(batch)
-        indices = [first_prompt + i // samples_per_prompt for i in range(len(texts))]
-        first_prompt += len(texts) // samples_per_prompt
-        scored.prompt_index += indices
-        scored.texts += texts
-        scored.gold += [labeler.score(records[i].data, text) for i, text in zip(indices, texts)]
-        if reward_model is not None:
-            scored.proxy += sequence_rewards(
-                reward_model, batch.input_ids, batch.attention_mask, centered=True
-            ).tolist()
-        if reference is not None:
-            ratio = response_logprob_sums(policy, batch, temperature) - response_logprob_sums(
-                reference, batch, temperature
-            )
-            scored.kl += ratio.tolist()
-    return scored
 
 
 class GoldProxyKLProbe(Callback):
@@ -265,7 +215,6 @@ class GoldProxyKLProbe(Callback):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 (the KL is of the sampling distribution), got {temperature}")
         self.records = read_records(prompts)[:num_prompts]
-        self.labeler = GoldLabeler()
         self.every_n_rollouts, self.samples_per_prompt = every_n_rollouts, samples_per_prompt
         self.max_new_tokens, self.temperature, self.which = max_new_tokens, temperature, policy
         self.reference_source, self.reward_source = reference, reward_model
@@ -277,25 +226,22 @@ class GoldProxyKLProbe(Callback):
 
     def measure(self, policy, tokenizer, rank: int = 0, world_size: int = 1) -> dict[str, torch.Tensor]:
         """Sums and counts of this rank's share of the prompts (reduce them across ranks, then divide)."""
-        device = next(policy.parameters()).device
-        devices = [device.index or 0] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed + rank)
-            scored = score_samples(
-                policy,
-                tokenizer,
-                self.records[rank::world_size],
-                self.labeler,
-                reward_model=self._reward_model,
-                reference=self._reference,
-                samples_per_prompt=self.samples_per_prompt,
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                batch_size=self.batch_size,
-            )
-        sums = {"gold": sum(scored.gold), "kl": sum(scored.kl), "count": len(scored.gold)}
-        if scored.proxy is not None:
-            sums["proxy"] = sum(scored.proxy)
+        scored = score_samples(
+            policy,
+            tokenizer,
+            self.records[rank::world_size],
+            reward_model=self._reward_model,
+            reference=self._reference,
+            samples_per_prompt=self.samples_per_prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            batch_size=self.batch_size,
+            seed=self.seed + rank,
+        )
+        gold = scored.scores["gold"]
+        sums = {"gold": sum(gold), "kl": sum(scored.logratio), "count": len(gold)}
+        if "proxy" in scored.scores:
+            sums["proxy"] = sum(scored.scores["proxy"])
         return {k: torch.tensor(float(v), dtype=torch.float64) for k, v in sums.items()}
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -60,30 +60,23 @@ def best_of_n_curve(
 ) -> list[dict[str, float]]:
     """Gold and proxy score of best-of-n (chosen by the proxy) for n = 1, 2, 4, ... <= ``samples_per_prompt``,
     with the analytic and the sampled KL to the SFT policy. Every sample is the SFT policy's at T = 1."""
-    import torch
-
     from lit_rlhf.data.records import read_records
     from lit_rlhf.models.loading import load_causal_lm, load_scalar_model, load_tokenizer
     from lit_rlhf.sandbox.callbacks import score_samples
-    from lit_rlhf.sandbox.labeler import GoldLabeler
 
-    records = read_records(prompts)[:num_prompts]
-    tokenizer = load_tokenizer(sft, padding_side="left")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        scored = score_samples(
-            load_causal_lm(sft, trainable=False),
-            tokenizer,
-            records,
-            GoldLabeler(),
-            reward_model=load_scalar_model(rm, trainable=False),
-            samples_per_prompt=samples_per_prompt,
-            max_new_tokens=max_new_tokens,
-            temperature=1.0,
-        )
+    scored = score_samples(
+        load_causal_lm(sft, trainable=False),
+        load_tokenizer(sft, padding_side="left"),
+        read_records(prompts)[:num_prompts],
+        reward_model=load_scalar_model(rm, trainable=False),
+        samples_per_prompt=samples_per_prompt,
+        max_new_tokens=max_new_tokens,
+        temperature=1.0,
+        seed=seed,
+    )
     k = samples_per_prompt
-    gold, proxy = np.array(scored.gold).reshape(-1, k), np.array(scored.proxy).reshape(-1, k)
-    texts = [scored.texts[i : i + k] for i in range(0, len(scored.texts), k)]
+    gold, proxy = (np.array(scored.scores[name]).reshape(-1, k) for name in ("gold", "proxy"))
+    texts = [scored.responses[i : i + k] for i in range(0, len(scored.responses), k)]
     order = np.argsort(proxy, axis=1, kind="stable")  # ascending proxy: best-of-n picks the highest
     gold_sorted, proxy_sorted = np.take_along_axis(gold, order, 1), np.take_along_axis(proxy, order, 1)
     points = []

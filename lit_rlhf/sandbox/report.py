@@ -32,32 +32,75 @@ SAMPLES_PER_PROMPT = 8
 MAX_NEW_TOKENS = 24  # as in the PPO rollouts and the RM's comparisons
 
 
-def gold_evaluations(
-    num_prompts: int, num_texts: int, samples_per_prompt: int = SAMPLES_PER_PROMPT, max_new_tokens: int = MAX_NEW_TOKENS
-) -> list:
-    """The two gold evaluations of every policy: sampled at T=1 (``gold/...``, with the held-out
-    pretraining loss) and greedy (``gold_greedy/...``)."""
-    from lit_rlhf.sandbox.callbacks import GoldScoreEvaluation
+#: Seed of the report's sampler (every policy is drawn with it) and of its bootstrap intervals.
+EVAL_SEED = 1234
+#: Sequences per generate call: with the seed, it fixes which samples the report draws.
+EVAL_BATCH_SIZE = 64
+#: The policy the report's win rates and KL are measured against.
+REFERENCE = "SFT"
 
-    prompts = str(DATA_DIR / "prompts_eval.jsonl")
-    return [
-        GoldScoreEvaluation(
-            prompts=prompts,
-            heldout_text=str(DATA_DIR / "pretrain_heldout.txt"),
-            num_prompts=num_prompts,
-            num_texts=num_texts,
-            max_new_tokens=max_new_tokens,
-            temperature=SAMPLED_TEMPERATURE,
-            samples_per_prompt=samples_per_prompt,
-        ),
-        GoldScoreEvaluation(
-            prompts=prompts,
-            num_prompts=num_prompts,
-            max_new_tokens=max_new_tokens,
-            temperature=0.0,
-            prefix="gold_greedy",
-        ),
-    ]
+
+def gold_results(
+    policies: dict[str, str],
+    num_prompts: int,
+    num_texts: int,
+    samples_per_prompt: int = SAMPLES_PER_PROMPT,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    reference: str = REFERENCE,
+    samples_out: Optional[Path] = None,
+) -> dict[str, dict[str, float]]:
+    """Each policy's report metrics, measured by ``lit-rlhf evaluate``'s path (:mod:`lit_rlhf.evaluate`) with the
+    gold labeler as the judge: the sampled gold score (``gold/score``, per family ``gold/score_<family>``), its win
+    rate against ``reference`` with a bootstrap interval (``gold/win_rate``, ``_low``, ``_high``) and the
+    length-controlled one (``gold/lc_win_rate``), the KL to ``reference`` on the same samples (``kl``), the mean
+    length (``length``), the greedy gold score (``gold_greedy/score``) and the held-out pretraining loss
+    (``heldout/lm_loss``). ``samples_out``: also write the sampled rows there (as evaluate's samples.jsonl)."""
+    from lit_rlhf.data.records import read_records
+    from lit_rlhf.engines.base import SamplingSettings
+    from lit_rlhf.evaluate import evaluate_policies, read_prompts, results_from_samples
+    from lit_rlhf.evaluate.report import write_jsonl
+    from lit_rlhf.models.loading import load_tokenizer
+    from lit_rlhf.sandbox.rewards import GoldReward
+
+    prompts = read_prompts(
+        str(DATA_DIR / "prompts_eval.jsonl"), load_tokenizer(policies[reference]), num_prompts=num_prompts
+    )
+    texts = [r.data["text"] for r in read_records(str(DATA_DIR / "pretrain_heldout.txt"))[:num_texts]]
+    runs = {}
+    for prefix, temperature, k in (("gold", SAMPLED_TEMPERATURE, samples_per_prompt), ("gold_greedy", 0.0, 1)):
+        rows, heldout = evaluate_policies(
+            policies,
+            reference,
+            prompts,
+            [GoldReward(name="gold")],
+            settings=SamplingSettings(max_new_tokens=max_new_tokens, temperature=temperature),
+            samples_per_prompt=k,
+            seed=EVAL_SEED,
+            batch_size=EVAL_BATCH_SIZE,
+            by="family",
+            texts=texts if prefix == "gold" else (),
+        )
+        if prefix == "gold" and samples_out is not None:
+            write_jsonl(samples_out, rows)
+        results = results_from_samples(rows, reference=reference, judges=["gold"], seed=EVAL_SEED)
+        runs[prefix] = (results, heldout)
+    (sampled, heldout), (greedy, _) = runs["gold"], runs["gold_greedy"]
+    metrics = {}
+    for name, numbers in sampled.items():
+        win, controlled = numbers["win_rate"]["gold"], numbers["length_controlled_win_rate"]["gold"]
+        metrics[name] = {
+            "gold/score": numbers["score"]["gold"]["value"],
+            **{f"gold/score_{g}": part["score"]["gold"]["value"] for g, part in numbers["by_group"].items()},
+            "gold_greedy/score": greedy[name]["score"]["gold"]["value"],
+            "heldout/lm_loss": heldout[name],
+            "gold/win_rate": win["value"],
+            "gold/win_rate_low": win["low"],
+            "gold/win_rate_high": win["high"],
+            "gold/lc_win_rate": controlled["value"],
+            "kl": numbers["kl"],
+            "length": numbers["length"],
+        }
+    return metrics
 
 
 def gold_metrics(
@@ -67,18 +110,11 @@ def gold_metrics(
     samples_per_prompt: int = SAMPLES_PER_PROMPT,
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> dict[str, float]:
-    """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory."""
-    from lit_rlhf.models.loading import load_causal_lm, load_tokenizer
-
-    model, tokenizer = load_causal_lm(model_dir, trainable=False), load_tokenizer(model_dir, padding_side="left")
-    sums = {
-        k: v
-        for evaluation in gold_evaluations(num_prompts, num_texts, samples_per_prompt, max_new_tokens)
-        for k, v in evaluation.evaluate(model, tokenizer).items()
-    }
-    return {
-        k: float(v / sums[k + "/count"]) for k, v in sums.items() if not k.endswith("/count") and sums[k + "/count"] > 0
-    }
+    """Gold score (sampled and greedy, overall and per family) and held-out pretraining loss of one policy directory
+    (:func:`gold_results` of that policy alone)."""
+    return gold_results({"policy": model_dir}, num_prompts, num_texts, samples_per_prompt, max_new_tokens, "policy")[
+        "policy"
+    ]
 
 
 def rm_accuracy(rm_dir: str, comparisons: str) -> dict[str, float]:
@@ -175,13 +211,21 @@ def write_report(
     time as its last row.
     """
     started = time.perf_counter()
-    results: dict = {"policies": {}}
-    for label, subdir in POLICIES:
-        model_dir = base_model if subdir is None else str(root / subdir)
-        if subdir is None or Path(model_dir).exists():  # the base may be a hub id or a pkg: source
-            results["policies"][label] = gold_metrics(
-                model_dir, num_prompts, num_texts, samples_per_prompt, max_new_tokens
-            )
+    policies = {
+        label: base_model if subdir is None else str(root / subdir)
+        for label, subdir in POLICIES
+        if subdir is None or (root / subdir).exists()  # the base may be a hub id or a pkg: source
+    }
+    results: dict = {
+        "policies": gold_results(
+            policies,
+            num_prompts,
+            num_texts,
+            samples_per_prompt,
+            max_new_tokens,
+            samples_out=root / "report_samples.jsonl",
+        )
+    }
     results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
     runs = {
         label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv"))
@@ -196,18 +240,24 @@ def write_report(
 
     lines = [
         f"| policy | gold score (T={SAMPLED_TEMPERATURE:g} samples, as trained) | gold score (greedy) | held-out "
-        "pretraining loss | final KL to SFT |",
-        "|---|---|---|---|---|",
+        f"pretraining loss | gold win rate vs {REFERENCE} [95% CI] | KL to {REFERENCE} (same samples) | final KL to "
+        "SFT (probe) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, metrics in results["policies"].items():
+        win = f"{_fmt(metrics['gold/win_rate'])} [{_fmt(metrics['gold/win_rate_low'])}, "
         lines.append(
             f"| {label} | {_fmt(metrics.get('gold/score'))} | {_fmt(metrics.get('gold_greedy/score'))} "
-            f"| {_fmt(metrics.get('heldout/lm_loss'))} | {_fmt(results['final_kl'].get(label))} |"
+            f"| {_fmt(metrics.get('heldout/lm_loss'))} | {win}{_fmt(metrics['gold/win_rate_high'])}] "
+            f"| {_fmt(metrics['kl'])} | {_fmt(results['final_kl'].get(label))} |"
         )
     lines += [
         "",
         f"Gold score: mean over {num_prompts} held-out prompts; T={SAMPLED_TEMPERATURE:g}: {samples_per_prompt} "
-        "samples each (fixed seed); greedy: one.",
+        f"samples each (seed {EVAL_SEED}); greedy: one. Measured by `lit-rlhf evaluate`'s code "
+        "(configs/evaluate/sandbox.yaml gives the same numbers): win rate = sample j against SFT's sample j of the "
+        "same prompt, ties half, bootstrap interval over prompts; KL = mean log pi - log pi_SFT on the policy's own "
+        "samples. The samples: report_samples.jsonl.",
     ]
     families = sorted({k for m in results["policies"].values() for k in m if k.startswith("gold/score_")})
     lines += [
