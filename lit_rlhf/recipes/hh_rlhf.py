@@ -51,6 +51,8 @@ FAST = {
 #: The recipe's stages in order; ``stop_after`` ends the run after one of them.
 STAGES = ("split", "sft", "rm", "judge_rm", "ppo", "evaluate")
 COST_FILE = "cost.json"
+#: The reward models' held-out accuracies, under the run's root.
+RM_ACCURACY = "rm_accuracy.json"
 
 
 def split(source: DataSource, out: Path, seed: int) -> Path:
@@ -163,9 +165,34 @@ def run(
         costs["evaluate"] = run_command(
             evaluate_arguments(root, configs, base_model, seed, wandb) + size.get("evaluate", []), "evaluate", "recipe"
         )
+    if stop_after in (None, "evaluate"):
+        costs["RM accuracy"] = judge_accuracies(root, limit_batches=1 if fast else None)
     report = write_report(root, costs={name: asdict(cost) for name, cost in costs.items()})
     print(f"[recipe] hh-rlhf: {time.perf_counter() - started:.0f} s; report: {report}", flush=True)
     return report
+
+
+def judge_accuracies(root: Path, limit_batches: Optional[int] = None) -> StageCost:
+    """Each reward model's accuracy on both validation parts (``rm_val``, ``judge_val``; both held out from both
+    RMs' training), in ``<root>/rm_accuracy.json`` with the time it took (reused when that file exists)."""
+    from lit_rlhf.recipes.stages import reward_model_accuracy
+
+    out = root / RM_ACCURACY
+    if not out.is_file():
+        started = time.perf_counter()
+        options = {"max_length": 128, "format": "hh_rlhf", "on_invalid": "drop", "limit_batches": limit_batches}
+        accuracy = {
+            judge: {
+                part: reward_model_accuracy(str(root / model), str(root / f"data/{part}.jsonl"), **options)[
+                    "val/accuracy"
+                ]
+                for part in ("rm_val", "judge_val")
+            }
+            for model, judge in (("rm/model", "proxy_rm"), ("judge_rm/model", "judge_rm"))
+        }
+        with atomic_file(out) as f:
+            json.dump({"accuracy": accuracy, "wall_s": time.perf_counter() - started}, f, indent=1)
+    return StageCost(wall_s=json.loads(out.read_text())["wall_s"], peak_rss_gib=None)
 
 
 def evaluate_arguments(root: Path, configs: str, base_model: str, seed: int, wandb: bool) -> list[str]:

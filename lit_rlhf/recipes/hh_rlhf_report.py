@@ -44,7 +44,12 @@ def summary(evaluation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def report_markdown(evaluation: Optional[dict[str, Any]], costs: dict[str, dict], split: Optional[dict]) -> str:
+def report_markdown(
+    evaluation: Optional[dict[str, Any]],
+    costs: dict[str, dict],
+    split: Optional[dict],
+    accuracy: Optional[dict[str, dict[str, float]]] = None,
+) -> str:
     lines = ["# HH-RLHF recipe", ""]
     if split:
         parts = ", ".join(f"{name} {n}" for name, n in split["parts"].items())
@@ -81,6 +86,16 @@ def report_markdown(evaluation: Optional[dict[str, Any]], costs: dict[str, dict]
         lines += ["Samples, plots and pairs for side-by-side labeling: `evaluate/`.", ""]
     else:
         lines += ["No evaluation yet (`evaluate/results.json` is missing).", ""]
+    if accuracy:
+        parts = list(next(iter(accuracy.values())))
+        lines += [
+            "Reward models' accuracy on held-out comparisons (the chosen reply scored higher):",
+            "",
+            "| reward model | " + " | ".join(parts) + " |",
+            "|---" * (len(parts) + 1) + "|",
+            *(f"| {judge} | " + " | ".join(f"{row[p]:.3f}" for p in parts) + " |" for judge, row in accuracy.items()),
+            "",
+        ]
     if costs:
         lines += ["| stage | wall time (min) | peak memory (GiB, process RSS) |", "|---|---|---|"]
         for stage, cost in costs.items():
@@ -90,12 +105,16 @@ def report_markdown(evaluation: Optional[dict[str, Any]], costs: dict[str, dict]
 
 
 def write_report(root: Path, costs: dict[str, dict]) -> Path:
-    """``<root>/report.md`` and ``<root>/results.json`` (split sizes, per-policy summary, stage costs)."""
+    """``<root>/report.md`` and ``<root>/results.json`` (split sizes, per-policy summary, the reward models'
+    held-out accuracy, stage costs)."""
     results_file, split_file = root / "evaluate/results.json", root / "data/split.json"
     evaluation = json.loads(results_file.read_text()) if results_file.is_file() else None
     split = json.loads(split_file.read_text()) if split_file.is_file() else None
+    accuracy_file = root / "rm_accuracy.json"
+    accuracy = json.loads(accuracy_file.read_text())["accuracy"] if accuracy_file.is_file() else None
     results = {
         "split": split,
+        "rm_accuracy": accuracy,
         "reference": evaluation["reference"] if evaluation else None,
         "judges": evaluation["judges"] if evaluation else [],
         "policies": summary(evaluation) if evaluation else {},
@@ -104,5 +123,5 @@ def write_report(root: Path, costs: dict[str, dict]) -> Path:
     with atomic_file(root / "results.json") as f:
         json.dump(results, f, indent=1)
     with atomic_file(root / "report.md") as f:
-        f.write(report_markdown(evaluation, costs, split))
+        f.write(report_markdown(evaluation, costs, split, accuracy))
     return root / "report.md"

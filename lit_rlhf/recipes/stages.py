@@ -118,3 +118,27 @@ def exported(model_dir: Path) -> bool:
     previous whole export or none; the marker check also catches a copy cut short later.
     """
     return model_dir.is_dir() and read_marker(model_dir) is not None and not incomplete_files(model_dir)
+
+
+def reward_model_accuracy(
+    rm_dir: str, comparisons: str, limit_batches: Optional[int] = None, **data_options
+) -> dict[str, float]:
+    """Held-out accuracy of a reward model on ``comparisons`` (``val/accuracy``, ...), by the validation the RM stage
+    runs (on the first ``limit_batches`` batches when set); ``data_options`` go to the ``RewardDataModule``
+    (``max_length``, ``format``, ``on_invalid``)."""
+    from lightning.pytorch import Trainer
+
+    from lit_rlhf.data.comparisons import RewardDataModule
+    from lit_rlhf.modules.reward import RewardModule
+
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=limit_batches,
+    )
+    data = RewardDataModule(val=comparisons, **data_options)
+    (metrics,) = trainer.validate(RewardModule(model=rm_dir), datamodule=data, verbose=False)
+    return {k: float(v) for k, v in metrics.items()}
