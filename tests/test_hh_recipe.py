@@ -163,10 +163,14 @@ def test_hh_recipe_runs_every_stage_and_reports_the_table(in_scratch_dir):
             assert 0.0 <= row["length_controlled_win_rate"][judge]["value"] <= 1.0
         assert row["length"] > 0 and row["heldout_loss"] > 0 and row["kl"] is not None
     assert results["policies"]["sft"]["win_rate"]["judge_rm"]["value"] == 0.5  # the reference against itself
-    assert set(results["costs"]) == {"sft", "rm", "judge_rm", "ppo", "evaluate"}
+    assert set(results["costs"]) == {"sft", "rm", "judge_rm", "ppo", "evaluate", "RM accuracy"}
+    for judge in ("proxy_rm", "judge_rm"):  # each RM on both held-out validation parts
+        assert set(results["rm_accuracy"][judge]) == {"rm_val", "judge_val"}
+        assert all(0.0 <= a <= 1.0 for a in results["rm_accuracy"][judge].values())
     assert results["costs"]["ppo"]["peak_rss_gib"] > 1.0  # four 135M models
     report = (runs / "report.md").read_text()
     assert "win rate, judge_rm" in report and "| ppo |" in report and "| evaluate |" in report
+    assert "| judge_rm | " in report.split("accuracy on held-out comparisons")[1]
     # A second run reuses every trained stage (their models are whole) and evaluates again.
     main(["recipe", "hh-rlhf", "--out", "runs/hh", "--seed", "0", "--fast", "true", "--stop_after", "ppo"])
     assert json.loads((runs / "results.json").read_text())["costs"] == {
