@@ -15,7 +15,7 @@ from lit_rlhf.atomic import atomic_directory
 from lit_rlhf.cli import main
 from lit_rlhf.data.splits import assign_parts, first_turn, split_dataset
 from lit_rlhf.errors import ConfigError
-from lit_rlhf.recipes.hh_rlhf import FRACTIONS, RECIPE, _stage, split
+from lit_rlhf.recipes.hh_rlhf import FRACTIONS, RECIPE, _stage, last_exchange, split
 from lit_rlhf.recipes.stages import StageCost, exported
 
 COMPARISONS = REPO_ROOT / RECIPE / "data/comparisons.jsonl"
@@ -43,6 +43,12 @@ def test_assign_parts_refuses_fractions_over_one():
         assign_parts(["a", "b"], {"x": 0.6, "y": 0.5}, seed=0)
     with pytest.raises(ConfigError, match="fractions.x"):
         assign_parts(["a", "b"], {"x": -0.1}, seed=0)
+
+
+def test_last_exchange_keeps_the_last_human_turn_and_its_replies():
+    shared = "\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:"
+    cut = last_exchange({"chosen": shared + " d", "rejected": shared + " e"})
+    assert cut == {"chosen": "\n\nHuman: c\n\nAssistant: d", "rejected": "\n\nHuman: c\n\nAssistant: e"}
 
 
 def test_first_turn_groups_conversations_that_open_alike():
@@ -77,10 +83,13 @@ def test_recipe_split_of_the_shipped_comparisons_is_disjoint_deterministic_and_c
     manifest = json.loads((tmp_path / "a/split.json").read_text())
     assert manifest["seed"] == 0 and manifest["records"] == len(records) == 1808
     assert sum(manifest["parts"].values()) == len(seen)
-    # The evaluation reads the evaluation part less the one transcript whose turns do not alternate (seed 0).
+    # The evaluation reads the evaluation part less the one transcript whose turns do not alternate (seed 0), each
+    # cut to its last exchange.
     evaluation = _lines(tmp_path / "a/heldout_prompts.jsonl")
-    assert set(evaluation) <= set(_lines(tmp_path / "a/eval_prompts.jsonl"))
+    eval_part = [json.loads(line) for line in _lines(tmp_path / "a/eval_prompts.jsonl")]
     assert len(evaluation) == manifest["parts"]["eval_prompts"] - 1
+    assert set(evaluation) <= {json.dumps(last_exchange(r), sort_keys=True) for r in eval_part}
+    assert all(json.loads(line)["chosen"].count("\n\nHuman:") == 1 for line in evaluation)
     texts = [json.loads(line)["text"] for line in _lines(tmp_path / "a/heldout_text.jsonl")]
     assert texts == [json.loads(line)["chosen"] for line in evaluation]
 
