@@ -1,5 +1,5 @@
 """The ``lit-rlhf`` command: the Trainer commands (:mod:`lit_rlhf.trainer_cli`) and the others (sample, evaluate,
-label, sandbox), each imported only when it runs."""
+label, recipe, sandbox), each imported only when it runs."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ EXTRA_COMMANDS = {
     "sample": "lit_rlhf.sampling:main",
     "evaluate": "lit_rlhf.evaluate.command:main",
     "label": "lit_rlhf.label.commands:main",
+    "recipe": "lit_rlhf.recipes.commands:main",
     "sandbox": "lit_rlhf.sandbox.commands:main",
 }
 

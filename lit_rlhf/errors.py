@@ -15,8 +15,9 @@ class UserError(Exception):
     what is wrong and what to change; ``lit-rlhf`` prints it (``lit-rlhf: error: ...``) and exits with status 2.
 
     Subclasses: :class:`ConfigError`, ``RecordError`` (bad data records), ``ModelSourceError`` (a model that cannot
-    be loaded), ``RewardError`` (a reward component failed), the sandbox's ``StageFailed``. A run stopped by a guard
-    after it started well is not one of them (``TrainingStopped``, exit status 3).
+    be loaded), ``RewardError`` (a reward component failed), a chained stage's ``StageFailed``
+    (``lit_rlhf.recipes.stages``). A run stopped by a guard after it started well is not one of them
+    (``TrainingStopped``, exit status 3).
     """
 
 

@@ -642,8 +642,8 @@ def test_user_errors_share_one_base_class_and_the_cli_catches_it(monkeypatch, ca
     from lit_rlhf.data.records import RecordError
     from lit_rlhf.errors import ConfigError, UserError
     from lit_rlhf.models.sources import ModelSourceError
+    from lit_rlhf.recipes.stages import StageFailed
     from lit_rlhf.rewards.base import RewardError
-    from lit_rlhf.sandbox.pipeline import StageFailed
 
     for cls in (ConfigError, RecordError, ModelSourceError, RewardError, StageFailed):
         assert issubclass(cls, UserError), cls

@@ -374,3 +374,21 @@ def test_reward_data_module_drops_bad_public_records_when_asked(tmp_path, tiny_d
     data = RewardDataModule(train=str(path), tokenizer=str(tiny_dir / "tokenizer"), on_invalid="drop")
     data.setup("fit")
     assert len(data.train_groups) == 2 and data.drop_counts == {"train/dropped_repeated_response": 1}
+
+
+def test_sft_and_prompt_data_modules_drop_bad_transcripts_when_asked(tmp_path, tiny_dir):
+    """Real HH-RLHF has transcripts whose turns do not alternate: SFT and PPO prompts stop on them by default, and
+    with ``on_invalid: drop`` skip them, counted by reason."""
+    bad = _hh("\n\nHuman: a\n\nAssistant: b\n\nAssistant: c", "\n\nHuman: a\n\nAssistant: b\n\nAssistant: d")
+    path = write_jsonl(tmp_path / "hh.jsonl", [HH[0], bad, HH[1]])
+    tokenizer = str(tiny_dir / "tokenizer")
+    with pytest.raises(RecordError, match="hh.jsonl: record 2: field 'chosen'"):
+        SFTDataModule(train=str(path), tokenizer=tokenizer).setup("fit")
+    sft = SFTDataModule(train=str(path), tokenizer=tokenizer, on_invalid="drop")
+    sft.setup("fit")
+    assert len(sft.train_rows) == 2
+    with pytest.raises(RecordError, match="hh.jsonl: record 2: field 'chosen'"):
+        PromptDataModule(prompts=str(path), tokenizer=tokenizer).setup("fit")
+    prompts = PromptDataModule(prompts=str(path), tokenizer=tokenizer, on_invalid="drop")
+    prompts.setup("fit")
+    assert len(prompts.train_prompts) == 2

@@ -183,6 +183,9 @@ class PromptDataModule(StageDataModule):
         truncation: Policy for longer prompts: ``left`` keeps their last ``max_prompt_length`` tokens (the end, with
             the chat template's generation prompt, is what the response continues), ``drop`` drops them, ``error``
             stops. Truncated and dropped prompts are counted and logged.
+        on_invalid: Records that do not fit their public layout (e.g. an HH-RLHF transcript whose turns do not
+            alternate): ``error`` stops with the file, record and field; ``drop`` skips them, counted by reason and
+            logged.
         max_ptx_length: Longest pretraining sequence; longer texts keep their first tokens.
         ptx_ratio: Pretraining sequences per episode (paper 8); 0 loads no ptx data.
         val_batch_size: Validation batch size (prompts or text sequences).
@@ -207,6 +210,7 @@ class PromptDataModule(StageDataModule):
         fields: Optional[dict[str, str]] = None,
         max_prompt_length: int = 512,
         truncation: Literal["left", "drop", "error"] = "left",
+        on_invalid: Literal["error", "drop"] = "error",
         max_ptx_length: int = 512,
         ptx_ratio: float = 8.0,
         val_batch_size: int = 32,
@@ -231,7 +235,13 @@ class PromptDataModule(StageDataModule):
             if source is not None:
                 counter = DropCounter("PPO prompts")
                 records, fields = convert_records(
-                    read_records(source), hp.format, "prompts", self.fields, self.tokenizer
+                    read_records(source),
+                    hp.format,
+                    "prompts",
+                    self.fields,
+                    self.tokenizer,
+                    on_invalid=hp.on_invalid,
+                    counter=counter,
                 )
                 encoded = encode_prompts(records, self.tokenizer, fields, hp.max_prompt_length, hp.truncation, counter)
                 counter.report(split, len(encoded))

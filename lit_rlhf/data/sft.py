@@ -55,6 +55,9 @@ class SFTDataModule(StageDataModule):
         truncation: Policy for longer examples: ``right`` keeps the first ``max_length`` tokens (the end
             of the response is cut; examples left with no response tokens are dropped), ``drop`` drops
             them, ``error`` stops. Truncated and dropped examples are counted and logged.
+        on_invalid: Records that do not fit their public layout (e.g. an HH-RLHF transcript whose turns do not
+            alternate): ``error`` stops with the file, record and field; ``drop`` skips them, counted by reason and
+            logged.
         batch_size: Sequences (or packed rows) per device per step (the micro-batch).
         group_by_length: Batch examples of similar length together so little compute goes to padding.
         pack: Pack several short examples into each row of ``max_length`` tokens (positions restart per
@@ -75,6 +78,7 @@ class SFTDataModule(StageDataModule):
         fields: Optional[dict[str, str]] = None,
         max_length: int = 1024,
         truncation: Literal["right", "drop", "error"] = "right",
+        on_invalid: Literal["error", "drop"] = "error",
         batch_size: int = 8,
         group_by_length: bool = True,
         pack: bool = False,
@@ -94,7 +98,9 @@ class SFTDataModule(StageDataModule):
         train_records, val_records = split_records(hp.train, hp.val, hp.val_fraction, hp.seed)
         for split, records in (("train", train_records), ("val", val_records)):
             counter = DropCounter("SFT")
-            records, fields = convert_records(records, hp.format, "sft", self.fields, self.tokenizer)
+            records, fields = convert_records(
+                records, hp.format, "sft", self.fields, self.tokenizer, on_invalid=hp.on_invalid, counter=counter
+            )
             examples = encode_sft_records(records, self.tokenizer, fields, hp.max_length, hp.truncation, counter)
             counter.report(split, len(examples))
             rows = pack_examples(examples, hp.max_length) if hp.pack else examples

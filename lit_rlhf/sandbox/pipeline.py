@@ -12,29 +12,16 @@ all three measured on the same (exported, EMA) policy's samples every few rollou
 
 from __future__ import annotations
 
-import json
-import os
-import shlex
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from lit_rlhf.errors import UserError
+from lit_rlhf.recipes.stages import StageCost, fit
 from lit_rlhf.sandbox.paths import BASE_MODEL_DIR, DATA_DIR
 from lit_rlhf.sandbox.report import MAX_NEW_TOKENS, POLICY_LABELS
 from lit_rlhf.sandbox.report import SAMPLES_PER_PROMPT as EVAL_SAMPLES_PER_PROMPT
-
-
-class StageFailed(UserError, RuntimeError):
-    """A stage's ``lit-rlhf fit`` exited with an error (printed by the stage itself)."""
-
-
-CSV = "lightning.pytorch.loggers.CSVLogger"
-WANDB = "lightning.pytorch.loggers.WandbLogger"
 
 #: Responses sampled per training prompt for the labeler to rank (the paper's K ranges 4 to 9). K = 9
 #: gives C(9,2) = 36 pairs per prompt, all from one forward pass each in the RM (measured: held-out
@@ -58,77 +45,6 @@ FAST = {
 PROBE_EVERY = 6
 PROBE_PROMPTS = 100
 PROBE_SAMPLES_PER_PROMPT = 4
-
-
-def _loggers(stage_dir: Path, name: str, wandb: bool) -> str:
-    loggers = [{"class_path": CSV, "init_args": {"save_dir": str(stage_dir), "name": "csv", "version": ""}}]
-    if wandb:
-        loggers.append(
-            {
-                "class_path": WANDB,
-                "init_args": {"project": "lit-rlhf-sandbox", "name": name, "save_dir": str(stage_dir)},
-            }
-        )
-    return json.dumps(loggers)
-
-
-def _checkpointing(stage_dir: Path, extra: Optional[list] = None) -> str:
-    callbacks = [
-        {
-            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-            "init_args": {"dirpath": str(stage_dir / "checkpoints"), "save_last": True},
-        }
-    ]
-    return json.dumps(callbacks + (extra or []))
-
-
-@dataclass
-class StageCost:
-    """What one stage cost: wall-clock seconds and the peak resident memory of its process."""
-
-    wall_s: float
-    peak_rss_gib: Optional[float]
-
-
-def fit(
-    config: str, stage_dir: Path, name: str, overrides: list[str], *, wandb: bool, callbacks: Optional[list] = None
-) -> StageCost:
-    """One ``lit-rlhf fit`` in a child process, its outputs under ``stage_dir``.
-
-    A process per stage measures each stage's own peak memory (not the earlier stages' leftovers), and
-    hands all of it back to the system before the next stage starts.
-    """
-    command = [
-        sys.executable,
-        "-m",
-        "lit_rlhf.cli",
-        "fit",
-        "--config",
-        config,
-        "--trainer.logger",
-        _loggers(stage_dir, name, wandb),
-        "--trainer.callbacks",
-        _checkpointing(stage_dir, callbacks),
-        "--trainer.enable_progress_bar",
-        "false",
-        "--model.init_args.output_dir",
-        str(stage_dir / "model"),
-        *overrides,
-    ]
-    started = time.perf_counter()
-    process = subprocess.Popen(command)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise StageFailed(
-            f"stage '{name}' failed (exit code {process.returncode}); its error is printed above. Command: "
-            f"{shlex.join(command)}"
-        )
-    # ru_maxrss is in KiB on Linux, in bytes on macOS.
-    peak_gib = usage.ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
-    cost = StageCost(wall_s=time.perf_counter() - started, peak_rss_gib=peak_gib)
-    print(f"[sandbox] {name}: {cost.wall_s:.0f} s, peak memory {peak_gib:.2f} GiB -> {stage_dir / 'model'}", flush=True)
-    return cost
 
 
 def probe_callback(

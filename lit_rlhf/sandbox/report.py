@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from lit_rlhf.recipes.stages import reward_model_accuracy
 from lit_rlhf.sandbox.paths import DATA_DIR
 
 #: Policies in the report, in pipeline order: (row label, model directory under the run root or None for the base).
@@ -117,20 +118,6 @@ def gold_metrics(
     ]
 
 
-def rm_accuracy(rm_dir: str, comparisons: str) -> dict[str, float]:
-    """Held-out accuracy of a reward model, by the same validation the RM stage runs."""
-    from lightning.pytorch import Trainer
-
-    from lit_rlhf.data.comparisons import RewardDataModule
-    from lit_rlhf.modules.reward import RewardModule
-
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
-    (metrics,) = trainer.validate(
-        RewardModule(model=rm_dir), datamodule=RewardDataModule(val=comparisons, max_length=128), verbose=False
-    )
-    return {k: float(v) for k, v in metrics.items()}
-
-
 def read_csv_metrics(path: Path) -> list[dict[str, float]]:
     """Rows of a Lightning CSVLogger metrics.csv, as floats (empty cells dropped)."""
     if not path.exists():
@@ -226,7 +213,7 @@ def write_report(
             samples_out=root / "report_samples.jsonl",
         )
     }
-    results["rm"] = rm_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"))
+    results["rm"] = reward_model_accuracy(str(root / "rm/model"), str(root / "comparisons/val.jsonl"), max_length=128)
     runs = {
         label: read_csv_metrics(root / subdir.replace("/model", "/csv/metrics.csv"))
         for label, subdir in POLICIES[2:]
